@@ -20,7 +20,8 @@ std::string format_number(double v) {
 }  // namespace
 
 const std::vector<std::string>& known_datasets() {
-  static const std::vector<std::string> kDatasets = {"fashion-mnist", "cifar10", "cifar100", "folder"};
+  static const std::vector<std::string> kDatasets = {"fashion-mnist", "cifar10", "cifar100",
+                                                     "folder"};
   return kDatasets;
 }
 
@@ -48,7 +49,8 @@ Result<DataOptions> parse_data_options(const nlohmann::json& j, const std::strin
   r.check(std::isfinite(o.alpha) && o.alpha > 0.0, "alpha",
           "must be > 0 (got " + format_number(o.alpha) + ")");
   r.check(o.clients >= 1 && o.clients <= kMaxClients, "clients",
-          "must be in [1, " + std::to_string(kMaxClients) + "] (got " + std::to_string(o.clients) + ")");
+          "must be in [1, " + std::to_string(kMaxClients) + "] (got " + std::to_string(o.clients) +
+              ")");
   const int k = builtin_num_classes(o.dataset);
   r.check(o.classes_per_client >= 1 && (k == 0 || o.classes_per_client <= k), "classes_per_client",
           (k == 0 ? std::string("must be >= 1") : "must be in [1, " + std::to_string(k) + "]") +

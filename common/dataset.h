@@ -1,4 +1,5 @@
-// Dataset: an in-memory labelled image set, the unit every reader produces and every trainer consumes.
+// Dataset: an in-memory labelled image set, the unit every reader produces and every trainer
+// consumes.
 //
 // Images are uint8 N×C×H×W on the CPU (the format of every source file, 4× smaller than float);
 // training converts a batch at a time. Labels are int64 in [0, num_classes). A Dataset is a value:
@@ -6,11 +7,11 @@
 #ifndef FEDTAIL_COMMON_DATASET_H_
 #define FEDTAIL_COMMON_DATASET_H_
 
+#include <torch/types.h>
+
 #include <cstdint>
 #include <string>
 #include <vector>
-
-#include <torch/types.h>
 
 namespace fedtail {
 
@@ -32,6 +33,16 @@ struct Dataset {
   // Labels as a plain vector.
   std::vector<int64_t> label_vector() const;
 };
+
+// Per-channel statistics of pixel/255 over a whole Dataset (e.g. for input normalisation).
+struct ChannelStats {
+  std::vector<double> mean;  // size C
+  std::vector<double> std;   // size C; population standard deviation (divides by N·H·W)
+};
+
+// Computes ChannelStats exactly (integer sums over the uint8 pixels, a batch of images at a time).
+// An empty dataset gives empty vectors.
+ChannelStats channel_stats(const Dataset& dataset);
 
 }  // namespace fedtail
 

@@ -1,9 +1,9 @@
 #include "common/json_reader.h"
 
+#include <gtest/gtest.h>
+
 #include <filesystem>
 #include <fstream>
-
-#include <gtest/gtest.h>
 
 namespace fedtail {
 namespace {
@@ -44,7 +44,8 @@ TEST(JsonReaderTest, WrongTypeNamesThePath) {
 
 TEST(JsonReaderTest, MissingRequiredField) {
   Options o;
-  EXPECT_EQ(parse(nlohmann::json::object(), &o).message(), "config.local.epochs: missing required field");
+  EXPECT_EQ(parse(nlohmann::json::object(), &o).message(),
+            "config.local.epochs: missing required field");
 }
 
 TEST(JsonReaderTest, UnknownKeyIsRejected) {

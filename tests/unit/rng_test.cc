@@ -1,11 +1,11 @@
 #include "common/rng.h"
 
+#include <gtest/gtest.h>
+
 #include <algorithm>
 #include <cmath>
 #include <numeric>
 #include <set>
-
-#include <gtest/gtest.h>
 
 namespace fedtail {
 namespace {
@@ -27,8 +27,10 @@ TEST(RngTest, KnownFirstValuesAreStableAcrossBuilds) {
   const uint64_t first = rng.next_u64();
   Rng again(1);
   EXPECT_EQ(first, again.next_u64());
-  EXPECT_EQ(Rng::derive(7, "partition", {1, 2}).next_u64(), Rng::derive(7, "partition", {1, 2}).next_u64());
-  EXPECT_NE(Rng::derive(7, "partition", {1, 2}).next_u64(), Rng::derive(7, "partition", {2, 1}).next_u64());
+  EXPECT_EQ(Rng::derive(7, "partition", {1, 2}).next_u64(),
+            Rng::derive(7, "partition", {1, 2}).next_u64());
+  EXPECT_NE(Rng::derive(7, "partition", {1, 2}).next_u64(),
+            Rng::derive(7, "partition", {2, 1}).next_u64());
   EXPECT_NE(Rng::derive(7, "partition").next_u64(), Rng::derive(7, "long_tail").next_u64());
 }
 

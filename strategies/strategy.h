@@ -1,0 +1,198 @@
+// The strategy API: how a federated algorithm plugs into fedtail.
+//
+// A strategy is a pair registered under one name (strategies/registry.h):
+//   - a ServerStrategy, driven by the coordinator's round engine: it picks clients and instructions
+//     for each round, folds their updates in as they arrive (Aggregation: O(model) memory whatever the
+//     number of clients), evaluates the global model, and saves/loads its whole state for exact resume;
+//   - a ClientAlgorithm, run by each client for each task: local training (fit) and evaluation.
+// Data flow of one round (DESIGN.md): configure_fit -> tasks -> ClientAlgorithm::fit on each client ->
+// Aggregation::add per update as it arrives -> Aggregation::finish -> checkpoint.
+//
+// Threading: the round engine calls a ServerStrategy (and its Aggregations) from one thread at a
+// time; a ClientAlgorithm is called by one thread at a time. Neither may throw: errors are Status
+// values (LibTorch exceptions are caught inside, at the strategy's boundary).
+// Randomness: every hook that chooses gets an Rng derived from the run seed, the round and the client.
+#ifndef FEDTAIL_STRATEGIES_STRATEGY_H_
+#define FEDTAIL_STRATEGIES_STRATEGY_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+#include <torch/types.h>
+
+#include "common/dataset.h"
+#include "common/models.h"
+#include "common/rng.h"
+#include "common/run_config.h"
+#include "common/status.h"
+#include "common/tensor_bundle.h"
+
+namespace fedtail::strategies {
+
+// ---------------------------------------------------------------------------------------------
+// Server side
+
+// What the coordinator knows of one available client (sorted by id when handed to a strategy).
+struct ClientInfo {
+  std::string id;
+  int64_t num_examples = 0;   // local training examples, as the client reported at Join
+  std::string model_family;   // its model architecture (heterogeneous federations)
+};
+
+// The run, constant for its whole length. Borrowed: valid for the strategy's lifetime.
+struct RunContext {
+  const RunConfig* config = nullptr;   // data, model, local, eval sections
+  nlohmann::json strategy_config;      // config.strategy: the strategy's own options (an object)
+  int total_rounds = 0;                // rounds planned (rounds count from 1)
+  int num_classes = 0;                 // classes of the data set
+  std::vector<int64_t> train_class_counts;  // global long-tailed training counts (may be empty)
+};
+
+// One client's instruction for one round. The bundle is shared by every client given the same one.
+struct TaskSpec {
+  std::string client_id;
+  nlohmann::json config = nlohmann::json::object();  // sent to the client as the task's config
+  std::shared_ptr<const TensorBundle> bundle;        // null = an empty bundle
+};
+
+// One client's answer to a fit task.
+struct ClientUpdate {
+  std::string client_id;
+  int64_t num_examples = 0;  // training examples behind the update (> 0)
+  TensorBundle bundle;       // SHA-256 verified, finite, within the size limit
+  nlohmann::json metrics = nlohmann::json::object();
+};
+
+// A selected client that gave no usable answer: late, crashed, left, or its update was refused.
+struct ClientFailure {
+  std::string client_id;
+  std::string reason;  // e.g. "deadline exceeded", "update refused: tensor \"x\": shape ..."
+};
+
+// One client's answer to an evaluate task.
+struct EvalReport {
+  std::string client_id;
+  int64_t num_examples = 0;
+  nlohmann::json metrics = nlohmann::json::object();
+};
+
+// Folds one round's updates in as they arrive. Created by ServerStrategy::begin_aggregation.
+class Aggregation {
+ public:
+  virtual ~Aggregation() = default;
+
+  // Folds `update` in. A non-OK status refuses it (bad names/shapes/dtypes, num_examples <= 0): the
+  // update then has no effect and the engine reports the client as failed with this message.
+  virtual Status add(ClientUpdate update) = 0;
+
+  // Ends the round: installs the new global state in the strategy (or keeps the old one, e.g. with
+  // too few updates) and returns the round's training metrics (a JSON object). `failures` lists the
+  // selected clients that gave no usable update. Called once; the Aggregation is then destroyed.
+  virtual Result<nlohmann::json> finish(const std::vector<ClientFailure>& failures) = 0;
+};
+
+// What server-side evaluation gets: the coordinator's own test set (the balanced one).
+struct ServerEvalContext {
+  const Dataset* test = nullptr;                 // never null when evaluate() is called
+  std::vector<int64_t> train_class_counts;       // for the Many/Medium/Few groups
+  torch::Device device = torch::kCPU;
+  int batch_size = 512;
+};
+
+class ServerStrategy {
+ public:
+  virtual ~ServerStrategy() = default;
+  ServerStrategy() = default;
+  ServerStrategy(const ServerStrategy&) = delete;
+  ServerStrategy& operator=(const ServerStrategy&) = delete;
+
+  // Builds the initial global state (e.g. a model initialised from `rng`). Called once per run,
+  // before round 1, and not on resume (load_state is called instead). `run` outlives the strategy.
+  virtual Status initialize(const RunContext& run, Rng& rng) = 0;
+
+  // The clients to train in round `round` and what each gets. `available` is sorted by id. An empty
+  // list skips the round's training. kFailedPrecondition when too few clients are available.
+  virtual Result<std::vector<TaskSpec>> configure_fit(int round,
+                                                      const std::vector<ClientInfo>& available,
+                                                      Rng& rng) = 0;
+
+  // A fresh Aggregation for round `round` (one at a time).
+  virtual Result<std::unique_ptr<Aggregation>> begin_aggregation(int round) = 0;
+
+  // The clients to evaluate after round `round` (federated evaluation); empty for none.
+  virtual Result<std::vector<TaskSpec>> configure_evaluate(int round,
+                                                           const std::vector<ClientInfo>& available,
+                                                           Rng& rng) = 0;
+
+  // Combines the clients' evaluation reports into metrics (e.g. personalised accuracy).
+  virtual Result<nlohmann::json> aggregate_evaluate(int round, const std::vector<EvalReport>& reports,
+                                                    const std::vector<ClientFailure>& failures) = 0;
+
+  // Evaluates the global model(s) on the coordinator's test set; returns metrics such as
+  // {"generic": AccuracyReport JSON, ...}. Strategies without a global model return {}.
+  virtual Result<nlohmann::json> evaluate(int round, const ServerEvalContext& context) = 0;
+
+  // The current global bundle, as the coordinator writes it out (e.g. final_model.bundle).
+  virtual std::shared_ptr<const TensorBundle> global_bundle() const = 0;
+
+  // The whole state (global model, optimiser state, anchors...) as one bundle, for checkpoints.
+  // load_state(save_state()) must restore a strategy that behaves bit-identically.
+  virtual Result<TensorBundle> save_state() const = 0;
+  virtual Status load_state(TensorBundle state) = 0;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Client side
+
+// A client's persistent state: survives rounds and restarts (the client runtime stores it after
+// every task, atomically). Keep it compact: a simulation worker holds one per virtual client.
+struct ClientState {
+  TensorBundle tensors;                                  // e.g. FedLoGe's local head φ_k
+  nlohmann::json values = nlohmann::json::object();      // e.g. FedSA's previous local gap
+};
+
+// Everything a ClientAlgorithm call may use. Borrowed for the duration of one call.
+struct ClientContext {
+  std::string client_id;
+  int round = 0;
+  const RunConfig* config = nullptr;                   // the run's config (from the coordinator)
+  nlohmann::json strategy_config = nlohmann::json::object();  // config.strategy
+  nlohmann::json task_config = nlohmann::json::object();      // the TaskSpec's config
+  const Dataset* train = nullptr;                      // local training data
+  const Dataset* test = nullptr;                       // personalised test data (may be empty)
+  std::vector<int64_t> global_train_counts;            // global counts, for class groups
+  torch::Device device = torch::kCPU;
+  Rng* rng = nullptr;                                  // derived from (seed, client, round, task)
+  ClientState* state = nullptr;                        // this client's persistent state
+  // A model of this client's architecture, on `device`. Its weights on entry are unspecified (it is
+  // shared between the virtual clients of a worker): load what you need from the task's bundle.
+  Model* model = nullptr;
+};
+
+struct FitOutput {
+  TensorBundle update;                                 // what goes back to the coordinator
+  int64_t num_examples = 0;                            // examples trained on (aggregation weight)
+  nlohmann::json metrics = nlohmann::json::object();   // e.g. {"loss": 0.42}
+};
+
+class ClientAlgorithm {
+ public:
+  virtual ~ClientAlgorithm() = default;
+  ClientAlgorithm() = default;
+  ClientAlgorithm(const ClientAlgorithm&) = delete;
+  ClientAlgorithm& operator=(const ClientAlgorithm&) = delete;
+
+  // Local training for one fit task, starting from the task's bundle `global`.
+  virtual Result<FitOutput> fit(ClientContext& context, const TensorBundle& global) = 0;
+
+  // Local evaluation for one evaluate task; returns metrics the server strategy understands, by
+  // convention {"correct", "examples", "per_class_correct", "per_class_examples", ...}.
+  virtual Result<nlohmann::json> evaluate(ClientContext& context, const TensorBundle& global) = 0;
+};
+
+}  // namespace fedtail::strategies
+
+#endif  // FEDTAIL_STRATEGIES_STRATEGY_H_

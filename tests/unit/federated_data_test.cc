@@ -1,0 +1,91 @@
+// Tests for build_federated_data() on a small slice of Fashion-MNIST.
+#include "common/federated_data.h"
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <numeric>
+#include <vector>
+
+#include "common/long_tail.h"
+
+namespace fedtail {
+namespace {
+
+bool have_fashion_mnist() {
+  return std::filesystem::exists("/usr/share/datasets/fashion-mnist/train-labels-idx1-ubyte.gz");
+}
+
+DataOptions small_options() {
+  DataOptions o;  // fashion-mnist at its default root
+  o.max_examples_per_class = 300;
+  o.imbalance_factor = 10;
+  o.partition = "dirichlet";
+  o.alpha = 0.5;
+  o.clients = 6;
+  return o;
+}
+
+TEST(FederatedData, BuildsTheLongTailPartitionAndPersonalTests) {
+  if (!have_fashion_mnist()) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  auto fd = build_federated_data(small_options(), /*seed=*/1);
+  ASSERT_TRUE(fd.ok()) << fd.status().to_string();
+  EXPECT_EQ(fd->num_classes(), 10);
+  EXPECT_EQ(fd->train_class_counts, long_tail_counts(300, 10, 10));
+  EXPECT_EQ(fd->train.class_counts(), fd->train_class_counts);
+  EXPECT_EQ(fd->test.size(), 10000);  // the balanced test set is untouched
+  ASSERT_EQ(fd->num_clients(), 6);
+  ASSERT_EQ(fd->client_test.size(), 6u);
+
+  // Every training example belongs to exactly one client.
+  std::vector<int> seen(fd->train.size(), 0);
+  for (const auto& client : fd->client_train)
+    for (int64_t i : client) ++seen[i];
+  EXPECT_EQ(std::count(seen.begin(), seen.end(), 1), fd->train.size());
+
+  // Client datasets are the indexed examples.
+  for (int k = 0; k < fd->num_clients(); ++k) {
+    Dataset local = fd->client_train_set(k);
+    ASSERT_EQ(local.size(), static_cast<int64_t>(fd->client_train[k].size()));
+    if (local.size() > 0) {
+      const int64_t first = fd->client_train[k][0];
+      EXPECT_TRUE(torch::equal(local.images[0], fd->train.images[first]));
+    }
+    // The personalised test set follows the client's training proportions.
+    const auto train_counts = fd->client_train_class_counts()[k];
+    const auto test_counts = fd->client_test_set(k).class_counts();
+    for (int c = 0; c < 10; ++c) {
+      EXPECT_EQ(test_counts[c], std::min<int64_t>(1000, train_counts[c] * 10000 / fd->train.size()))
+          << "client " << k << " class " << c;
+    }
+  }
+}
+
+TEST(FederatedData, IsAFunctionOfOptionsAndSeed) {
+  if (!have_fashion_mnist()) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  auto a = build_federated_data(small_options(), 7);
+  auto b = build_federated_data(small_options(), 7);
+  auto c = build_federated_data(small_options(), 8);
+  ASSERT_TRUE(a.ok() && b.ok() && c.ok());
+  EXPECT_EQ(a->client_train, b->client_train);
+  EXPECT_EQ(a->client_test, b->client_test);
+  EXPECT_TRUE(torch::equal(a->train.images, b->train.images));
+  EXPECT_NE(a->client_train, c->client_train);
+  EXPECT_EQ(a->train_class_counts,
+            c->train_class_counts);  // the profile does not depend on the seed
+}
+
+TEST(FederatedData, ReportsPartitionErrorsWithTheField) {
+  if (!have_fashion_mnist()) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  DataOptions o = small_options();
+  o.partition = "iid";
+  o.clients = 5000;  // more clients than the 915 long-tailed examples
+  auto fd = build_federated_data(o, 1);
+  ASSERT_FALSE(fd.ok());
+  EXPECT_EQ(fd.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_EQ(fd.status().message().rfind("data.partition: ", 0), 0u) << fd.status().message();
+}
+
+}  // namespace
+}  // namespace fedtail

@@ -1,0 +1,396 @@
+// fedtail-bench: throughput benchmarks of fedtail's building blocks.
+//
+//   fedtail-bench [--quick] [--out DIR] [--device cpu|cuda|auto] [--sections a,b] [--models a,b]
+//
+// Writes DIR/bench.json ({"<section>": [rows...], ..., "machine": {...}}) and DIR/bench.md (one
+// table per section). Sections today: "training" and "evaluation" (images/s of a local SGD step,
+// augmentation included, and of a no-grad forward pass) for cnn, resnet8 and resnet18 at batch 8
+// and 32 on random uint8 3×32×32 inputs (and 1×28×28 for cnn), with 1 thread and all threads.
+// Warm-up steps are excluded from the timing. --quick runs fewer steps (a smoke run, noisier
+// figures).
+//
+// Adding a section: write a `Result<nlohmann::json> run_x(const BenchContext&)` returning an array
+// of flat row objects, and append {name, title, columns, run_x} to sections() below.
+// Errors: one line on stderr, exit 1.
+#include <spdlog/spdlog.h>
+#include <torch/torch.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "common/augment.h"
+#include "common/device.h"
+#include "common/logging.h"
+#include "common/models.h"
+#include "common/rng.h"
+
+namespace fedtail {
+namespace {
+
+struct Flags {
+  bool quick = false;
+  std::string out = "bench";
+  std::string device = "cpu";
+  std::vector<std::string> sections;
+  std::vector<std::string> models;
+};
+
+// What every section receives.
+struct BenchContext {
+  bool quick = false;
+  torch::Device device = torch::kCPU;
+  std::vector<int> thread_counts;   // intra-op thread counts to try, e.g. {1, 16}
+  std::vector<std::string> models;  // architectures to run; empty = all
+};
+
+// How long one measurement runs. Warm-up steps are not timed; then steps run until both minimums
+// are reached.
+struct Timing {
+  int warmup_steps;
+  int min_steps;
+  double min_seconds;
+};
+
+Timing timing_for(const BenchContext& ctx) {
+  return ctx.quick ? Timing{2, 3, 0.3} : Timing{5, 20, 2.0};
+}
+
+struct Measurement {
+  double items_per_s = 0;
+  int64_t steps = 0;
+  double seconds = 0;
+};
+
+void synchronize(torch::Device device) {
+  if (device.is_cuda()) torch::cuda::synchronize(device.index());
+}
+
+// Runs `step` (which processes `items` items) under `timing`.
+Measurement measure(const Timing& timing, torch::Device device, int64_t items,
+                    const std::function<void()>& step) {
+  for (int i = 0; i < timing.warmup_steps; ++i) step();
+  synchronize(device);
+  const auto start = std::chrono::steady_clock::now();
+  Measurement m;
+  for (;;) {
+    step();
+    ++m.steps;
+    if (m.steps < timing.min_steps) continue;
+    synchronize(device);
+    m.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (m.seconds >= timing.min_seconds) break;
+  }
+  m.items_per_s = static_cast<double>(m.steps * items) / m.seconds;
+  return m;
+}
+
+// One model/input configuration of the training and evaluation sections.
+struct ModelCase {
+  std::string arch;
+  int channels;
+  int size;
+};
+
+const std::vector<ModelCase>& model_cases() {
+  static const std::vector<ModelCase> kCases = {
+      {"cnn", 1, 28}, {"cnn", 3, 32}, {"resnet8", 3, 32}, {"resnet18", 3, 32}};
+  return kCases;
+}
+
+const std::vector<int>& batch_sizes() {
+  static const std::vector<int> kBatches = {8, 32};
+  return kBatches;
+}
+
+std::string input_name(const ModelCase& c) {
+  return std::to_string(c.channels) + "x" + std::to_string(c.size) + "x" + std::to_string(c.size);
+}
+
+// Random uint8 images and labels, from the Rng (deterministic inputs across runs).
+std::pair<torch::Tensor, torch::Tensor> random_batch(const ModelCase& c, int batch, int classes,
+                                                     Rng& rng) {
+  std::vector<uint8_t> pixels(static_cast<size_t>(batch) * c.channels * c.size * c.size);
+  for (auto& p : pixels) p = static_cast<uint8_t>(rng.uniform_int(256));
+  std::vector<int64_t> labels(batch);
+  for (auto& l : labels) l = static_cast<int64_t>(rng.uniform_int(classes));
+  return {torch::tensor(pixels, torch::kUInt8).view({batch, c.channels, c.size, c.size}),
+          torch::tensor(labels, torch::kInt64)};
+}
+
+Result<Model> bench_model(const ModelCase& c, int classes, torch::Device device) {
+  ModelOptions o;
+  o.arch = c.arch;
+  o.in_channels = c.channels;
+  o.image_size = c.size;
+  o.num_classes = classes;
+  Rng rng = Rng::derive(1, "bench.model");
+  FEDTAIL_ASSIGN_OR_RETURN(Model model, make_model(o, rng));
+  model->to(device);
+  return model;
+}
+
+// Rows {"model", "input", "batch", "threads", "images_per_s", "steps", "seconds"} for every model
+// case × batch size × thread count. `train` selects an SGD step (augmentation, forward, backward,
+// update) or a no-grad eval-mode forward + argmax.
+Result<nlohmann::json> run_throughput(const BenchContext& ctx, bool train) {
+  constexpr int kClasses = 10;
+  nlohmann::json rows = nlohmann::json::array();
+  for (const auto& c : model_cases()) {
+    if (!ctx.models.empty() &&
+        std::find(ctx.models.begin(), ctx.models.end(), c.arch) == ctx.models.end()) {
+      continue;
+    }
+    for (int batch : batch_sizes()) {
+      for (int threads : ctx.thread_counts) {
+        set_num_threads(threads);
+        FEDTAIL_ASSIGN_OR_RETURN(Model model, bench_model(c, kClasses, ctx.device));
+        FEDTAIL_ASSIGN_OR_RETURN(Augmenter augmenter,
+                                 Augmenter::create(AugmentOptions{}, c.channels, ctx.device));
+        Rng rng = Rng::derive(1, "bench.data", {static_cast<uint64_t>(batch)});
+        auto [images, labels] = random_batch(c, batch, kClasses, rng);
+        labels = labels.to(ctx.device);
+        Measurement m;
+        try {
+          if (train) {
+            model->train();
+            torch::optim::SGD sgd(model->parameters(),
+                                  torch::optim::SGDOptions(0.01).momentum(0.9).weight_decay(5e-4));
+            m = measure(timing_for(ctx), ctx.device, batch, [&] {
+              auto x = augmenter.train_batch(images, rng);
+              sgd.zero_grad();
+              auto loss = torch::nn::functional::cross_entropy(model->forward(x), labels);
+              loss.backward();
+              sgd.step();
+            });
+          } else {
+            model->eval();
+            torch::NoGradGuard no_grad;
+            m = measure(timing_for(ctx), ctx.device, batch, [&] {
+              auto predictions = model->forward(augmenter.eval_batch(images)).argmax(1);
+              (void)predictions;
+            });
+          }
+        } catch (const c10::Error& e) {
+          return Status::Internal(c.arch + ": " + e.what_without_backtrace());
+        }
+        spdlog::info("{} {} {} batch {} threads {}: {:.1f} images/s", train ? "train" : "eval",
+                     c.arch, input_name(c), batch, threads, m.items_per_s);
+        rows.push_back({{"model", c.arch},
+                        {"input", input_name(c)},
+                        {"batch", batch},
+                        {"threads", threads},
+                        {"images_per_s", m.items_per_s},
+                        {"steps", m.steps},
+                        {"seconds", m.seconds}});
+      }
+    }
+  }
+  return rows;
+}
+
+struct Section {
+  std::string name;                  // key in bench.json
+  std::string title;                 // heading in bench.md
+  std::vector<std::string> columns;  // row keys shown in bench.md, in order
+  std::function<Result<nlohmann::json>(const BenchContext&)> run;
+};
+
+const std::vector<Section>& sections() {
+  static const std::vector<Section> kSections = {
+      {"training",
+       "Training throughput (images/s: augmentation + forward + backward + SGD step)",
+       {"model", "input", "batch", "threads", "images_per_s"},
+       [](const BenchContext& ctx) { return run_throughput(ctx, /*train=*/true); }},
+      {"evaluation",
+       "Evaluation throughput (images/s: normalisation + no-grad forward + argmax)",
+       {"model", "input", "batch", "threads", "images_per_s"},
+       [](const BenchContext& ctx) { return run_throughput(ctx, /*train=*/false); }},
+  };
+  return kSections;
+}
+
+std::string cell(const nlohmann::json& v) {
+  if (v.is_number_float()) {
+    char buffer[64];
+    std::snprintf(buffer, sizeof(buffer), "%.1f", v.get<double>());
+    return buffer;
+  }
+  if (v.is_string()) return v.get<std::string>();
+  return v.dump();
+}
+
+std::string markdown_table(const Section& section, const nlohmann::json& rows) {
+  std::ostringstream md;
+  md << "## " << section.title << "\n\n|";
+  for (const auto& c : section.columns) md << " " << c << " |";
+  md << "\n|";
+  for (size_t i = 0; i < section.columns.size(); ++i) md << "---|";
+  md << "\n";
+  for (const auto& row : rows) {
+    md << "|";
+    for (const auto& c : section.columns)
+      md << " " << (row.contains(c) ? cell(row[c]) : "") << " |";
+    md << "\n";
+  }
+  return md.str();
+}
+
+// The 1-minute load average: throughput figures from a busy machine are not comparable.
+double load_average() {
+  std::ifstream in("/proc/loadavg");
+  double load = -1;
+  in >> load;
+  return load;
+}
+
+// OMP_WAIT_POLICY as set in the environment. With the default (spinning) policy, more threads than
+// free cores collapse OpenMP throughput by 10-50x; PASSIVE avoids that on a shared machine.
+std::string omp_wait_policy() {
+  const char* v = std::getenv("OMP_WAIT_POLICY");
+  return v ? v : "default";
+}
+
+std::string cpu_model() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("model name", 0) == 0) {
+      auto colon = line.find(':');
+      if (colon != std::string::npos) return line.substr(line.find_first_not_of(' ', colon + 1));
+    }
+  }
+  return "unknown";
+}
+
+nlohmann::json machine_info(const Flags& flags, const BenchContext& ctx) {
+  char host[256] = {0};
+  gethostname(host, sizeof(host) - 1);
+  char when[32] = {0};
+  std::time_t now = std::time(nullptr);
+  std::tm utc{};
+  gmtime_r(&now, &utc);
+  std::strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &utc);
+  return {{"hostname", host},
+          {"cpu", cpu_model()},
+          {"hardware_threads", hardware_threads()},
+          {"device", device_name(ctx.device)},
+          {"cuda_devices", torch::cuda::is_available() ? torch::cuda::device_count() : 0},
+          {"torch_version", TORCH_VERSION},
+          {"fedtail_version", FEDTAIL_VERSION},
+          {"quick", flags.quick},
+          {"load_average_1min", load_average()},
+          {"omp_wait_policy", omp_wait_policy()},
+          {"utc_time", when}};
+}
+
+Status write_file(const std::filesystem::path& path, const std::string& text) {
+  std::ofstream out(path);
+  out << text;
+  out.close();
+  if (!out) return Status::IOError(path.string() + ": cannot write");
+  return Status::OK();
+}
+
+Status run(const Flags& flags) {
+  FEDTAIL_ASSIGN_OR_RETURN(torch::Device device, parse_device(flags.device));
+  BenchContext ctx;
+  ctx.quick = flags.quick;
+  ctx.device = device;
+  ctx.models = flags.models;
+  for (const auto& m : flags.models) {
+    bool known = false;
+    for (const auto& c : model_cases()) known = known || c.arch == m;
+    if (!known) return Status::InvalidArgument("--models: unknown model \"" + m + "\"");
+  }
+  ctx.thread_counts = {1};
+  if (hardware_threads() > 1) ctx.thread_counts.push_back(hardware_threads());
+
+  std::vector<const Section*> chosen;
+  for (const auto& s : sections()) {
+    bool wanted = flags.sections.empty();
+    for (const auto& name : flags.sections) wanted = wanted || name == s.name;
+    if (wanted) chosen.push_back(&s);
+  }
+  for (const auto& name : flags.sections) {
+    bool known = false;
+    for (const auto& s : sections()) known = known || s.name == name;
+    if (!known) return Status::InvalidArgument("--sections: unknown section \"" + name + "\"");
+  }
+
+  std::error_code ec;
+  std::filesystem::create_directories(flags.out, ec);
+  if (ec) return Status::IOError(flags.out + ": cannot create directory (" + ec.message() + ")");
+
+  nlohmann::json report = nlohmann::json::object();
+  report["machine"] = machine_info(flags, ctx);
+  std::string md = "# fedtail-bench" + std::string(flags.quick ? " (--quick)" : "") + "\n\n";
+  md += "Device " + device_name(device) + ", " + std::to_string(hardware_threads()) +
+        " hardware threads, " + cpu_model() + ", LibTorch " + TORCH_VERSION + ", load average " +
+        std::to_string(load_average()).substr(0, 4) + " at start.\n\n";
+  for (const Section* s : chosen) {
+    spdlog::info("section {}", s->name);
+    auto rows = s->run(ctx);
+    if (!rows.ok()) return rows.status().with_context(s->name);
+    report[s->name] = *rows;
+    md += markdown_table(*s, *rows) + "\n";
+  }
+  set_num_threads(0);
+  const std::filesystem::path dir(flags.out);
+  FEDTAIL_RETURN_IF_ERROR(write_file(dir / "bench.json", report.dump(2) + "\n"));
+  FEDTAIL_RETURN_IF_ERROR(write_file(dir / "bench.md", md));
+  std::printf("%s", md.c_str());
+  spdlog::info("wrote {} and {}", (dir / "bench.json").string(), (dir / "bench.md").string());
+  return Status::OK();
+}
+
+}  // namespace
+}  // namespace fedtail
+
+int main(int argc, char** argv) {
+  fedtail::Flags flags;
+  CLI::App app{"fedtail-bench: throughput benchmarks; writes DIR/bench.json and DIR/bench.md"};
+  app.set_version_flag("--version", FEDTAIL_VERSION);
+  app.add_flag("--quick", flags.quick, "fewer steps per measurement (a smoke run)");
+  app.add_option("--out", flags.out, "output directory")->capture_default_str();
+  app.add_option("--device", flags.device, "auto, cpu, cuda or cuda:<i>")->capture_default_str();
+  app.add_option("--sections", flags.sections, "comma-separated sections (default: all)")
+      ->delimiter(',');
+  app.add_option("--models", flags.models,
+                 "comma-separated architectures of the training/evaluation sections (default: "
+                 "cnn,resnet8,resnet18)")
+      ->delimiter(',');
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::fprintf(stderr, "fedtail-bench: %s (see --help)\n", e.what());
+    return e.get_exit_code() != 0 ? e.get_exit_code() : 1;
+  }
+  if (auto s = fedtail::init_logging("fedtail-bench"); !s.ok()) {
+    std::fprintf(stderr, "fedtail-bench: %s\n", s.message().c_str());
+    return 1;
+  }
+  fedtail::Status status = fedtail::run(flags);
+  if (!status.ok()) {
+    std::fprintf(stderr, "fedtail-bench: %s\n", status.message().c_str());
+    return 1;
+  }
+  return 0;
+}
