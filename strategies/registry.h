@@ -3,9 +3,12 @@
 //
 // Built-in strategies are registered by register_builtin_strategies() (explicit, because a static
 // library's self-registering objects would be dropped by the linker). A plugin is a shared library
-// exporting `extern "C" int fedtail_plugin_init(int abi_version, fedtail::strategies::PluginHost*)`
-// (see FEDTAIL_STRATEGY_PLUGIN below): the loader checks the ABI version and the plugin registers its
-// strategies through the host. The binaries export their symbols (CMake ENABLE_EXPORTS), so a plugin
+// exporting
+//   extern "C" int fedtail_plugin_init(int abi_version, fedtail::strategies::PluginHost* host,
+//                                      fedtail::Status* status)
+// (write it with FEDTAIL_STRATEGY_PLUGIN below): it returns 1 when `abi_version` is not the one it
+// was built for, else registers its strategies through `host`, stores the outcome in *status and
+// returns 0. The binaries export their symbols (CMake ENABLE_EXPORTS), so a plugin
 // uses fedtail's own TensorBundle, Status, model and training code.
 //
 // Thread-safety: registration and lookup are guarded by an internal mutex.

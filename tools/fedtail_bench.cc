@@ -338,7 +338,8 @@ Status run(const Flags& flags) {
   std::string md = "# fedtail-bench" + std::string(flags.quick ? " (--quick)" : "") + "\n\n";
   md += "Device " + device_name(device) + ", " + std::to_string(hardware_threads()) +
         " hardware threads, " + cpu_model() + ", LibTorch " + TORCH_VERSION + ", load average " +
-        std::to_string(load_average()).substr(0, 4) + " at start.\n\n";
+        std::to_string(load_average()).substr(0, 4) + " at start, OMP_WAIT_POLICY " +
+        omp_wait_policy() + ".\n\n";
   for (const Section* s : chosen) {
     spdlog::info("section {}", s->name);
     auto rows = s->run(ctx);

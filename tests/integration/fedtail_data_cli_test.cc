@@ -8,43 +8,22 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "tests/support/cli.h"
+
 namespace fedtail {
 namespace {
 
 namespace fs = std::filesystem;
+using test_support::CliRun;
 
 const std::string kBinary = std::string(FEDTAIL_BIN_DIR) + "/fedtail-data";
 
-struct CliRun {
-  int exit_code = -1;
-  std::string out;  // stdout
-  std::string err;  // stderr
-};
-
-CliRun run_cli(const std::string& args) {
-  fs::create_directories(FEDTAIL_TEST_TMP);
-  const std::string err_path =
-      std::string(FEDTAIL_TEST_TMP) + "/fedtail_data_cli." + std::to_string(::getpid()) + ".err";
-  CliRun r;
-  std::FILE* p = ::popen((kBinary + " " + args + " 2>" + err_path).c_str(), "r");
-  if (!p) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof(buf), p)) > 0) r.out.append(buf, n);
-  const int status = ::pclose(p);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  if (std::FILE* e = std::fopen(err_path.c_str(), "r")) {
-    while ((n = std::fread(buf, 1, sizeof(buf), e)) > 0) r.err.append(buf, n);
-    std::fclose(e);
-  }
-  fs::remove(err_path);
-  return r;
-}
+CliRun run_cli(const std::string& args) { return test_support::run_cli(kBinary, args); }
 
 class FedtailDataCli : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (!fs::exists(kBinary)) GTEST_SKIP() << kBinary << " is not built";
+    if (!fs::exists(kBinary)) FAIL() << kBinary << " is not built";
     if (!fs::exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")) {
       GTEST_SKIP() << "dataset-fashion-mnist is not installed";
     }

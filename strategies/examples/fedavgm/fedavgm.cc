@@ -1,0 +1,173 @@
+// The fedavgm plugin: FedAvgMServer (below) + the host's FedAvgClient, registered through
+// FEDTAIL_STRATEGY_PLUGIN. Links nothing of fedtail: FedAvgServer, WeightedAverage, TensorBundle
+// and the training code are the host binary's own (it exports its symbols).
+#include "strategies/examples/fedavgm/fedavgm.h"
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <utility>
+
+#include "common/json_reader.h"
+#include "strategies/registry.h"
+
+namespace fedtail::strategies {
+namespace {
+
+// Element i of a floating-point tensor as double, and back (half types through float).
+double load(const NamedTensor& t, int64_t i) {
+  switch (t.dtype()) {
+    case DType::kFloat32:
+      return t.data<float>()[i];
+    case DType::kFloat64:
+      return t.data<double>()[i];
+    case DType::kFloat16:
+      return half_to_float(t.data<uint16_t>()[i]);
+    case DType::kBFloat16:
+      return bfloat16_to_float(t.data<uint16_t>()[i]);
+    default:
+      return 0;
+  }
+}
+
+void store(NamedTensor& t, int64_t i, double value) {
+  switch (t.dtype()) {
+    case DType::kFloat32:
+      t.data<float>()[i] = static_cast<float>(value);
+      break;
+    case DType::kFloat64:
+      t.data<double>()[i] = value;
+      break;
+    case DType::kFloat16:
+      t.data<uint16_t>()[i] = float_to_half(static_cast<float>(value));
+      break;
+    case DType::kBFloat16:
+      t.data<uint16_t>()[i] = float_to_bfloat16(static_cast<float>(value));
+      break;
+    default:
+      break;
+  }
+}
+
+// velocity ← momentum · velocity + (mean − global); out ← global + lr · velocity, in double.
+// float32 tensors take a typed loop (the common case); `velocity` may be null (zero).
+void momentum_step(const NamedTensor& mean, const NamedTensor& global, const NamedTensor* velocity,
+                   double momentum, double lr, NamedTensor& new_velocity, NamedTensor& out) {
+  const int64_t n = mean.numel();
+  if (mean.dtype() == DType::kFloat32) {
+    const float* a = mean.data<float>();
+    const float* g = global.data<float>();
+    const float* v = velocity ? velocity->data<float>() : nullptr;
+    float* nv = new_velocity.data<float>();
+    float* o = out.data<float>();
+    for (int64_t i = 0; i < n; ++i) {
+      const double gi = g[i];
+      const double vi = momentum * (v ? static_cast<double>(v[i]) : 0.0) + (a[i] - gi);
+      nv[i] = static_cast<float>(vi);
+      o[i] = static_cast<float>(gi + lr * vi);
+    }
+    return;
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    const double gi = load(global, i);
+    const double vi = momentum * (velocity ? load(*velocity, i) : 0.0) + (load(mean, i) - gi);
+    store(new_velocity, i, vi);
+    store(out, i, gi + lr * vi);
+  }
+}
+
+Result<std::unique_ptr<ClientAlgorithm>> make_fedavgm_client(const nlohmann::json& config) {
+  FEDTAIL_RETURN_IF_ERROR(parse_fedavgm_options(config).status());
+  return std::unique_ptr<ClientAlgorithm>(std::make_unique<FedAvgClient>());
+}
+
+}  // namespace
+
+Result<FedAvgMOptions> parse_fedavgm_options(const nlohmann::json& config) {
+  const nlohmann::json empty = nlohmann::json::object();
+  JsonReader reader(config.is_null() ? empty : config, "config.strategy");
+  FedAvgMOptions options;
+  read_round_options(reader, &options.round);
+  reader.read("server_lr", &options.server_lr);
+  reader.read("momentum", &options.momentum);
+  reader.check(std::isfinite(options.server_lr) && options.server_lr > 0, "server_lr",
+               "must be > 0 (got " + std::to_string(options.server_lr) + ")");
+  reader.check(options.momentum >= 0 && options.momentum < 1, "momentum",
+               "must be in [0, 1) (got " + std::to_string(options.momentum) + ")");
+  FEDTAIL_RETURN_IF_ERROR(reader.finish());
+  return options;
+}
+
+FedAvgMServer::FedAvgMServer(const FedAvgMOptions& options)
+    : FedAvgServer("fedavgm", options.round),
+      server_lr_(options.server_lr),
+      momentum_(options.momentum) {}
+
+Result<std::unique_ptr<ServerStrategy>> FedAvgMServer::create(const nlohmann::json& config) {
+  FEDTAIL_ASSIGN_OR_RETURN(FedAvgMOptions options, parse_fedavgm_options(config));
+  return std::unique_ptr<ServerStrategy>(std::make_unique<FedAvgMServer>(options));
+}
+
+Result<TensorBundle> FedAvgMServer::next_global(int round, TensorBundle average) {
+  (void)round;
+  TensorBundle next, velocity;
+  for (NamedTensor& mean : average) {
+    if (!dtype_is_floating(mean.dtype())) {  // counters: the mean itself
+      FEDTAIL_RETURN_IF_ERROR(next.add(std::move(mean)));
+      continue;
+    }
+    const NamedTensor* g = global().find(mean.name());
+    if (g == nullptr) return Status::Internal("fedavgm: no global tensor " + mean.name());
+    FEDTAIL_ASSIGN_OR_RETURN(NamedTensor nv,
+                             NamedTensor::uninitialized(mean.name(), mean.dtype(), mean.shape()));
+    FEDTAIL_ASSIGN_OR_RETURN(NamedTensor out,
+                             NamedTensor::uninitialized(mean.name(), mean.dtype(), mean.shape()));
+    momentum_step(mean, *g, velocity_.find(mean.name()), momentum_, server_lr_, nv, out);
+    FEDTAIL_RETURN_IF_ERROR(velocity.add(std::move(nv)));
+    FEDTAIL_RETURN_IF_ERROR(next.add(std::move(out)));
+  }
+  velocity_ = std::move(velocity);
+  return next;
+}
+
+Status FedAvgMServer::save_extra_state(TensorBundle* state) const {
+  for (const NamedTensor& v : velocity_) {
+    FEDTAIL_ASSIGN_OR_RETURN(
+        NamedTensor copy, NamedTensor::uninitialized("velocity/" + v.name(), v.dtype(), v.shape()));
+    std::copy(v.bytes(), v.bytes() + v.nbytes(), copy.mutable_bytes());
+    FEDTAIL_RETURN_IF_ERROR(state->add(std::move(copy)));
+  }
+  return Status::OK();
+}
+
+Status FedAvgMServer::load_extra_state(TensorBundle extra, const nlohmann::json& metadata,
+                                       const TensorBundle& global) {
+  (void)metadata;
+  const std::string prefix = "velocity/";
+  TensorBundle velocity;
+  for (const NamedTensor& t : extra) {
+    if (t.name().compare(0, prefix.size(), prefix) != 0) {
+      return Status::InvalidArgument("fedavgm state: unexpected tensor \"" + t.name() + "\"");
+    }
+    const std::string name = t.name().substr(prefix.size());
+    const NamedTensor* g = global.find(name);
+    if (g == nullptr || g->dtype() != t.dtype() || g->shape() != t.shape() ||
+        !dtype_is_floating(t.dtype())) {
+      return Status::InvalidArgument("fedavgm state: tensor \"" + t.name() +
+                                     "\" does not match a floating-point global tensor");
+    }
+    FEDTAIL_ASSIGN_OR_RETURN(NamedTensor v, NamedTensor::uninitialized(name, t.dtype(), t.shape()));
+    std::copy(t.bytes(), t.bytes() + t.nbytes(), v.mutable_bytes());
+    FEDTAIL_RETURN_IF_ERROR(velocity.add(std::move(v)));
+  }
+  velocity_ = std::move(velocity);
+  return Status::OK();
+}
+
+}  // namespace fedtail::strategies
+
+FEDTAIL_STRATEGY_PLUGIN(host) {
+  return host->register_strategy({"fedavgm", "FedAvg with server momentum (example plugin)",
+                                  fedtail::strategies::FedAvgMServer::create,
+                                  fedtail::strategies::make_fedavgm_client});
+}

@@ -1,0 +1,66 @@
+// FedAvgM (Hsu et al., 2019): FedAvg with server momentum, fedtail's example strategy plugin.
+//
+// Each round, with Δ = (the example-weighted mean of the clients' models) − global:
+//   velocity ← momentum · velocity + Δ
+//   global   ← global + server_lr · velocity
+// for the floating-point tensors; integer tensors (BatchNorm's num_batches_tracked) take the mean
+// itself. The arithmetic is done in double per element from the float tensors, so momentum 0 with
+// server_lr 1 gives exactly FedAvg's model. The velocity starts at zero and is part of the saved
+// state. Clients run FedAvg's client algorithm (FedAvgClient, from the host binary).
+//
+// config.strategy keys: RoundOptions (strategies/sampling.h) and
+//   "server_lr": step on the velocity, > 0, default 1.0;
+//   "momentum":  server momentum in [0, 1), default 0.9.
+//
+// Built as <build>/lib/libfedtail_fedavgm.so; load it with `--plugin path/to/libfedtail_fedavgm.so`
+// and select strategy "fedavgm". Threading: as ServerStrategy (strategies/strategy.h).
+#ifndef FEDTAIL_STRATEGIES_EXAMPLES_FEDAVGM_FEDAVGM_H_
+#define FEDTAIL_STRATEGIES_EXAMPLES_FEDAVGM_FEDAVGM_H_
+
+#include <memory>
+#include <nlohmann/json.hpp>
+
+#include "common/status.h"
+#include "common/tensor_bundle.h"
+#include "strategies/fedavg/fedavg.h"
+#include "strategies/sampling.h"
+
+namespace fedtail::strategies {
+
+struct FedAvgMOptions {
+  RoundOptions round;
+  // Step applied to the velocity (> 0). Default 1.0.
+  double server_lr = 1.0;
+  // Server momentum in [0, 1); 0 with server_lr 1 is plain FedAvg. Default 0.9.
+  double momentum = 0.9;
+};
+
+// Reads config.strategy (null counts as {}); kInvalidArgument naming the field or an unknown key.
+Result<FedAvgMOptions> parse_fedavgm_options(const nlohmann::json& config);
+
+class FedAvgMServer final : public FedAvgServer {
+ public:
+  explicit FedAvgMServer(const FedAvgMOptions& options);
+
+  static Result<std::unique_ptr<ServerStrategy>> create(const nlohmann::json& config);
+
+ protected:
+  Result<TensorBundle> next_global(int round, TensorBundle average) override;
+  // The velocity, as tensors "velocity/<name>" (floating-point tensors only; absent = zero).
+  Status save_extra_state(TensorBundle* state) const override;
+  Status load_extra_state(TensorBundle extra, const nlohmann::json& metadata,
+                          const TensorBundle& global) override;
+
+ private:
+  // Constant after construction.
+  const double server_lr_;
+  const double momentum_;
+
+  // The velocity of each floating-point global tensor, same name, dtype and shape; empty until
+  // the first update (zero).
+  TensorBundle velocity_;
+};
+
+}  // namespace fedtail::strategies
+
+#endif  // FEDTAIL_STRATEGIES_EXAMPLES_FEDAVGM_FEDAVGM_H_

@@ -1,0 +1,302 @@
+#include "strategies/fedavg/fedavg.h"
+
+#include <torch/torch.h>
+
+#include <cmath>
+#include <exception>
+#include <set>
+#include <utility>
+
+#include "common/models.h"
+#include "common/torch_bundle.h"
+#include "strategies/classifier_eval.h"
+
+namespace fedtail::strategies {
+
+namespace {
+
+constexpr int kStateFormat = 1;
+
+// fit needs the training data and an Rng; evaluate only the test data (which may be absent).
+Status require_client_context(const ClientContext& context, const char* what, bool for_fit) {
+  if (context.model == nullptr || context.config == nullptr ||
+      (for_fit && (context.train == nullptr || context.rng == nullptr))) {
+    return Status::InvalidArgument(std::string("fedavg client ") + what +
+                                   ": the context of client " + context.client_id +
+                                   " lacks a model, data, config or rng");
+  }
+  return Status::OK();
+}
+
+}  // namespace
+
+// Folds one round's updates into the server's WeightedAverage.
+class FedAvgAggregation final : public Aggregation {
+ public:
+  FedAvgAggregation(FedAvgServer* server, int round, WeightedAverage average)
+      : server_(server), round_(round), average_(std::move(average)) {}
+
+  Status add(ClientUpdate update) override {
+    if (seen_.count(update.client_id) != 0) {
+      return Status::InvalidArgument("client " + update.client_id +
+                                     " sent a second update this round");
+    }
+    FEDTAIL_RETURN_IF_ERROR(average_.add(update.bundle, update.num_examples));
+    seen_.insert(update.client_id);
+    const nlohmann::json& m = update.metrics;
+    if (m.is_object() && m.contains("loss") && m["loss"].is_number()) {
+      const double loss = m["loss"].get<double>();
+      if (std::isfinite(loss)) {
+        loss_sum_ += loss * static_cast<double>(update.num_examples);
+        loss_weight_ += static_cast<double>(update.num_examples);
+      }
+    }
+    return Status::OK();
+  }
+
+  Result<nlohmann::json> finish(const std::vector<ClientFailure>& failures) override {
+    return server_->finish_round(round_, average_, loss_sum_, loss_weight_, failures);
+  }
+
+ private:
+  FedAvgServer* const server_;  // borrowed; outlives this
+  const int round_;
+  WeightedAverage average_;
+  std::set<std::string> seen_;  // clients whose update was folded in
+  double loss_sum_ = 0;         // Σ n_k · loss_k over updates that reported a finite loss
+  double loss_weight_ = 0;      // Σ n_k over the same updates
+};
+
+FedAvgServer::FedAvgServer(std::string name, RoundOptions options)
+    : name_(std::move(name)), options_(options) {}
+
+Status FedAvgServer::initialize(const RunContext& run, Rng& rng) {
+  FEDTAIL_ASSIGN_OR_RETURN(ModelOptions model_options, run_model_options(run));
+  FEDTAIL_ASSIGN_OR_RETURN(Model model, make_model(model_options, rng));
+  FEDTAIL_ASSIGN_OR_RETURN(TensorBundle state, module_state(*model));
+  state.mutable_metadata() = {{"strategy", name_}, {"round", 0}};
+  model_options_ = model_options;
+  input_ = run.config->local.augment;
+  global_ = std::make_shared<const TensorBundle>(std::move(state));
+  return Status::OK();
+}
+
+Status FedAvgServer::check_ready() const {
+  if (!global_) {
+    return Status::FailedPrecondition(name_ + ": no global model (initialize or load_state first)");
+  }
+  return Status::OK();
+}
+
+Result<std::vector<TaskSpec>> FedAvgServer::configure_fit(int round,
+                                                          const std::vector<ClientInfo>& available,
+                                                          Rng& rng) {
+  (void)round;
+  FEDTAIL_RETURN_IF_ERROR(check_ready());
+  FEDTAIL_ASSIGN_OR_RETURN(
+      std::vector<ClientInfo> chosen,
+      sample_clients(available, options_.fraction_fit, options_.min_fit_clients, rng));
+  std::vector<TaskSpec> tasks;
+  tasks.reserve(chosen.size());
+  for (const ClientInfo& c : chosen) {
+    TaskSpec task;
+    task.client_id = c.id;
+    task.bundle = global_;
+    tasks.push_back(std::move(task));
+  }
+  return tasks;
+}
+
+Result<std::unique_ptr<Aggregation>> FedAvgServer::begin_aggregation(int round) {
+  FEDTAIL_RETURN_IF_ERROR(check_ready());
+  FEDTAIL_ASSIGN_OR_RETURN(WeightedAverage average, WeightedAverage::create(global_));
+  return std::unique_ptr<Aggregation>(
+      std::make_unique<FedAvgAggregation>(this, round, std::move(average)));
+}
+
+Result<nlohmann::json> FedAvgServer::finish_round(int round, const WeightedAverage& average,
+                                                  double loss_sum, double loss_weight,
+                                                  const std::vector<ClientFailure>& failures) {
+  nlohmann::json metrics = {
+      {"updated", false},
+      {"updates", average.updates()},
+      {"failures", failures.size()},
+      {"examples", average.total_examples()},
+      {"loss", loss_weight > 0 ? nlohmann::json(loss_sum / loss_weight) : nlohmann::json()}};
+  if (!options_.accept_failures && !failures.empty()) {
+    metrics["reason"] = std::to_string(failures.size()) +
+                        " selected client(s) failed and accept_failures is false; the global "
+                        "model is kept";
+    return metrics;
+  }
+  if (average.updates() < options_.min_fit_clients) {
+    metrics["reason"] = std::to_string(average.updates()) + " valid update(s), fewer than " +
+                        "min_fit_clients = " + std::to_string(options_.min_fit_clients) +
+                        "; the global model is kept";
+    return metrics;
+  }
+  FEDTAIL_ASSIGN_OR_RETURN(TensorBundle mean, average.finish());
+  FEDTAIL_ASSIGN_OR_RETURN(TensorBundle next, next_global(round, std::move(mean)));
+  FEDTAIL_RETURN_IF_ERROR(check_compatible(next, *global_).with_context(name_ + ": next_global"));
+  next.mutable_metadata() = {{"strategy", name_}, {"round", round}};
+  global_ = std::make_shared<const TensorBundle>(std::move(next));
+  metrics["updated"] = true;
+  return metrics;
+}
+
+Result<TensorBundle> FedAvgServer::next_global(int round, TensorBundle average) {
+  (void)round;
+  return average;
+}
+
+Result<std::vector<TaskSpec>> FedAvgServer::configure_evaluate(
+    int round, const std::vector<ClientInfo>& available, Rng& rng) {
+  (void)round;
+  FEDTAIL_RETURN_IF_ERROR(check_ready());
+  std::vector<TaskSpec> tasks;
+  if (options_.fraction_evaluate == 0 && options_.min_evaluate_clients == 0) return tasks;
+  FEDTAIL_ASSIGN_OR_RETURN(
+      std::vector<ClientInfo> chosen,
+      sample_clients(available, options_.fraction_evaluate, options_.min_evaluate_clients, rng));
+  for (const ClientInfo& c : chosen) {
+    TaskSpec task;
+    task.client_id = c.id;
+    task.bundle = global_;
+    tasks.push_back(std::move(task));
+  }
+  return tasks;
+}
+
+Result<nlohmann::json> FedAvgServer::aggregate_evaluate(
+    int round, const std::vector<EvalReport>& reports, const std::vector<ClientFailure>& failures) {
+  (void)round;
+  return aggregate_personalized_accuracy(reports, failures);
+}
+
+Result<nlohmann::json> FedAvgServer::evaluate(int round, const ServerEvalContext& context) {
+  (void)round;
+  FEDTAIL_RETURN_IF_ERROR(check_ready());
+  return evaluate_classifier(model_options_, input_, *global_, context);
+}
+
+Result<TensorBundle> FedAvgServer::save_state() const {
+  FEDTAIL_RETURN_IF_ERROR(check_ready());
+  TensorBundle state;
+  for (const NamedTensor& t : *global_) FEDTAIL_RETURN_IF_ERROR(state.add(t.clone()));
+  state.mutable_metadata() = {{"strategy", name_},
+                              {"format", kStateFormat},
+                              {"model", model_options_to_json(model_options_)},
+                              {"input", augment_options_to_json(input_)},
+                              {"global_metadata", global_->metadata()}};
+  FEDTAIL_RETURN_IF_ERROR(save_extra_state(&state));
+  return state;
+}
+
+Status FedAvgServer::load_state(TensorBundle state) {
+  const std::string where = name_ + " state";
+  const nlohmann::json& meta = state.metadata();
+  if (!meta.contains("strategy") || meta["strategy"] != name_) {
+    return Status::InvalidArgument(
+        where + ": saved by strategy " +
+        (meta.contains("strategy") ? meta["strategy"].dump() : std::string("(unknown)")) +
+        ", not \"" + name_ + "\"");
+  }
+  if (!meta.contains("format") || meta["format"] != kStateFormat) {
+    return Status::InvalidArgument(where + ": unsupported format " +
+                                   (meta.contains("format") ? meta["format"].dump() : "(none)"));
+  }
+  if (!meta.contains("model") || !meta.contains("input") || !meta.contains("global_metadata") ||
+      !meta["global_metadata"].is_object()) {
+    return Status::InvalidArgument(where + ": metadata lacks model, input or global_metadata");
+  }
+  FEDTAIL_ASSIGN_OR_RETURN(ModelOptions model_options,
+                           parse_model_options(meta["model"], "state.model"));
+  FEDTAIL_RETURN_IF_ERROR(validate_model_options(model_options).with_context("state"));
+  FEDTAIL_ASSIGN_OR_RETURN(AugmentOptions input,
+                           parse_augment_options(meta["input"], "state.input"));
+
+  TensorBundle global, extra;
+  for (NamedTensor& t : state) {
+    TensorBundle& into = t.name().find('/') == std::string::npos ? global : extra;
+    FEDTAIL_RETURN_IF_ERROR(into.add(std::move(t)));
+  }
+  if (global.empty()) return Status::InvalidArgument(where + ": no global model tensor");
+  FEDTAIL_RETURN_IF_ERROR(global.set_metadata(meta["global_metadata"]));
+  FEDTAIL_RETURN_IF_ERROR(load_extra_state(std::move(extra), meta, global));
+
+  model_options_ = model_options;
+  input_ = std::move(input);
+  global_ = std::make_shared<const TensorBundle>(std::move(global));
+  return Status::OK();
+}
+
+Status FedAvgServer::save_extra_state(TensorBundle* state) const {
+  (void)state;
+  return Status::OK();
+}
+
+Status FedAvgServer::load_extra_state(TensorBundle extra, const nlohmann::json& metadata,
+                                      const TensorBundle& global) {
+  (void)metadata;
+  (void)global;
+  if (!extra.empty()) {
+    return Status::InvalidArgument(name_ + " state: unexpected tensor \"" + extra.at(0).name() +
+                                   "\"");
+  }
+  return Status::OK();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client
+
+Result<TrainStats> FedAvgClient::train(ClientContext& context) {
+  return train_local(*context.model, *context.train, context.config->local, context.device,
+                     *context.rng);
+}
+
+Result<FitOutput> FedAvgClient::fit(ClientContext& context, const TensorBundle& global) {
+  FEDTAIL_RETURN_IF_ERROR(require_client_context(context, "fit", /*for_fit=*/true));
+  try {
+    FEDTAIL_RETURN_IF_ERROR(
+        load_module_state(**context.model, global, /*strict=*/true).with_context("global model"));
+    FEDTAIL_ASSIGN_OR_RETURN(TrainStats stats, train(context));
+    FitOutput out;
+    FEDTAIL_ASSIGN_OR_RETURN(out.update, module_state(**context.model));
+    out.num_examples = context.train->size();
+    out.metrics = {{"loss", stats.mean_loss}, {"steps", stats.steps}};
+    return out;
+  } catch (const std::exception& e) {
+    return Status::Internal("fedavg client fit: " + std::string(e.what()));
+  }
+}
+
+Result<nlohmann::json> FedAvgClient::evaluate(ClientContext& context, const TensorBundle& global) {
+  FEDTAIL_RETURN_IF_ERROR(require_client_context(context, "evaluate", /*for_fit=*/false));
+  try {
+    FEDTAIL_RETURN_IF_ERROR(
+        load_module_state(**context.model, global, /*strict=*/true).with_context("global model"));
+    return evaluate_classifier_on_client(context, *context.model);
+  } catch (const std::exception& e) {
+    return Status::Internal("fedavg client evaluate: " + std::string(e.what()));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Registration
+
+Result<std::unique_ptr<ServerStrategy>> make_fedavg_server(const nlohmann::json& config) {
+  FEDTAIL_ASSIGN_OR_RETURN(RoundOptions options, parse_round_options(config));
+  return std::unique_ptr<ServerStrategy>(std::make_unique<FedAvgServer>("fedavg", options));
+}
+
+Result<std::unique_ptr<ClientAlgorithm>> make_fedavg_client(const nlohmann::json& config) {
+  FEDTAIL_RETURN_IF_ERROR(parse_round_options(config).status());
+  return std::unique_ptr<ClientAlgorithm>(std::make_unique<FedAvgClient>());
+}
+
+StrategyEntry fedavg_strategy_entry() {
+  return {"fedavg", "FedAvg: example-weighted mean of the clients' models (McMahan et al. 2017)",
+          make_fedavg_server, make_fedavg_client};
+}
+
+}  // namespace fedtail::strategies

@@ -1,0 +1,189 @@
+#include "strategies/registry.h"
+
+#include <dlfcn.h>
+#include <unistd.h>
+
+#include <exception>
+#include <map>
+#include <mutex>
+#include <set>
+#include <utility>
+
+#include "strategies/fedavg/fedavg.h"
+#include "strategies/fedprox/fedprox.h"
+
+namespace fedtail::strategies {
+namespace {
+
+struct Registry {
+  std::mutex mu;
+  std::map<std::string, StrategyEntry> entries;  // guarded by mu; std::map: names come out sorted
+  std::set<void*> plugins;                       // guarded by mu; handles whose init succeeded
+};
+
+Registry& registry() {
+  static Registry* r = new Registry();  // never destroyed: plugins' factories outlive exit order
+  return *r;
+}
+
+std::string join_names(const std::vector<std::string>& names) {
+  std::string out;
+  for (const auto& n : names) out += (out.empty() ? "" : ", ") + n;
+  return out.empty() ? "(none)" : out;
+}
+
+class HostImpl final : public PluginHost {
+ public:
+  Status register_strategy(StrategyEntry entry) override {
+    return ::fedtail::strategies::register_strategy(std::move(entry));
+  }
+};
+
+// The entry point FEDTAIL_STRATEGY_PLUGIN defines.
+using PluginInitFn = int (*)(int abi_version, PluginHost* host, Status* status);
+
+std::string dl_error_text() {
+  const char* e = dlerror();
+  return e ? e : "unknown dynamic loader error";
+}
+
+}  // namespace
+
+Status register_strategy(StrategyEntry entry) {
+  if (entry.name.empty()) return Status::InvalidArgument("register_strategy: empty strategy name");
+  if (!entry.server || !entry.client) {
+    return Status::InvalidArgument("register_strategy: strategy \"" + entry.name +
+                                   "\" lacks a server or a client factory");
+  }
+  Registry& r = registry();
+  std::lock_guard<std::mutex> lock(r.mu);
+  if (r.entries.count(entry.name) != 0) {
+    return Status::InvalidArgument("register_strategy: strategy \"" + entry.name +
+                                   "\" is already registered");
+  }
+  std::string name = entry.name;
+  r.entries.emplace(std::move(name), std::move(entry));
+  return Status::OK();
+}
+
+void register_builtin_strategies() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    // A name already taken (only possible if something registered it before this call) keeps
+    // its earlier entry: the error is deliberately ignored.
+    std::vector<StrategyEntry> builtins;
+    builtins.push_back(fedavg_strategy_entry());
+    builtins.push_back(fedprox_strategy_entry());
+    for (StrategyEntry& entry : builtins) {
+      Status ignored = register_strategy(std::move(entry));
+      (void)ignored;
+    }
+  });
+}
+
+std::vector<std::string> strategy_names() {
+  Registry& r = registry();
+  std::lock_guard<std::mutex> lock(r.mu);
+  std::vector<std::string> names;
+  names.reserve(r.entries.size());
+  for (const auto& [name, entry] : r.entries) names.push_back(name);
+  return names;
+}
+
+Result<StrategyEntry> find_strategy(const std::string& name) {
+  {
+    Registry& r = registry();
+    std::lock_guard<std::mutex> lock(r.mu);
+    auto it = r.entries.find(name);
+    if (it != r.entries.end()) return it->second;
+  }
+  return Status::NotFound("unknown strategy \"" + name +
+                          "\"; registered: " + join_names(strategy_names()));
+}
+
+Result<std::unique_ptr<ServerStrategy>> make_server_strategy(const std::string& name,
+                                                             const nlohmann::json& config) {
+  FEDTAIL_ASSIGN_OR_RETURN(StrategyEntry entry, find_strategy(name));
+  try {
+    FEDTAIL_ASSIGN_OR_RETURN(std::unique_ptr<ServerStrategy> server, entry.server(config));
+    if (!server) return Status::Internal("strategy \"" + name + "\": server factory returned null");
+    return server;
+  } catch (const std::exception& e) {
+    return Status::Internal("strategy \"" + name + "\": server factory threw: " + e.what());
+  }
+}
+
+Result<std::unique_ptr<ClientAlgorithm>> make_client_algorithm(const std::string& name,
+                                                               const nlohmann::json& config) {
+  FEDTAIL_ASSIGN_OR_RETURN(StrategyEntry entry, find_strategy(name));
+  try {
+    FEDTAIL_ASSIGN_OR_RETURN(std::unique_ptr<ClientAlgorithm> client, entry.client(config));
+    if (!client) return Status::Internal("strategy \"" + name + "\": client factory returned null");
+    return client;
+  } catch (const std::exception& e) {
+    return Status::Internal("strategy \"" + name + "\": client factory threw: " + e.what());
+  }
+}
+
+Status load_plugin(const std::string& path) {
+  const std::string where = "plugin " + path;
+  // One plugin load at a time: init functions register under the registry mutex in turn, and two
+  // threads loading the same library must not both run its init.
+  static std::mutex load_mu;
+  std::lock_guard<std::mutex> load_lock(load_mu);
+
+  dlerror();  // clear any stale error
+  // RTLD_NOW: an unresolved symbol fails here, with the symbol named, not at first call.
+  // RTLD_LOCAL: the plugin's own symbols stay out of the global namespace (two plugins may
+  // define the same internal names); it resolves fedtail's symbols from the host binary.
+  void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+  if (handle == nullptr) {
+    const std::string error = dl_error_text();
+    if (path.find('/') != std::string::npos && access(path.c_str(), F_OK) != 0) {
+      return Status::NotFound(where + ": no such file (" + error + ")");
+    }
+    return Status::InvalidArgument(where + ": cannot be loaded: " + error);
+  }
+  {
+    Registry& r = registry();
+    std::lock_guard<std::mutex> lock(r.mu);
+    if (r.plugins.count(handle) != 0) {
+      dlclose(handle);  // drops the reference this dlopen added; the library stays loaded
+      return Status::OK();
+    }
+  }
+  dlerror();
+  void* symbol = dlsym(handle, "fedtail_plugin_init");
+  if (symbol == nullptr) {
+    const std::string error = dl_error_text();
+    dlclose(handle);
+    return Status::InvalidArgument(where +
+                                   ": no entry point fedtail_plugin_init (define it with "
+                                   "FEDTAIL_STRATEGY_PLUGIN): " +
+                                   error);
+  }
+  auto init = reinterpret_cast<PluginInitFn>(symbol);
+  HostImpl host;
+  Status status;
+  int rc = 0;
+  try {
+    rc = init(kPluginAbiVersion, &host, &status);
+  } catch (...) {
+    // The macro catches everything; a hand-written entry point might not.
+    status = Status::Internal("the entry point threw an exception");
+  }
+  if (rc != 0) {
+    dlclose(handle);
+    return Status::FailedPrecondition(where + ": built for another plugin ABI (this fedtail has " +
+                                      std::to_string(kPluginAbiVersion) +
+                                      "); rebuild it against this fedtail");
+  }
+  // From here the library stays loaded even on error: it may have registered some factories.
+  if (!status.ok()) return status.with_context(where + ": registration failed");
+  Registry& r = registry();
+  std::lock_guard<std::mutex> lock(r.mu);
+  r.plugins.insert(handle);
+  return Status::OK();
+}
+
+}  // namespace fedtail::strategies
