@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "strategies/fedavg/fedavg.h"
+#include "strategies/fedloge/fedloge.h"
 #include "strategies/fedprox/fedprox.h"
 
 namespace fedtail::strategies {
@@ -73,6 +74,7 @@ void register_builtin_strategies() {
     // its earlier entry: the error is deliberately ignored.
     std::vector<StrategyEntry> builtins;
     builtins.push_back(fedavg_strategy_entry());
+    builtins.push_back(fedloge_strategy_entry());
     builtins.push_back(fedprox_strategy_entry());
     for (StrategyEntry& entry : builtins) {
       Status ignored = register_strategy(std::move(entry));
