@@ -1,0 +1,129 @@
+// Coordinator: one federated run, wired together — run config, data (for the strategy's run context
+// and server-side evaluation), strategy, client registry, round engine, gRPC server, state
+// directory (metrics.jsonl, checkpoint.bundle, final_model.bundle, summary.json, port).
+// fedtail-coordinator's main() is flag parsing and signal handling around this class; the
+// simulation harness runs it in-process.
+//
+// Lifecycle: create() -> start() -> wait(); request_stop() from any thread ends the run early (the
+// checkpoint of the last finished round stays valid, and no SHUTDOWN is sent, so clients wait for a
+// resumed coordinator). Destruction stops the server before the engine. Not copyable.
+#ifndef FEDTAIL_COORDINATOR_COORDINATOR_H_
+#define FEDTAIL_COORDINATOR_COORDINATOR_H_
+
+#include <grpcpp/grpcpp.h>
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "common/federated_data.h"
+#include "common/run_config.h"
+#include "common/status.h"
+#include "common/tls.h"
+#include "coordinator/client_registry.h"
+#include "coordinator/options.h"
+#include "coordinator/round_engine.h"
+#include "coordinator/service.h"
+#include "strategies/strategy.h"
+
+namespace fedtail::coordinator {
+
+struct CoordinatorFlags {
+  std::string config_path;                 // the run config (JSON). Required.
+  std::string listen = "127.0.0.1:50051";  // HOST:PORT; port 0 picks a free port
+  TlsFiles tls;                            // cert + key: TLS; + ca (--tls-client-ca): mutual TLS
+  std::string token_secret_file;           // join-token secret; "" = no token check
+  std::string state_dir = "./fedtail-state";
+  bool resume = false;    // continue from <state_dir>/checkpoint.bundle
+  bool insecure = false;  // allow plaintext on a non-loopback address
+  std::string device;     // server-side evaluation device; "" = config.device
+  int threads = -1;       // LibTorch threads; < 0 = config.threads
+  int rounds = 0;         // > 0 overrides config.rounds
+};
+
+class Coordinator {
+ public:
+  // Loads and validates everything (config, strategy, data, credentials, state directory,
+  // checkpoint on --resume) without listening yet. The strategy's registry must hold the
+  // configured strategy (register_builtin_strategies / load_plugin first). Errors name the flag,
+  // field or file: kInvalidArgument (config), kNotFound (files, unknown strategy),
+  // kFailedPrecondition (plaintext refused; a fresh run over an existing checkpoint; a resume
+  // with another config), and those of the data loaders.
+  static Result<std::unique_ptr<Coordinator>> create(CoordinatorFlags flags);
+
+  ~Coordinator();
+  Coordinator(const Coordinator&) = delete;
+  Coordinator& operator=(const Coordinator&) = delete;
+
+  // Listens, writes the port to <state_dir>/port, and starts the engine. kUnavailable when the
+  // address cannot be bound.
+  Status start();
+  // The bound port (after start()).
+  int port() const { return port_; }
+  // The address clients should dial, e.g. "127.0.0.1:43127" (after start()).
+  const std::string& address() const { return address_; }
+
+  // Blocks until the run ends. On success writes final_model.bundle and summary.json, waits
+  // (briefly) until every connected client has been told SHUTDOWN, and stops the server. Returns
+  // the run's status (kUnavailable after request_stop). Called once.
+  Status wait();
+
+  // Ends the run early. Thread-safe (call it from a signal-handling thread).
+  void request_stop();
+  // Called once, on the engine thread, when the run ends (to wake a thread blocked elsewhere).
+  // Call before start().
+  void set_on_done(std::function<void()> on_done) { on_done_ = std::move(on_done); }
+
+  const std::string& state_dir() const { return flags_.state_dir; }
+  const std::string& run_id() const { return run_id_; }
+  const CoordinatorOptions& options() const { return options_; }
+
+ private:
+  explicit Coordinator(CoordinatorFlags flags);
+
+  Status init();
+  Status prepare_state_dir();
+  Status on_round_end(int round, const nlohmann::json& line,
+                      const strategies::ServerStrategy& strategy);
+  Status write_outputs();
+  std::string state_path(const char* name) const;
+  double wall_seconds() const;
+
+  // Constant after create().
+  const CoordinatorFlags flags_;
+  nlohmann::json config_json_;  // the effective config (with --rounds applied)
+  std::string config_sha256_;
+  RunConfig run_config_;
+  CoordinatorOptions options_;
+  FederatedData data_;
+  torch::Device device_ = torch::kCPU;
+  std::string run_id_;
+  std::string token_secret_;
+  std::shared_ptr<grpc::ServerCredentials> credentials_;
+  std::unique_ptr<strategies::ServerStrategy> strategy_;
+  int first_round_ = 1;
+  bool resumed_ = false;
+  double wall_seconds_before_ = 0;  // of earlier (resumed) runs
+  std::function<void()> on_done_;
+
+  // Written by the engine thread in on_round_end (one thread), read after wait().
+  int64_t metrics_lines_ = 0;
+  int rounds_completed_ = 0;
+
+  std::chrono::steady_clock::time_point started_;
+  int port_ = 0;
+  std::string address_;
+
+  // Destroyed in reverse order: the server first (its reactors use the engine), then the service,
+  // the engine and the registry.
+  std::unique_ptr<ClientRegistry> registry_;
+  std::unique_ptr<RoundEngine> engine_;
+  std::unique_ptr<FederationService> service_;
+  std::unique_ptr<grpc::Server> server_;
+};
+
+}  // namespace fedtail::coordinator
+
+#endif  // FEDTAIL_COORDINATOR_COORDINATOR_H_

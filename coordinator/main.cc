@@ -1,0 +1,193 @@
+// fedtail-coordinator: runs one federated run (DESIGN.md "Binaries and files").
+//
+//   fedtail-coordinator --config run.json [--listen HOST:PORT] [--tls-cert F --tls-key F
+//       [--tls-client-ca F]] [--token-secret-file F] [--state-dir D] [--resume] [--insecure]
+//       [--plugin LIB.so]... [--device D] [--threads N] [--rounds N] [--log-level L]
+//
+// Exit status: 0 when every round ran; 128+signal after SIGINT/SIGTERM (the checkpoint of the last
+// finished round stays valid: rerun with --resume); 1 on any error (one line naming the flag,
+// field or file).
+#include <fcntl.h>
+#include <signal.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <atomic>
+#include <cerrno>
+#include <csignal>
+#include <cstdio>
+#include <exception>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/logging.h"
+#include "coordinator/coordinator.h"
+#include "strategies/registry.h"
+
+namespace {
+
+constexpr char kProgram[] = "fedtail-coordinator";
+
+struct Flags {
+  fedtail::coordinator::CoordinatorFlags coordinator;
+  std::vector<std::string> plugins;
+  std::string log_level = "info";
+};
+
+// Turns SIGINT/SIGTERM into a request to stop, on a thread of its own: the handler only writes the
+// signal number to a pipe (async-signal-safe), whichever thread it interrupts (libraries such as
+// OpenBLAS start threads before main, so blocking signals cannot confine them to one thread). A
+// second signal exits at once.
+class SignalWatcher {
+ public:
+  explicit SignalWatcher(fedtail::coordinator::Coordinator* coordinator) {
+    if (::pipe2(pipe_, O_CLOEXEC) != 0) {
+      pipe_[0] = pipe_[1] = -1;
+      spdlog::warn("cannot create the signal pipe: SIGINT/SIGTERM will kill the process");
+      return;
+    }
+    write_end_.store(pipe_[1]);
+    struct sigaction action {};
+    action.sa_handler = &SignalWatcher::on_signal;
+    sigemptyset(&action.sa_mask);
+    action.sa_flags = SA_RESTART;
+    // Installed even where the shell set SIG_IGN (background jobs ignore SIGINT): stopping
+    // cleanly is always what the user wants.
+    sigaction(SIGINT, &action, nullptr);
+    sigaction(SIGTERM, &action, nullptr);
+    thread_ = std::thread([this, coordinator] { run(coordinator); });
+  }
+  ~SignalWatcher() {
+    if (!thread_.joinable()) return;
+    const char quit = 0;
+    (void)!::write(pipe_[1], &quit, 1);
+    thread_.join();
+    // From now on a signal has its default effect.
+    std::signal(SIGINT, SIG_DFL);
+    std::signal(SIGTERM, SIG_DFL);
+    write_end_.store(-1);
+    ::close(pipe_[0]);
+    ::close(pipe_[1]);
+  }
+  int signal() const { return signal_.load(); }
+
+ private:
+  static void on_signal(int sig) {
+    const char c = static_cast<char>(sig);
+    const int fd = write_end_.load();
+    if (fd >= 0) (void)!::write(fd, &c, 1);
+  }
+
+  void run(fedtail::coordinator::Coordinator* coordinator) {
+    for (;;) {
+      char c = 0;
+      const ssize_t n = ::read(pipe_[0], &c, 1);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0 || c == 0) return;
+      const int received = c;
+      if (signal_.exchange(received) != 0) {
+        spdlog::warn("second signal: exiting now");
+        std::_Exit(128 + received);
+      }
+      spdlog::info("{}: stopping (again to exit at once)",
+                   received == SIGINT ? "SIGINT" : "SIGTERM");
+      coordinator->request_stop();
+    }
+  }
+
+  static std::atomic<int> write_end_;
+  int pipe_[2] = {-1, -1};
+  std::atomic<int> signal_{0};
+  std::thread thread_;
+};
+
+std::atomic<int> SignalWatcher::write_end_{-1};
+
+int run(const Flags& flags) {
+  fedtail::strategies::register_builtin_strategies();
+  for (const std::string& plugin : flags.plugins) {
+    fedtail::Status loaded = fedtail::strategies::load_plugin(plugin);
+    if (!loaded.ok()) {
+      std::fprintf(stderr, "%s: --plugin %s: %s\n", kProgram, plugin.c_str(),
+                   loaded.message().c_str());
+      return 1;
+    }
+    spdlog::info("loaded plugin {}", plugin);
+  }
+  fedtail::Result<std::unique_ptr<fedtail::coordinator::Coordinator>> created =
+      fedtail::coordinator::Coordinator::create(flags.coordinator);
+  if (!created.ok()) {
+    std::fprintf(stderr, "%s: %s\n", kProgram, created.status().message().c_str());
+    return 1;
+  }
+  fedtail::coordinator::Coordinator& coordinator = **created;
+  SignalWatcher watcher(&coordinator);
+  fedtail::Status status = coordinator.start();
+  if (status.ok()) status = coordinator.wait();
+  if (status.ok()) {
+    spdlog::info("done: {} round(s); results in {}", coordinator.options().rounds,
+                 coordinator.state_dir());
+    return 0;
+  }
+  if (watcher.signal() != 0) return 128 + watcher.signal();
+  spdlog::error("{}", status.to_string());
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Flags flags;
+  fedtail::coordinator::CoordinatorFlags& c = flags.coordinator;
+  CLI::App app{"fedtail coordinator: runs a federated run's rounds for remote clients"};
+  app.set_version_flag("--version", FEDTAIL_VERSION);
+  app.add_option("--config", c.config_path, "run config (JSON)")->required();
+  app.add_option("--listen", c.listen, "HOST:PORT to listen on (port 0: any free port)")
+      ->capture_default_str();
+  app.add_option("--tls-cert", c.tls.cert, "server certificate chain (PEM)");
+  app.add_option("--tls-key", c.tls.key, "server private key (PEM)");
+  app.add_option("--tls-client-ca", c.tls.ca,
+                 "CA (PEM) that client certificates must chain to: mutual TLS");
+  app.add_option("--token-secret-file", c.token_secret_file,
+                 "secret for join tokens (hex HMAC-SHA256 of the client id)");
+  app.add_option("--state-dir", c.state_dir,
+                 "checkpoints, metrics.jsonl, summary.json, final_model.bundle, port")
+      ->capture_default_str();
+  app.add_flag("--resume", c.resume, "continue from the state directory's checkpoint");
+  app.add_flag("--insecure", c.insecure, "allow plaintext on a non-loopback address");
+  app.add_option("--plugin", flags.plugins, "strategy plugin (shared library); repeatable");
+  app.add_option("--device", c.device,
+                 "server-side evaluation device: auto, cpu, cuda, cuda:i (default: config.device)");
+  app.add_option("--threads", c.threads,
+                 "LibTorch threads, 0 = all cores (default: config.threads)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--rounds", c.rounds, "override config.rounds")->check(CLI::PositiveNumber);
+  app.add_option("--log-level", flags.log_level, "trace, debug, info, warn, error, off")
+      ->capture_default_str();
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::fprintf(stderr, "%s: %s (see --help)\n", kProgram, e.what());
+    return e.get_exit_code() != 0 ? e.get_exit_code() : 1;
+  }
+  if (fedtail::Status s = fedtail::init_logging(kProgram, flags.log_level); !s.ok()) {
+    std::fprintf(stderr, "%s: %s\n", kProgram, s.message().c_str());
+    return 1;
+  }
+  try {
+    return run(flags);
+  } catch (const std::exception& e) {
+    spdlog::error("unexpected exception: {}", e.what());
+  } catch (...) {
+    spdlog::error("unexpected non-standard exception");
+  }
+  return 1;
+}

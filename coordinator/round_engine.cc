@@ -1,0 +1,480 @@
+// The engine thread: rounds, phases, evaluation, the metrics line. The service-facing methods
+// (pull, push, heartbeat, joins) are in round_engine_service_side.cc.
+#include "coordinator/round_engine.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <exception>
+#include <set>
+
+#include "common/rng.h"
+
+namespace fedtail::coordinator {
+namespace {
+
+// How often "waiting for clients" is logged: every 5 s for the first minute, then every 30 s.
+constexpr std::chrono::seconds kWaitLogInterval{5};
+constexpr std::chrono::seconds kWaitLogSlowInterval{30};
+constexpr std::chrono::seconds kWaitLogSlowAfter{60};
+
+double seconds_since(SteadyClock::time_point start) {
+  return std::chrono::duration<double>(SteadyClock::now() - start).count();
+}
+
+uint64_t unix_ms_after(double seconds) {
+  const auto at = std::chrono::system_clock::now() +
+                  std::chrono::duration_cast<std::chrono::system_clock::duration>(
+                      std::chrono::duration<double>(seconds));
+  return static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(at.time_since_epoch()).count());
+}
+
+nlohmann::json failures_json(const std::vector<strategies::ClientFailure>& failures) {
+  nlohmann::json list = nlohmann::json::array();
+  for (const auto& f : failures) list.push_back({{"client_id", f.client_id}, {"reason", f.reason}});
+  return list;
+}
+
+// A number at `path` in `json`, if there is one.
+std::optional<double> number_at(const nlohmann::json& json,
+                                std::initializer_list<const char*> path) {
+  const nlohmann::json* node = &json;
+  for (const char* key : path) {
+    if (!node->is_object()) return std::nullopt;
+    auto it = node->find(key);
+    if (it == node->end()) return std::nullopt;
+    node = &*it;
+  }
+  if (!node->is_number()) return std::nullopt;
+  return node->get<double>();
+}
+
+std::string format_number(std::optional<double> value, const char* format) {
+  if (!value) return "-";
+  char text[32];
+  std::snprintf(text, sizeof(text), format, *value);
+  return text;
+}
+
+std::shared_ptr<const Sha256Digest> digest_of(const TensorBundle& bundle) {
+  return std::make_shared<const Sha256Digest>(payload_sha256(bundle));
+}
+
+}  // namespace
+
+PendingUpload::PendingUpload(std::shared_ptr<const Task> task, std::string session_token,
+                             int64_t num_examples, nlohmann::json metrics,
+                             const DecodeLimits& limits)
+    : task_(std::move(task)),
+      session_token_(std::move(session_token)),
+      num_examples_(num_examples),
+      metrics_(std::move(metrics)),
+      decoder_(limits) {}
+
+Status PendingUpload::add(const v1::BundleChunk& chunk) {
+  ++chunks_;
+  return decoder_.add(chunk);
+}
+
+RoundEngine::RoundEngine(EngineConfig config, strategies::ServerStrategy* strategy,
+                         ClientRegistry* registry)
+    : config_(std::move(config)),
+      strategy_(strategy),
+      registry_(registry),
+      incarnation_(random_token(4)),
+      empty_bundle_(std::make_shared<const TensorBundle>()),
+      empty_digest_(digest_of(TensorBundle())),
+      gate_(config_.options.federation.max_concurrent_uploads) {
+  FEDTAIL_CHECK(strategy_ != nullptr);
+  FEDTAIL_CHECK(registry_ != nullptr);
+  FEDTAIL_CHECK(config_.run_config != nullptr);
+}
+
+RoundEngine::~RoundEngine() {
+  request_stop();
+  if (thread_.joinable()) thread_.join();
+}
+
+Status RoundEngine::start() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (started_) return Status::FailedPrecondition("round engine: already started");
+  started_ = true;
+  thread_ = std::thread([this] { thread_main(); });
+  return Status::OK();
+}
+
+Status RoundEngine::wait() {
+  if (thread_.joinable()) thread_.join();
+  std::lock_guard<std::mutex> lock(mu_);
+  return result_;
+}
+
+void RoundEngine::request_stop() {
+  stop_.store(true);
+  // Taking mu_ orders the flag before any waiter's predicate check.
+  { std::lock_guard<std::mutex> lock(mu_); }
+  cv_.notify_all();
+}
+
+bool RoundEngine::done() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return done_;
+}
+
+void RoundEngine::set_on_done(std::function<void()> on_done) {
+  std::lock_guard<std::mutex> lock(mu_);
+  on_done_ = std::move(on_done);
+}
+
+int RoundEngine::TEST_round() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return round_;
+}
+
+void RoundEngine::thread_main() {
+  Status status;
+  try {
+    status = run_rounds();
+  } catch (const std::exception& e) {
+    status = Status::Internal(std::string("round engine: unexpected exception: ") + e.what());
+  } catch (...) {
+    status = Status::Internal("round engine: unexpected non-standard exception");
+  }
+  if (status.ok()) finish_run();
+  std::function<void()> on_done;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    result_ = status;
+    done_ = true;
+    on_done = on_done_;
+  }
+  cv_.notify_all();
+  if (on_done) on_done();
+}
+
+Status RoundEngine::run_rounds() {
+  const CoordinatorOptions& options = config_.options;
+  completed_round_ = config_.first_round - 1;
+  if (!config_.resumed) {
+    strategies::RunContext context;
+    context.config = config_.run_config;
+    context.strategy_config = options.strategy_config;
+    context.total_rounds = options.rounds;
+    context.num_classes = config_.num_classes;
+    context.train_class_counts = config_.train_class_counts;
+    Rng rng = Rng::derive(config_.run_config->seed, "init");
+    Status status = strategy_->initialize(context, rng);
+    if (!status.ok())
+      return status.with_context("strategy " + options.strategy_name + ": initialize");
+  }
+  for (int round = config_.first_round; round <= options.rounds; ++round) {
+    if (stop_.load()) break;
+    FEDTAIL_RETURN_IF_ERROR(run_round(round));
+  }
+  if (stop_.load()) {
+    return Status::Unavailable("stopped after round " + std::to_string(completed_round_) + " of " +
+                               std::to_string(options.rounds));
+  }
+  return Status::OK();
+}
+
+bool RoundEngine::wait_for_clients(int needed, const char* why) {
+  std::unique_lock<std::mutex> lock(mu_);
+  std::optional<SteadyClock::time_point> next_log;
+  const auto waiting_since = SteadyClock::now();
+  while (!stop_.load()) {
+    expire_sessions_locked();
+    const int available = registry_->available_count();
+    if (available >= needed) return true;
+    const auto now = SteadyClock::now();
+    if (!next_log || now >= *next_log) {
+      spdlog::info("waiting for clients: {}/{} connected{}", available, needed, why);
+      next_log =
+          now + (now - waiting_since < kWaitLogSlowAfter ? kWaitLogInterval : kWaitLogSlowInterval);
+    }
+    SteadyClock::time_point wake = *next_log;
+    if (auto expiry = registry_->next_expiry(); expiry && *expiry < wake) wake = *expiry;
+    cv_.wait_until(lock, wake);
+    wakeups_.fetch_add(1);
+  }
+  return false;
+}
+
+Status RoundEngine::run_round(int round) {
+  const CoordinatorOptions& options = config_.options;
+  const uint64_t seed = config_.run_config->seed;
+  const auto started = SteadyClock::now();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    round_ = round;
+  }
+  const std::string where = "round " + std::to_string(round) + "/" + std::to_string(options.rounds);
+
+  // Fit: configure (waiting for more clients while the strategy says there are too few).
+  std::vector<strategies::TaskSpec> specs;
+  int needed = options.federation.min_available_clients;
+  for (;;) {
+    if (!wait_for_clients(needed, "")) return Status::OK();  // stopped
+    std::vector<strategies::ClientInfo> available = registry_->available_clients();
+    Rng rng = Rng::derive(seed, "fit", {static_cast<uint64_t>(round)});
+    Result<std::vector<strategies::TaskSpec>> configured =
+        strategy_->configure_fit(round, available, rng);
+    if (configured.ok()) {
+      specs = std::move(configured).value();
+      break;
+    }
+    if (configured.status().code() != StatusCode::kFailedPrecondition) {
+      return configured.status().with_context(where + ": configure_fit");
+    }
+    // Too few clients for the strategy: wait for one more than there are now.
+    needed = static_cast<int>(available.size()) + 1;
+    spdlog::warn("{}: {}; waiting for more clients", where, configured.status().message());
+  }
+
+  nlohmann::json line = {{"round", round},
+                         {"rounds", options.rounds},
+                         {"strategy", options.strategy_name},
+                         {"run_id", config_.run_id}};
+  int fit_failures = 0;
+  int fit_selected = 0;
+  if (specs.empty()) {
+    spdlog::info("{}: the strategy selected no client; training skipped", where);
+    line["fit"] = {{"selected", 0},
+                   {"updates", 0},
+                   {"failures", nlohmann::json::array()},
+                   {"metrics", nlohmann::json::object()},
+                   {"skipped", true}};
+  } else {
+    FEDTAIL_ASSIGN_OR_RETURN(std::unique_ptr<strategies::Aggregation> aggregation,
+                             strategy_->begin_aggregation(round));
+    Result<PhaseOutcome> outcome = run_phase(round, TaskKind::kFit, specs, aggregation.get());
+    if (!outcome.ok()) {
+      if (stop_.load()) return Status::OK();
+      return outcome.status();
+    }
+    Result<nlohmann::json> metrics = aggregation->finish(outcome->failures);
+    if (!metrics.ok()) return metrics.status().with_context(where + ": aggregation finish");
+    fit_failures = static_cast<int>(outcome->failures.size());
+    fit_selected = outcome->selected;
+    line["fit"] = {{"selected", outcome->selected},
+                   {"updates", outcome->answered},
+                   {"failures", failures_json(outcome->failures)},
+                   {"metrics", *metrics}};
+  }
+  if (stop_.load()) return Status::OK();
+
+  const bool evaluate = round % config_.run_config->eval.every == 0 || round == options.rounds;
+  if (evaluate) {
+    std::vector<strategies::ClientInfo> available = registry_->available_clients();
+    Rng rng = Rng::derive(seed, "evaluate", {static_cast<uint64_t>(round)});
+    Result<std::vector<strategies::TaskSpec>> especs =
+        strategy_->configure_evaluate(round, available, rng);
+    if (!especs.ok() && especs.status().code() != StatusCode::kFailedPrecondition) {
+      return especs.status().with_context(where + ": configure_evaluate");
+    }
+    if (!especs.ok()) {
+      spdlog::warn("{}: federated evaluation skipped: {}", where, especs.status().message());
+    } else if (!especs->empty()) {
+      Result<PhaseOutcome> outcome = run_phase(round, TaskKind::kEvaluate, *especs, nullptr);
+      if (!outcome.ok()) {
+        if (stop_.load()) return Status::OK();
+        return outcome.status();
+      }
+      Result<nlohmann::json> metrics =
+          strategy_->aggregate_evaluate(round, outcome->reports, outcome->failures);
+      if (!metrics.ok()) return metrics.status().with_context(where + ": aggregate_evaluate");
+      line["evaluate"] = {{"selected", outcome->selected},
+                          {"reports", outcome->answered},
+                          {"failures", failures_json(outcome->failures)},
+                          {"metrics", *metrics}};
+    }
+    if (config_.server_test != nullptr && config_.options.federation.server_eval) {
+      strategies::ServerEvalContext context;
+      context.test = config_.server_test;
+      context.train_class_counts = config_.train_class_counts;
+      context.device = config_.device;
+      context.batch_size = config_.run_config->eval.batch_size;
+      Result<nlohmann::json> metrics = strategy_->evaluate(round, context);
+      if (!metrics.ok()) return metrics.status().with_context(where + ": server evaluation");
+      line["server_eval"] = *metrics;
+    }
+  }
+  if (stop_.load()) return Status::OK();
+
+  const double seconds = seconds_since(started);
+  line["seconds"] = seconds;
+  std::optional<double> loss = number_at(line, {"fit", "metrics", "loss"});
+  std::optional<double> generic = number_at(line, {"server_eval", "generic", "overall"});
+  std::optional<double> personal = number_at(line, {"evaluate", "metrics", "personalized", "mean"});
+  spdlog::info("{}: {} clients, {} failures, loss {}, accuracy {}{}, {:.1f} s", where, fit_selected,
+               fit_failures, format_number(loss, "%.4f"), format_number(generic, "%.4f"),
+               personal ? " (personalized " + format_number(personal, "%.4f") + ")" : "", seconds);
+  if (config_.on_round_end) {
+    Status status = config_.on_round_end(round, line, *strategy_);
+    if (!status.ok()) return status.with_context(where + ": checkpoint");
+  }
+  completed_round_ = round;
+  return Status::OK();
+}
+
+Result<RoundEngine::PhaseOutcome> RoundEngine::run_phase(
+    int round, TaskKind kind, const std::vector<strategies::TaskSpec>& specs,
+    strategies::Aggregation* aggregation) {
+  const FederationOptions& federation = config_.options.federation;
+  const std::string where = "round " + std::to_string(round) + " " + task_kind_name(kind);
+  const auto timeout = std::chrono::duration_cast<SteadyClock::duration>(
+      std::chrono::duration<double>(federation.round_timeout_s));
+  const uint64_t deadline_unix_ms = unix_ms_after(federation.round_timeout_s);
+
+  // One digest per distinct bundle (usually one global model shared by every task).
+  std::map<const TensorBundle*, std::shared_ptr<const Sha256Digest>> digests;
+  std::set<std::string> available;
+  for (const auto& client : registry_->available_clients()) available.insert(client.id);
+
+  std::vector<Delivery> deliveries;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto phase = std::make_unique<Phase>();
+    phase->round = round;
+    phase->kind = kind;
+    phase->open = true;
+    phase->deadline = SteadyClock::now() + timeout;
+    phase->aggregation = aggregation;
+    phase_ = std::move(phase);
+    std::set<std::string> seen;
+    for (const strategies::TaskSpec& spec : specs) {
+      auto task = std::make_shared<Task>();
+      task->id = incarnation_ + "-r" + std::to_string(round) + "-" + task_kind_name(kind) + "-" +
+                 spec.client_id;
+      task->kind = kind;
+      task->round = round;
+      task->strategy = config_.options.strategy_name;
+      task->client_id = spec.client_id;
+      task->config_json = spec.config.is_null() ? "{}" : spec.config.dump();
+      task->deadline_unix_ms = deadline_unix_ms;
+      if (spec.bundle) {
+        auto& digest = digests[spec.bundle.get()];
+        if (!digest) digest = digest_of(*spec.bundle);
+        task->bundle = spec.bundle;
+        task->digest = digest;
+      } else {
+        task->bundle = empty_bundle_;
+        task->digest = empty_digest_;
+      }
+      if (!seen.insert(spec.client_id).second) {
+        spdlog::warn("{}: the strategy gave client \"{}\" two tasks; the second is ignored", where,
+                     spec.client_id);
+        continue;
+      }
+      TaskEntry entry;
+      entry.task = task;
+      auto [it, inserted] = phase_->tasks.emplace(task->id, std::move(entry));
+      ++phase_->selected;
+      ++phase_->pending;
+      if (!available.count(spec.client_id)) {
+        fail_locked(it->second, "not an available client");
+        continue;
+      }
+      requeue_locked(it->second, &deliveries);
+    }
+  }
+  deliver(deliveries);
+  spdlog::debug("{}: {} task(s) queued", where, specs.size());
+
+  // Wait for the answers, the deadline, or stop.
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    while (phase_->pending > 0 && !stop_.load()) {
+      const auto now = SteadyClock::now();
+      if (now >= phase_->deadline) break;
+      SteadyClock::time_point wake = phase_->deadline;
+      if (auto expiry = registry_->next_expiry(); expiry && *expiry < wake) wake = *expiry;
+      cv_.wait_until(lock, wake);
+      wakeups_.fetch_add(1);
+      expire_sessions_locked();
+    }
+  }
+
+  // Close the phase. Holding fold_mu_ first means no fold is in progress, and none starts after.
+  PhaseOutcome outcome;
+  {
+    std::lock_guard<std::mutex> fold_lock(fold_mu_);
+    std::lock_guard<std::mutex> lock(mu_);
+    Phase& phase = *phase_;
+    phase.open = false;
+    const bool stopped = stop_.load();
+    char timeout_text[32];
+    std::snprintf(timeout_text, sizeof(timeout_text), "%g", federation.round_timeout_s);
+    for (auto& [id, entry] : phase.tasks) {
+      switch (entry.state) {
+        case TaskEntry::State::kQueued:
+          fail_locked(entry, stopped ? "coordinator stopping"
+                                     : std::string("deadline exceeded (") + timeout_text +
+                                           " s): the task was never pulled");
+          break;
+        case TaskEntry::State::kDelivered:
+          fail_locked(entry, stopped ? "coordinator stopping"
+                                     : std::string("deadline exceeded (") + timeout_text +
+                                           " s): no result");
+          break;
+        case TaskEntry::State::kReceiving:
+          fail_locked(entry, stopped ? "coordinator stopping"
+                                     : std::string("deadline exceeded (") + timeout_text +
+                                           " s): the upload was still in progress");
+          break;
+        case TaskEntry::State::kDone:
+          break;
+      }
+    }
+    outcome.selected = phase.selected;
+    outcome.answered = phase.selected - static_cast<int>(phase.failures.size());
+    outcome.failures = std::move(phase.failures);
+    outcome.reports = std::move(phase.reports);
+    phase.aggregation = nullptr;
+    retired_ = std::move(phase.tasks);
+    phase_.reset();
+  }
+  // Failures come out in arrival order; sort them so that the strategy and the metrics line see
+  // the same list whatever the timing.
+  std::sort(outcome.failures.begin(), outcome.failures.end(),
+            [](const auto& a, const auto& b) { return a.client_id < b.client_id; });
+  std::sort(outcome.reports.begin(), outcome.reports.end(),
+            [](const auto& a, const auto& b) { return a.client_id < b.client_id; });
+  if (stop_.load()) return Status::Unavailable(where + ": stopped");
+  return outcome;
+}
+
+void RoundEngine::finish_run() {
+  spdlog::info("run complete: {} round(s); telling clients to shut down", config_.options.rounds);
+  std::vector<PollWaiters::Waiter> parked;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    finished_ = true;
+    parked = waiters_.take_all();
+    for (const auto& waiter : parked) shutdown_sent_.insert(waiter.session_token);
+  }
+  cv_.notify_all();
+  for (auto& waiter : parked) waiter.done(PollAnswer{PollAnswer::Kind::kShutdown, nullptr});
+}
+
+bool RoundEngine::wait_sessions_shut_down(std::chrono::milliseconds timeout) {
+  const auto deadline = SteadyClock::now() + timeout;
+  std::unique_lock<std::mutex> lock(mu_);
+  for (;;) {
+    registry_->expire();
+    bool all = true;
+    for (const std::string& token : registry_->live_session_tokens()) {
+      if (!shutdown_sent_.count(token)) all = false;
+    }
+    if (all) return true;
+    const auto now = SteadyClock::now();
+    if (now >= deadline) return false;
+    // Sessions also go stale without calling: re-check at least every second.
+    cv_.wait_until(lock, std::min(deadline, now + std::chrono::seconds(1)));
+  }
+}
+
+}  // namespace fedtail::coordinator

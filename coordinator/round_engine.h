@@ -1,0 +1,278 @@
+// RoundEngine: runs a federated run's rounds on its own thread, and is what the gRPC service calls
+// to hand out tasks and take in results.
+//
+// One round (DESIGN.md):
+//   1. wait until federation.min_available_clients clients are live (logging "waiting for
+//      clients: 1/3 connected" every few seconds; the thread sleeps on a condition variable);
+//   2. strategy->configure_fit(round, live clients sorted by id, Rng::derive(seed, "fit",
+//   {round}));
+//      one task per selected client is queued, and handed to that client's next PullTask;
+//   3. results are decoded (BundleDecoder limited to max_update_bytes), checked finite and folded
+//      into the round's Aggregation as they arrive, one at a time (fold_mu_); at most
+//      max_concurrent_uploads decodes run at once (upload_gate()), so memory is O(model × that);
+//   4. the phase ends when every selected client has answered or at its deadline
+//      (round_timeout_s); unanswered, late, lost and invalid answers become ClientFailures with a
+//      reason, logged and handed to Aggregation::finish;
+//   5. every eval.every rounds and at the last round: federated evaluation (configure_evaluate with
+//      Rng::derive(seed, "evaluate", {round}) -> tasks -> aggregate_evaluate) and server-side
+//      evaluation (strategy->evaluate on the server test set, when one is given);
+//   6. the round's metrics line goes to on_round_end (metrics.jsonl + checkpoint) and to the log.
+// After the last round every session's next PullTask is answered SHUTDOWN. A stopped run
+// (request_stop) sends no SHUTDOWN, so that clients wait for a resumed coordinator.
+//
+// Every random choice is derived from (seed, purpose, round), and aggregation is order-independent,
+// so a run resumed at round r+1 from round r's checkpoint behaves as the uninterrupted run.
+//
+// Threading: start()/wait()/request_stop() from the owner's thread; the service methods from any
+// thread (gRPC's callback threads), concurrently. The strategy is called from the engine thread
+// only, except Aggregation::add, which runs on the uploading thread under fold_mu_ (one at a time).
+// Lock order: fold_mu_ -> mu_ -> (registry's mutex, PollWaiters' mutex). Callbacks handed to pull()
+// are invoked without any engine lock held.
+#ifndef FEDTAIL_COORDINATOR_ROUND_ENGINE_H_
+#define FEDTAIL_COORDINATOR_ROUND_ENGINE_H_
+
+#include <torch/types.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/bundle_codec.h"
+#include "common/dataset.h"
+#include "common/run_config.h"
+#include "common/status.h"
+#include "coordinator/client_registry.h"
+#include "coordinator/options.h"
+#include "coordinator/poll_waiters.h"
+#include "coordinator/task.h"
+#include "coordinator/upload_gate.h"
+#include "fedtail/v1/federation.pb.h"
+#include "strategies/strategy.h"
+
+namespace fedtail::coordinator {
+
+struct EngineConfig {
+  CoordinatorOptions options;               // rounds, strategy name, federation
+  const RunConfig* run_config = nullptr;    // borrowed; must outlive the engine (never null)
+  std::string run_id;                       // logged, and recorded in metrics lines
+  int num_classes = 0;                      // of the data set (RunContext)
+  std::vector<int64_t> train_class_counts;  // global long-tailed training counts (may be empty)
+  // The balanced test set for server-side evaluation; null: none. Borrowed, outlives the engine.
+  const Dataset* server_test = nullptr;
+  torch::Device device = torch::kCPU;  // for server-side evaluation
+  // The first round to run: 1 for a fresh run (strategy->initialize is called first), checkpoint
+  // round + 1 on resume (the strategy's state has been loaded; initialize is not called). A value
+  // above options.rounds runs nothing and goes straight to SHUTDOWN.
+  int first_round = 1;
+  bool resumed = false;
+  // Called on the engine thread after each round with the round and its metrics line; a non-OK
+  // status ends the run with that status. Empty: nothing is called.
+  std::function<Status(int round, const nlohmann::json& line,
+                       const strategies::ServerStrategy& strategy)>
+      on_round_end;
+};
+
+// A result upload being received: the task it answers and the decoder its chunks go to. Made by
+// begin_push, consumed by complete_push or abandon_push. Not thread-safe (one stream feeds it).
+class PendingUpload {
+ public:
+  // Feeds one bundle chunk to the decoder; the first error is kept (sticky) and returned.
+  Status add(const v1::BundleChunk& chunk);
+  const std::string& task_id() const { return task_->id; }
+  uint64_t chunks() const { return chunks_; }
+
+ private:
+  friend class RoundEngine;
+  PendingUpload(std::shared_ptr<const Task> task, std::string session_token, int64_t num_examples,
+                nlohmann::json metrics, const DecodeLimits& limits);
+
+  std::shared_ptr<const Task> task_;
+  std::string session_token_;
+  int64_t num_examples_;
+  nlohmann::json metrics_;
+  BundleDecoder decoder_;
+  uint64_t chunks_ = 0;
+};
+
+class RoundEngine {
+ public:
+  // `strategy` and `registry` are borrowed and must outlive the engine.
+  RoundEngine(EngineConfig config, strategies::ServerStrategy* strategy, ClientRegistry* registry);
+  // Stops the run (request_stop) and joins the thread.
+  ~RoundEngine();
+
+  RoundEngine(const RoundEngine&) = delete;
+  RoundEngine& operator=(const RoundEngine&) = delete;
+
+  // Starts the engine thread. kFailedPrecondition when called twice.
+  Status start();
+  // Blocks until the engine thread ends and returns the run's status: OK when every round ran,
+  // kUnavailable("stopped ...") after request_stop, or the first error (a strategy hook,
+  // on_round_end). Called once.
+  Status wait();
+  // Makes the engine thread end soon: a round in progress is abandoned (no checkpoint for it).
+  // Thread-safe, idempotent.
+  void request_stop();
+  // True once the engine thread has ended (for any reason).
+  bool done() const;
+  // Called (once, on the engine thread, with no lock held) when the thread is about to end.
+  void set_on_done(std::function<void()> on_done);
+
+  // ---- Service side: any thread ----
+
+  // The outcome of pull(): an immediate answer, or the id of the parked poll.
+  struct PullStart {
+    std::optional<PollAnswer> answer;  // set: answer now (`done` was dropped)
+    uint64_t parked_id = 0;            // else: `done` will be called once, from another thread
+  };
+  // A PullTask of `session`: a queued task for one of its clients, SHUTDOWN when the run is
+  // over, else parks the poll for min(max_wait, poll_timeout_ms); `done` is then called once with
+  // a task, WAIT or SHUTDOWN. A task handed out counts as delivered (see delivery_failed).
+  PullStart pull(const SessionView& session, std::chrono::milliseconds max_wait,
+                 PollWaiters::Callback done);
+  // The parked poll's RPC was cancelled (the client went away): removes it. False when it had
+  // already been completed (its callback runs or ran).
+  bool cancel_pull(uint64_t parked_id);
+  // A task handed to a PullTask could not be sent whole: it is queued again for its client.
+  void delivery_failed(const std::string& task_id);
+
+  // The outcome of begin_push().
+  struct PushStart {
+    Status status;  // not OK: answer the RPC with this error (e.g. kUnavailable: retry later)
+    std::optional<v1::PushResultResponse> response;  // answer now without reading a bundle
+    std::unique_ptr<PendingUpload> upload;           // else: read the bundle into it
+  };
+  // Checks a result header from `session`: the task must be of the current phase, for a client of
+  // the session, not yet answered, and not late. Answers duplicates (duplicate = true, the first
+  // outcome repeated), late or unknown tasks (accepted = false, with the reason) and client-side
+  // failures (ok = false: recorded as the client's failure) at once; otherwise returns the upload
+  // to read the bundle into (the task is then "receiving": a concurrent second push of it gets
+  // kUnavailable).
+  PushStart begin_push(const SessionView& session, const v1::ResultHeader& header);
+  // Ends an upload whose stream ended normally: decodes, checks finiteness, folds (fit) or records
+  // (evaluate) the result, and returns the answer. A refused result becomes the client's failure.
+  v1::PushResultResponse complete_push(std::unique_ptr<PendingUpload> upload);
+  // Ends an upload whose stream broke: the task is again awaiting a result (the client may retry).
+  void abandon_push(std::unique_ptr<PendingUpload> upload);
+  // Bounds concurrent decodes: the service takes a slot before reading an upload's bundle.
+  UploadGate& upload_gate() { return gate_; }
+
+  // A heartbeat for `task_id`: true when the task is no longer wanted (round over, answered,
+  // unknown), i.e. the client should cancel it.
+  bool heartbeat(const SessionView& session, const std::string& task_id);
+
+  // A Join succeeded: wakes the engine; tasks of taken-over clients are offered again.
+  void clients_joined(const Admission& admission);
+  // A session left or was found dead: its clients' outstanding tasks fail with `reason`.
+  void clients_gone(const RemovedSession& session, const std::string& reason);
+
+  // After the run: blocks until every live session has been answered SHUTDOWN, or `timeout`.
+  // True when all have been.
+  bool wait_sessions_shut_down(std::chrono::milliseconds timeout);
+
+  // Test hooks.
+  // Times the engine thread woke from a wait (to check that waiting does not spin).
+  uint64_t TEST_wakeups() const { return wakeups_.load(); }
+  // The round in progress (0 before the first).
+  int TEST_round() const;
+
+ private:
+  struct TaskEntry {
+    enum class State { kQueued, kDelivered, kReceiving, kDone };
+    std::shared_ptr<const Task> task;
+    State state = State::kQueued;
+    std::string delivered_to;  // session token, when delivered or receiving
+    // Outcome, when kDone.
+    bool received = false;  // a push of it arrived (so a later push is a duplicate)
+    bool accepted = false;
+    std::string reason;  // why it failed or was refused
+  };
+  struct Phase {
+    int round = 0;
+    TaskKind kind = TaskKind::kFit;
+    bool open = false;
+    SteadyClock::time_point deadline;
+    std::map<std::string, TaskEntry> tasks;                 // by task id
+    std::map<std::string, std::deque<std::string>> queued;  // client id -> queued task ids
+    int pending = 0;                                        // tasks not kDone
+    int selected = 0;
+    std::vector<strategies::ClientFailure> failures;
+    std::vector<strategies::EvalReport> reports;
+    strategies::Aggregation* aggregation = nullptr;  // fit only; owned by the engine thread
+  };
+  struct PhaseOutcome {
+    int selected = 0;
+    int answered = 0;
+    std::vector<strategies::ClientFailure> failures;
+    std::vector<strategies::EvalReport> reports;
+  };
+  struct Delivery {
+    PollWaiters::Callback done;
+    std::shared_ptr<const Task> task;
+  };
+
+  void thread_main();
+  Status run_rounds();
+  Status run_round(int round);
+  // Waits until enough clients are live. False when stopped.
+  bool wait_for_clients(int needed, const char* why);
+  // Configures and runs one phase. Fails with kUnavailable when stopped.
+  Result<PhaseOutcome> run_phase(int round, TaskKind kind,
+                                 const std::vector<strategies::TaskSpec>& specs,
+                                 strategies::Aggregation* aggregation);
+  void finish_run();
+
+  // With mu_ held.
+  void expire_sessions_locked();
+  void fail_locked(TaskEntry& entry, const std::string& reason);
+  void requeue_locked(TaskEntry& entry, std::vector<Delivery>* deliveries);
+  TaskEntry* find_current_locked(const std::string& task_id);
+  static void deliver(std::vector<Delivery>& deliveries);
+  v1::PushResultResponse refuse_locked(TaskEntry& entry, const std::string& reason);
+
+  // Constant after construction.
+  const EngineConfig config_;
+  strategies::ServerStrategy* const strategy_;
+  ClientRegistry* const registry_;
+  const std::string incarnation_;  // random, makes task ids unique across coordinator restarts
+  const std::shared_ptr<const TensorBundle> empty_bundle_;
+  const std::shared_ptr<const Sha256Digest> empty_digest_;
+
+  UploadGate gate_;
+  PollWaiters waiters_;
+  std::thread thread_;
+  std::atomic<bool> stop_{false};
+  std::atomic<uint64_t> wakeups_{0};
+  int completed_round_ = 0;  // engine thread only: the last round whose checkpoint was written
+
+  // Serialises folding into the Aggregation, and the engine thread's closing of a phase.
+  std::mutex fold_mu_;
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;    // phase progress, clients joining or leaving, stop, shutdown sent
+  std::unique_ptr<Phase> phase_;  // guarded by mu_; null between phases
+  std::map<std::string, TaskEntry> retired_;  // guarded by mu_; the previous phase's tasks
+  int round_ = 0;                             // guarded by mu_
+  bool finished_ = false;                     // guarded by mu_; SHUTDOWN is being answered
+  bool done_ = false;                         // guarded by mu_
+  bool started_ = false;                      // guarded by mu_
+  std::set<std::string> shutdown_sent_;       // guarded by mu_; session tokens
+  std::function<void()> on_done_;             // guarded by mu_
+  Status result_;                             // written by the engine thread before done_
+};
+
+}  // namespace fedtail::coordinator
+
+#endif  // FEDTAIL_COORDINATOR_ROUND_ENGINE_H_

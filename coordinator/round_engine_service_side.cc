@@ -1,0 +1,359 @@
+// RoundEngine's service-facing half: handing out tasks (pull), taking in results (push),
+// heartbeats, and the effect of clients joining, leaving and going silent. See round_engine.h for
+// the contract.
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <exception>
+
+#include "coordinator/round_engine.h"
+
+namespace fedtail::coordinator {
+namespace {
+
+v1::PushResultResponse make_response(bool accepted, bool duplicate, const std::string& reason) {
+  v1::PushResultResponse response;
+  response.set_accepted(accepted);
+  response.set_duplicate(duplicate);
+  response.set_reason(reason);
+  return response;
+}
+
+}  // namespace
+
+// ---- Helpers, with mu_ held ----
+
+RoundEngine::TaskEntry* RoundEngine::find_current_locked(const std::string& task_id) {
+  if (!phase_) return nullptr;
+  auto it = phase_->tasks.find(task_id);
+  return it == phase_->tasks.end() ? nullptr : &it->second;
+}
+
+void RoundEngine::fail_locked(TaskEntry& entry, const std::string& reason) {
+  if (entry.state == TaskEntry::State::kDone) return;
+  entry.state = TaskEntry::State::kDone;
+  entry.accepted = false;
+  entry.reason = reason;
+  phase_->failures.push_back({entry.task->client_id, reason});
+  --phase_->pending;
+  spdlog::warn("round {} {}: client {} failed: {}", entry.task->round,
+               task_kind_name(entry.task->kind), entry.task->client_id, reason);
+  cv_.notify_all();
+}
+
+void RoundEngine::requeue_locked(TaskEntry& entry, std::vector<Delivery>* deliveries) {
+  entry.state = TaskEntry::State::kQueued;
+  entry.delivered_to.clear();
+  if (std::optional<PollWaiters::Waiter> waiter = waiters_.take_for_client(entry.task->client_id)) {
+    entry.state = TaskEntry::State::kDelivered;
+    entry.delivered_to = waiter->session_token;
+    deliveries->push_back({std::move(waiter->done), entry.task});
+    return;
+  }
+  phase_->queued[entry.task->client_id].push_back(entry.task->id);
+}
+
+void RoundEngine::deliver(std::vector<Delivery>& deliveries) {
+  for (Delivery& delivery : deliveries) {
+    delivery.done(PollAnswer{PollAnswer::Kind::kTask, std::move(delivery.task)});
+  }
+  deliveries.clear();
+}
+
+void RoundEngine::expire_sessions_locked() {
+  const auto timeout_s = config_.options.federation.client_timeout_s;
+  for (const RemovedSession& session : registry_->expire()) {
+    char reason[96];
+    std::snprintf(reason, sizeof(reason), "connection lost: no contact for %g s", timeout_s);
+    spdlog::warn("session \"{}\" ({} client(s)): {}", session.name, session.client_ids.size(),
+                 reason);
+    if (!phase_) continue;
+    for (auto& [id, entry] : phase_->tasks) {
+      // An upload in progress ends by itself (complete_push or abandon_push).
+      if (entry.state != TaskEntry::State::kQueued && entry.state != TaskEntry::State::kDelivered) {
+        continue;
+      }
+      if (std::binary_search(session.client_ids.begin(), session.client_ids.end(),
+                             entry.task->client_id)) {
+        fail_locked(entry, reason);
+      }
+    }
+  }
+}
+
+v1::PushResultResponse RoundEngine::refuse_locked(TaskEntry& entry, const std::string& reason) {
+  entry.received = true;
+  fail_locked(entry, reason);
+  return make_response(/*accepted=*/false, /*duplicate=*/false, reason);
+}
+
+// ---- Polls ----
+
+RoundEngine::PullStart RoundEngine::pull(const SessionView& session,
+                                         std::chrono::milliseconds max_wait,
+                                         PollWaiters::Callback done) {
+  PullStart start;
+  std::lock_guard<std::mutex> lock(mu_);
+  if (finished_) {
+    shutdown_sent_.insert(session.token);
+    cv_.notify_all();
+    start.answer = PollAnswer{PollAnswer::Kind::kShutdown, nullptr};
+    return start;
+  }
+  if (stop_.load()) {
+    start.answer = PollAnswer{PollAnswer::Kind::kWait, nullptr};
+    return start;
+  }
+  if (phase_ && phase_->open) {
+    for (const std::string& client : session.client_ids) {
+      auto queue = phase_->queued.find(client);
+      if (queue == phase_->queued.end()) continue;
+      while (!queue->second.empty()) {
+        const std::string id = std::move(queue->second.front());
+        queue->second.pop_front();
+        TaskEntry& entry = phase_->tasks.at(id);
+        if (entry.state != TaskEntry::State::kQueued) continue;  // failed meanwhile
+        entry.state = TaskEntry::State::kDelivered;
+        entry.delivered_to = session.token;
+        start.answer = PollAnswer{PollAnswer::Kind::kTask, entry.task};
+        return start;
+      }
+    }
+  }
+  const std::chrono::milliseconds longest(config_.options.federation.poll_timeout_ms);
+  const std::chrono::milliseconds wait =
+      max_wait.count() <= 0 ? longest : std::min(max_wait, longest);
+  start.parked_id =
+      waiters_.park(session.token, session.client_ids, SteadyClock::now() + wait, std::move(done));
+  return start;
+}
+
+bool RoundEngine::cancel_pull(uint64_t parked_id) { return waiters_.cancel(parked_id); }
+
+void RoundEngine::delivery_failed(const std::string& task_id) {
+  std::vector<Delivery> deliveries;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    TaskEntry* entry = find_current_locked(task_id);
+    if (entry == nullptr || entry->state != TaskEntry::State::kDelivered || !phase_->open) return;
+    spdlog::debug("task {}: not delivered whole; queued again", task_id);
+    requeue_locked(*entry, &deliveries);
+  }
+  deliver(deliveries);
+}
+
+// ---- Results ----
+
+RoundEngine::PushStart RoundEngine::begin_push(const SessionView& session,
+                                               const v1::ResultHeader& header) {
+  PushStart start;
+  std::lock_guard<std::mutex> lock(mu_);
+  const std::string& task_id = header.task_id();
+  TaskEntry* entry = find_current_locked(task_id);
+  if (entry == nullptr) {
+    auto retired = retired_.find(task_id);
+    if (retired == retired_.end()) {
+      start.response = make_response(false, false, "unknown or expired task \"" + task_id + "\"");
+    } else if (retired->second.received) {
+      start.response =
+          make_response(retired->second.accepted, /*duplicate=*/true, retired->second.reason);
+    } else {
+      start.response = make_response(false, false,
+                                     "late: round " + std::to_string(retired->second.task->round) +
+                                         " " + task_kind_name(retired->second.task->kind) +
+                                         " is over (" + retired->second.reason + ")");
+    }
+    return start;
+  }
+  const Task& task = *entry->task;
+  if (header.client_id() != task.client_id) {
+    start.status =
+        Status::InvalidArgument("task \"" + task_id + "\" is for client \"" + task.client_id +
+                                "\", not \"" + header.client_id() + "\"");
+    return start;
+  }
+  if (!session.serves(task.client_id)) {
+    start.status =
+        Status::FailedPrecondition("this session does not host client \"" + task.client_id + "\"");
+    return start;
+  }
+  switch (entry->state) {
+    case TaskEntry::State::kDone:
+      if (entry->received) {
+        start.response = make_response(entry->accepted, /*duplicate=*/true, entry->reason);
+      } else {
+        start.response = make_response(false, false, "late: " + entry->reason);
+      }
+      return start;
+    case TaskEntry::State::kReceiving:
+      start.status = Status::Unavailable("task \"" + task_id +
+                                         "\": a result is already being received; retry later");
+      return start;
+    case TaskEntry::State::kQueued:
+    case TaskEntry::State::kDelivered:
+      break;
+  }
+  if (!phase_->open || SteadyClock::now() > phase_->deadline) {
+    // The engine thread lists it as a deadline failure when it closes the phase.
+    start.response = make_response(false, false, "late: the round's deadline has passed");
+    return start;
+  }
+  if (!header.ok()) {
+    entry->received = true;
+    fail_locked(*entry,
+                "client error: " +
+                    (header.error().empty() ? std::string("(no reason given)") : header.error()));
+    // Recorded: the failure is what the client reported.
+    start.response = make_response(/*accepted=*/true, /*duplicate=*/false, "");
+    return start;
+  }
+  nlohmann::json metrics = nlohmann::json::object();
+  if (!header.metrics_json().empty()) {
+    metrics = nlohmann::json::parse(header.metrics_json(), nullptr, /*allow_exceptions=*/false);
+    if (!metrics.is_object()) {
+      start.response = refuse_locked(*entry, "result refused: metrics_json is not a JSON object");
+      return start;
+    }
+  }
+  if (task.kind == TaskKind::kFit ? header.num_examples() <= 0 : header.num_examples() < 0) {
+    start.response =
+        refuse_locked(*entry, "update refused: num_examples must be " +
+                                  std::string(task.kind == TaskKind::kFit ? "> 0" : ">= 0") +
+                                  " (got " + std::to_string(header.num_examples()) + ")");
+    return start;
+  }
+  entry->state = TaskEntry::State::kReceiving;
+  entry->delivered_to = session.token;
+  DecodeLimits limits;
+  limits.max_payload_bytes = config_.options.federation.max_update_bytes;
+  start.upload.reset(new PendingUpload(entry->task, session.token, header.num_examples(),
+                                       std::move(metrics), limits));
+  return start;
+}
+
+v1::PushResultResponse RoundEngine::complete_push(std::unique_ptr<PendingUpload> upload) {
+  const Task& task = *upload->task_;
+  // Decode and check outside every lock: this is the expensive part.
+  Result<TensorBundle> bundle = Status::Internal("unset");
+  if (task.kind == TaskKind::kEvaluate && !upload->decoder_.header_received()) {
+    bundle = TensorBundle();  // an evaluation result need not carry a bundle
+  } else {
+    bundle = upload->decoder_.finish();
+  }
+  if (bundle.ok()) {
+    Status finite = check_finite(*bundle);
+    if (!finite.ok()) bundle = finite;
+  }
+
+  std::lock_guard<std::mutex> fold_lock(fold_mu_);
+  std::unique_lock<std::mutex> lock(mu_);
+  TaskEntry* entry = find_current_locked(task.id);
+  if (entry == nullptr || entry->state != TaskEntry::State::kReceiving || !phase_->open) {
+    return make_response(
+        false, false,
+        "late: round " + std::to_string(task.round) + " " + task_kind_name(task.kind) + " is over");
+  }
+  if (SteadyClock::now() > phase_->deadline) {
+    return refuse_locked(*entry, "late: the result arrived after the round's deadline");
+  }
+  if (!bundle.ok()) {
+    return refuse_locked(*entry, "update refused: " + bundle.status().message());
+  }
+  if (task.kind == TaskKind::kFit) {
+    strategies::ClientUpdate update;
+    update.client_id = task.client_id;
+    update.num_examples = upload->num_examples_;
+    update.bundle = std::move(bundle).value();
+    update.metrics = std::move(upload->metrics_);
+    strategies::Aggregation* aggregation = phase_->aggregation;
+    // Fold without mu_ (polls and heartbeats go on); fold_mu_ keeps the phase open meanwhile.
+    lock.unlock();
+    Status added;
+    try {
+      added = aggregation->add(std::move(update));
+    } catch (const std::exception& e) {
+      added = Status::Internal(std::string("aggregation threw: ") + e.what());
+    } catch (...) {
+      added = Status::Internal("aggregation threw a non-standard exception");
+    }
+    lock.lock();
+    entry = find_current_locked(task.id);
+    FEDTAIL_CHECK(entry != nullptr);
+    if (!added.ok()) return refuse_locked(*entry, "update refused: " + added.message());
+  } else {
+    strategies::EvalReport report;
+    report.client_id = task.client_id;
+    report.num_examples = upload->num_examples_;
+    report.metrics = std::move(upload->metrics_);
+    phase_->reports.push_back(std::move(report));
+  }
+  entry->state = TaskEntry::State::kDone;
+  entry->received = true;
+  entry->accepted = true;
+  --phase_->pending;
+  cv_.notify_all();
+  spdlog::debug("round {} {}: result of {} accepted", task.round, task_kind_name(task.kind),
+                task.client_id);
+  return make_response(/*accepted=*/true, /*duplicate=*/false, "");
+}
+
+void RoundEngine::abandon_push(std::unique_ptr<PendingUpload> upload) {
+  std::lock_guard<std::mutex> lock(mu_);
+  TaskEntry* entry = find_current_locked(upload->task_id());
+  if (entry != nullptr && entry->state == TaskEntry::State::kReceiving) {
+    entry->state = TaskEntry::State::kDelivered;
+    entry->delivered_to = upload->session_token_;
+  }
+}
+
+// ---- Heartbeats and membership ----
+
+bool RoundEngine::heartbeat(const SessionView& session, const std::string& task_id) {
+  if (task_id.empty()) return false;
+  std::lock_guard<std::mutex> lock(mu_);
+  TaskEntry* entry = find_current_locked(task_id);
+  if (entry == nullptr || !phase_->open) return true;
+  if (!session.serves(entry->task->client_id)) return true;
+  return entry->state == TaskEntry::State::kDone;
+}
+
+void RoundEngine::clients_joined(const Admission& admission) {
+  std::vector<Delivery> deliveries;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (phase_ && phase_->open && !admission.taken_over.empty()) {
+      for (auto& [id, entry] : phase_->tasks) {
+        if (entry.state != TaskEntry::State::kDelivered) continue;
+        if (std::find(admission.taken_over.begin(), admission.taken_over.end(),
+                      entry.task->client_id) != admission.taken_over.end()) {
+          spdlog::info("client {} rejoined: its task {} is offered again", entry.task->client_id,
+                       id);
+          requeue_locked(entry, &deliveries);
+        }
+      }
+    }
+  }
+  cv_.notify_all();
+  deliver(deliveries);
+}
+
+void RoundEngine::clients_gone(const RemovedSession& session, const std::string& reason) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (phase_ && phase_->open) {
+      for (auto& [id, entry] : phase_->tasks) {
+        if (entry.state != TaskEntry::State::kQueued &&
+            entry.state != TaskEntry::State::kDelivered) {
+          continue;
+        }
+        if (std::binary_search(session.client_ids.begin(), session.client_ids.end(),
+                               entry.task->client_id)) {
+          fail_locked(entry, reason);
+        }
+      }
+    }
+  }
+  cv_.notify_all();
+}
+
+}  // namespace fedtail::coordinator

@@ -1,0 +1,295 @@
+// fedtail-client and fedtail-certs as a user meets them: flag and file errors on one line, SIGTERM
+// while waiting for a task (leave, exit 0), a client started before its coordinator (it retries
+// with backoff and joins once the coordinator is up), virtual clients (--clients A-B), and the
+// certificate tool's subcommands.
+#include "tests/support/cli.h"
+
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/certs.h"
+
+extern char** environ;
+
+namespace fedtail {
+namespace {
+
+namespace fs = std::filesystem;
+using test_support::binary_path;
+using test_support::run_cli;
+
+std::string slurp(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+// A child process whose stdout and stderr go to `log`; killed if still running at destruction.
+class Child {
+ public:
+  Child(std::vector<std::string> args, std::string log) : log_(std::move(log)) {
+    std::vector<char*> argv;
+    for (std::string& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addopen(&actions, 1, log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_adddup2(&actions, 1, 2);
+    if (posix_spawn(&pid_, argv[0], &actions, nullptr, argv.data(), environ) != 0) pid_ = -1;
+    posix_spawn_file_actions_destroy(&actions);
+  }
+  ~Child() {
+    if (pid_ > 0 && !exited_) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+    }
+  }
+  Child(const Child&) = delete;
+  Child& operator=(const Child&) = delete;
+
+  // The exit code; -1 after `timeout_s` (then killed); -2 when killed by a signal.
+  int wait(double timeout_s) {
+    if (exited_) return code_;
+    const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+    while (std::chrono::steady_clock::now() < until) {
+      int status = 0;
+      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+        exited_ = true;
+        code_ = WIFEXITED(status) ? WEXITSTATUS(status) : -2;
+        return code_;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    ::kill(pid_, SIGKILL);
+    ::waitpid(pid_, nullptr, 0);
+    exited_ = true;
+    return code_ = -1;
+  }
+  void signal(int sig) { ::kill(pid_, sig); }
+  std::string log() const { return slurp(log_); }
+
+  // Waits until the log contains `text`; false after `timeout_s`.
+  bool wait_for_log(const std::string& text, double timeout_s) const {
+    const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+    while (std::chrono::steady_clock::now() < until) {
+      if (log().find(text) != std::string::npos) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return false;
+  }
+
+ private:
+  std::string log_;
+  pid_t pid_ = -1;
+  bool exited_ = false;
+  int code_ = -1;
+};
+
+// A TCP port that was free a moment ago.
+int free_port() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  socklen_t len = sizeof(addr);
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  const int port = ntohs(addr.sin_port);
+  ::close(fd);
+  return port;
+}
+
+nlohmann::json tiny_run(int clients) {
+  return {
+      {"seed", 3},
+      {"threads", 1},
+      {"device", "cpu"},
+      {"rounds", 1},
+      {"strategy", {{"name", "fedavg"}, {"min_fit_clients", clients}, {"fraction_evaluate", 0.0}}},
+      {"federation",
+       {{"min_available_clients", clients},
+        {"round_timeout_s", 120},
+        {"poll_timeout_ms", 1000},
+        {"heartbeat_interval_ms", 500},
+        {"client_timeout_s", 20},
+        {"server_eval", false}}},
+      {"data",
+       {{"dataset", "fashion-mnist"},
+        {"max_examples_per_class", 50},
+        {"partition", "iid"},
+        {"clients", clients}}},
+      {"model", {{"arch", "cnn"}}},
+      {"local", {{"max_steps", 2}, {"batch_size", 16}}}};
+}
+
+class ClientCliTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = test_support::scratch_dir("client_cli_test");
+    test_support::write_file(dir_ + "/client.json", R"({"client_id": "client-0", "partition": 0})");
+  }
+  // The coordinator's port once it listens; 0 if it did not come up.
+  int wait_port(const std::string& state_dir, Child& coordinator) {
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (std::chrono::steady_clock::now() < until) {
+      std::string text = slurp(state_dir + "/port");
+      if (!text.empty() && text.back() == '\n') return std::stoi(text);
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    (void)coordinator;
+    return 0;
+  }
+  std::string dir_;
+};
+
+TEST_F(ClientCliTest, VersionAndHelp) {
+  test_support::CliRun version = run_cli(binary_path("fedtail-client"), "--version");
+  EXPECT_EQ(version.exit_code, 0);
+  EXPECT_NE(version.out.find(FEDTAIL_VERSION), std::string::npos);
+  test_support::CliRun help = run_cli(binary_path("fedtail-client"), "--help");
+  EXPECT_EQ(help.exit_code, 0);
+  for (const char* flag : {"--coordinator", "--clients", "--tls-ca", "--token-file", "--state-dir",
+                           "--plugin", "--retry-timeout"}) {
+    EXPECT_NE(help.out.find(flag), std::string::npos) << flag;
+  }
+}
+
+TEST_F(ClientCliTest, BadFlagsAndFilesAreOneLineErrors) {
+  struct Case {
+    std::string args;
+    int exit_code;
+    std::string message;
+  };
+  const std::string c = dir_ + "/client.json";
+  test_support::write_file(dir_ + "/no-partition.json", R"({"client_id": "client-0"})");
+  ASSERT_TRUE(certs::make_ca(dir_ + "/ca", "ca", 1, false).ok());
+  ASSERT_TRUE(
+      certs::make_client_certificate(dir_ + "/ca", dir_ + "/ca", "client-9", 1, false).ok());
+  const std::vector<Case> cases = {
+      {"", 2, "--coordinator is required"},
+      {"--coordinator 127.0.0.1:1", 1, "--config: required unless --clients is given"},
+      {"--coordinator 127.0.0.1:1 --clients 5-2", 1,
+       "--clients: expected A-B with 0 <= A <= B, or A (got \"5-2\")"},
+      {"--coordinator 127.0.0.1:1 --config " + dir_ + "/nope.json", 1, "nope.json"},
+      {"--coordinator 127.0.0.1:1 --config " + dir_ + "/no-partition.json", 1,
+       "no-partition.json.partition: missing required field"},
+      {"--coordinator 127.0.0.1:1 --config " + c + " --device tpu", 1, "--device"},
+      {"--coordinator 192.0.2.1:7000 --config " + c, 1, "plaintext refused"},
+      {"--coordinator 127.0.0.1:1 --config " + c + " --tls-ca " + dir_ + "/missing.pem", 1,
+       "missing.pem"},
+      {"--coordinator 127.0.0.1:1 --config " + c + " --tls-ca " + dir_ + "/ca/ca.pem --tls-cert " +
+           dir_ + "/ca/client-9.pem --tls-key " + dir_ + "/ca/client-9.key",
+       1, "the certificate is for \"client-9\" (its CN)"},
+      {"--coordinator 127.0.0.1:1 --config " + c + " --token a --token-file b", 2, "excludes"},
+  };
+  for (const Case& t : cases) {
+    test_support::CliRun r = run_cli(binary_path("fedtail-client"), t.args);
+    EXPECT_EQ(r.exit_code, t.exit_code) << t.args << "\n" << r.err;
+    EXPECT_NE(r.err.find(t.message), std::string::npos) << t.args << "\n" << r.err;
+    EXPECT_EQ(r.err.find('\n'), r.err.size() - 1) << "not one line: " << r.err;
+  }
+}
+
+TEST_F(ClientCliTest, SigtermWhileWaitingLeavesAndExitsZero) {
+  // Two clients are needed before a round starts: the one client just long-polls.
+  test_support::write_file(dir_ + "/run.json", tiny_run(2).dump());
+  Child coordinator({binary_path("fedtail-coordinator"), "--config", dir_ + "/run.json", "--listen",
+                     "127.0.0.1:0", "--state-dir", dir_ + "/coord"},
+                    dir_ + "/coordinator.log");
+  const int port = wait_port(dir_ + "/coord", coordinator);
+  ASSERT_GT(port, 0) << coordinator.log();
+  Child client({binary_path("fedtail-client"), "--coordinator", "127.0.0.1:" + std::to_string(port),
+                "--config", dir_ + "/client.json", "--state-dir", dir_ + "/state"},
+               dir_ + "/client.log");
+  ASSERT_TRUE(client.wait_for_log("data ready", 60)) << client.log();
+  client.signal(SIGTERM);
+  EXPECT_EQ(client.wait(20), 0) << client.log();
+  EXPECT_NE(client.log().find("received Terminated"), std::string::npos) << client.log();
+  EXPECT_TRUE(coordinator.wait_for_log("left (1 client(s)): stopped by a signal", 10))
+      << coordinator.log();
+  coordinator.signal(SIGTERM);
+  coordinator.wait(30);
+}
+
+TEST_F(ClientCliTest, ClientsStartedBeforeTheCoordinatorJoinWhenItComesUp) {
+  const int port = free_port();
+  const std::string target = "127.0.0.1:" + std::to_string(port);
+  // One process hosting two virtual clients, started first.
+  test_support::write_file(dir_ + "/worker.json", R"({"state_dir": ")" + dir_ + R"(/state"})");
+  Child worker({binary_path("fedtail-client"), "--coordinator", target, "--config",
+                dir_ + "/worker.json", "--clients", "0-1", "--retry-timeout", "60"},
+               dir_ + "/worker.log");
+  ASSERT_TRUE(worker.wait_for_log("retrying in", 30)) << worker.log();
+  EXPECT_NE(worker.log().find("unreachable"), std::string::npos) << worker.log();
+
+  test_support::write_file(dir_ + "/run.json", tiny_run(2).dump());
+  Child coordinator({binary_path("fedtail-coordinator"), "--config", dir_ + "/run.json", "--listen",
+                     target, "--state-dir", dir_ + "/coord"},
+                    dir_ + "/coordinator.log");
+  EXPECT_EQ(worker.wait(180), 0) << worker.log();
+  EXPECT_EQ(coordinator.wait(60), 0) << coordinator.log();
+  const std::string log = worker.log();
+  EXPECT_NE(log.find("client-0 .. client-1: partitions 0..1"), std::string::npos) << log;
+  EXPECT_NE(log.find("client-0: round 1 fit done"), std::string::npos) << log;
+  EXPECT_NE(log.find("client-1: round 1 fit done"), std::string::npos) << log;
+  EXPECT_NE(coordinator.log().find("hosting 2 clients (client-0 .. client-1)"), std::string::npos)
+      << coordinator.log();
+}
+
+TEST_F(ClientCliTest, CertsToolMakesAWorkingSet) {
+  const std::string certs = binary_path("fedtail-certs");
+  EXPECT_EQ(run_cli(certs, "ca --out " + dir_ + "/pki --days 10").exit_code, 0);
+  EXPECT_EQ(run_cli(certs, "server --ca " + dir_ + "/pki --out " + dir_ +
+                               "/pki --san localhost,127.0.0.1,host.example")
+                .exit_code,
+            0);
+  EXPECT_EQ(
+      run_cli(certs, "client --ca " + dir_ + "/pki --out " + dir_ + "/pki --id client-5").exit_code,
+      0);
+  EXPECT_EQ(run_cli(certs, "secret --out " + dir_ + "/pki/secret").exit_code, 0);
+  EXPECT_TRUE(certs::verify_certificate(dir_ + "/pki/server.pem", dir_ + "/pki/ca.pem").ok());
+  EXPECT_EQ(*certs::certificate_common_name(dir_ + "/pki/client-5.pem"), "client-5");
+  EXPECT_EQ(*certs::certificate_subject_alt_names(dir_ + "/pki/server.pem"),
+            (std::vector<std::string>{"DNS:localhost", "IP:127.0.0.1", "DNS:host.example"}));
+  for (const char* key : {"/pki/ca.key", "/pki/server.key", "/pki/client-5.key", "/pki/secret"}) {
+    struct stat st {};
+    ASSERT_EQ(::stat((dir_ + key).c_str(), &st), 0) << key;
+    EXPECT_EQ(st.st_mode & 0777, 0600u) << key;
+  }
+  test_support::CliRun token =
+      run_cli(certs, "token --secret-file " + dir_ + "/pki/secret --client-id client-5");
+  EXPECT_EQ(token.exit_code, 0);
+  EXPECT_EQ(token.out.size(), 65u) << token.out;  // 64 hex digits and a newline
+
+  test_support::CliRun again = run_cli(certs, "ca --out " + dir_ + "/pki");
+  EXPECT_EQ(again.exit_code, 1);
+  EXPECT_NE(again.err.find("ca.pem: exists; pass --force to replace it"), std::string::npos)
+      << again.err;
+  test_support::CliRun bad_san =
+      run_cli(certs, "server --ca " + dir_ + "/pki --out " + dir_ + "/x --san 'a b'");
+  EXPECT_EQ(bad_san.exit_code, 1);
+  EXPECT_NE(bad_san.err.find("\"a b\" is neither an IP address nor a DNS name"), std::string::npos)
+      << bad_san.err;
+  EXPECT_EQ(run_cli(certs, "").exit_code, 2);
+}
+
+}  // namespace
+}  // namespace fedtail
