@@ -205,8 +205,12 @@ TEST_F(RoundEngineTest, RunsEveryRoundWithCooperativeClientsAndShutsThemDown) {
     clients.push_back(std::make_unique<FakeClient>(
         engine_.get(), join("client-" + std::to_string(k)), 10 * (k + 1)));
   }
-  const std::vector<float> initial = w_of(*strategy_->global_bundle());
   ASSERT_TRUE(engine_->wait().ok());
+  // The initial model, as the engine initialised it (Rng "init" of the run seed).
+  TestStrategy fresh(std::make_shared<StrategyLog>());
+  Rng init = Rng::derive(run_config_.seed, "init");
+  ASSERT_TRUE(fresh.initialize({}, init).ok());
+  const std::vector<float> initial = w_of(*fresh.global_bundle());
   EXPECT_TRUE(engine_->wait_sessions_shut_down(3000ms));
   clients.clear();  // joins the threads
 
