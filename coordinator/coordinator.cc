@@ -261,6 +261,7 @@ Status Coordinator::on_round_end(int round, const nlohmann::json& line,
   info.strategy = options_.strategy_name;
   FEDTAIL_RETURN_IF_ERROR(write_checkpoint(state_path(kCheckpointFile), info, std::move(state)));
   rounds_completed_ = round;
+  if (on_round_) on_round_(record);
   return Status::OK();
 }
 
@@ -307,6 +308,10 @@ Status Coordinator::wait() {
   }
   server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   return status;
+}
+
+void Coordinator::set_min_available_clients(int n) {
+  if (engine_) engine_->set_min_available_clients(n);
 }
 
 void Coordinator::request_stop() {

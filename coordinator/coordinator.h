@@ -75,6 +75,14 @@ class Coordinator {
   // Called once, on the engine thread, when the run ends (to wake a thread blocked elsewhere).
   // Call before start().
   void set_on_done(std::function<void()> on_done) { on_done_ = std::move(on_done); }
+  // Called on the engine thread after each round's metrics line (as written to metrics.jsonl) and
+  // checkpoint are on disk; keep it short (progress display). Call before start().
+  void set_on_round(std::function<void(const nlohmann::json& line)> on_round) {
+    on_round_ = std::move(on_round);
+  }
+  // Lowers (or raises) the number of connected clients a round waits for, from now on; >= 1.
+  // Thread-safe, after start(). A simulation calls it when a worker and its clients are gone.
+  void set_min_available_clients(int n);
 
   const std::string& state_dir() const { return flags_.state_dir; }
   const std::string& run_id() const { return run_id_; }
@@ -107,6 +115,7 @@ class Coordinator {
   bool resumed_ = false;
   double wall_seconds_before_ = 0;  // of earlier (resumed) runs
   std::function<void()> on_done_;
+  std::function<void(const nlohmann::json&)> on_round_;
 
   // Written by the engine thread in on_round_end (one thread), read after wait().
   int64_t metrics_lines_ = 0;

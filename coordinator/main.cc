@@ -7,22 +7,18 @@
 // Exit status: 0 when every round ran; 128+signal after SIGINT/SIGTERM (the checkpoint of the last
 // finished round stays valid: rerun with --resume); 1 on any error (one line naming the flag,
 // field or file).
-#include <fcntl.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
-#include <unistd.h>
 
 #include <CLI/CLI.hpp>
-#include <atomic>
-#include <cerrno>
 #include <csignal>
 #include <cstdio>
 #include <exception>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "common/logging.h"
+#include "common/signal_watcher.h"
 #include "coordinator/coordinator.h"
 #include "strategies/registry.h"
 
@@ -36,74 +32,6 @@ struct Flags {
   std::string log_level = "info";
 };
 
-// Turns SIGINT/SIGTERM into a request to stop, on a thread of its own: the handler only writes the
-// signal number to a pipe (async-signal-safe), whichever thread it interrupts (libraries such as
-// OpenBLAS start threads before main, so blocking signals cannot confine them to one thread). A
-// second signal exits at once.
-class SignalWatcher {
- public:
-  explicit SignalWatcher(fedtail::coordinator::Coordinator* coordinator) {
-    if (::pipe2(pipe_, O_CLOEXEC) != 0) {
-      pipe_[0] = pipe_[1] = -1;
-      spdlog::warn("cannot create the signal pipe: SIGINT/SIGTERM will kill the process");
-      return;
-    }
-    write_end_.store(pipe_[1]);
-    struct sigaction action {};
-    action.sa_handler = &SignalWatcher::on_signal;
-    sigemptyset(&action.sa_mask);
-    action.sa_flags = SA_RESTART;
-    // Installed even where the shell set SIG_IGN (background jobs ignore SIGINT): stopping
-    // cleanly is always what the user wants.
-    sigaction(SIGINT, &action, nullptr);
-    sigaction(SIGTERM, &action, nullptr);
-    thread_ = std::thread([this, coordinator] { run(coordinator); });
-  }
-  ~SignalWatcher() {
-    if (!thread_.joinable()) return;
-    const char quit = 0;
-    (void)!::write(pipe_[1], &quit, 1);
-    thread_.join();
-    // From now on a signal has its default effect.
-    std::signal(SIGINT, SIG_DFL);
-    std::signal(SIGTERM, SIG_DFL);
-    write_end_.store(-1);
-    ::close(pipe_[0]);
-    ::close(pipe_[1]);
-  }
-  int signal() const { return signal_.load(); }
-
- private:
-  static void on_signal(int sig) {
-    const char c = static_cast<char>(sig);
-    const int fd = write_end_.load();
-    if (fd >= 0) (void)!::write(fd, &c, 1);
-  }
-
-  void run(fedtail::coordinator::Coordinator* coordinator) {
-    for (;;) {
-      char c = 0;
-      const ssize_t n = ::read(pipe_[0], &c, 1);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0 || c == 0) return;
-      const int received = c;
-      if (signal_.exchange(received) != 0) {
-        spdlog::warn("second signal: exiting now");
-        std::_Exit(128 + received);
-      }
-      spdlog::info("{}: stopping (again to exit at once)",
-                   received == SIGINT ? "SIGINT" : "SIGTERM");
-      coordinator->request_stop();
-    }
-  }
-
-  static std::atomic<int> write_end_;
-  int pipe_[2] = {-1, -1};
-  std::atomic<int> signal_{0};
-  std::thread thread_;
-};
-
-std::atomic<int> SignalWatcher::write_end_{-1};
 
 int run(const Flags& flags) {
   fedtail::strategies::register_builtin_strategies();
@@ -123,7 +51,7 @@ int run(const Flags& flags) {
     return 1;
   }
   fedtail::coordinator::Coordinator& coordinator = **created;
-  SignalWatcher watcher(&coordinator);
+  fedtail::SignalWatcher watcher([&coordinator] { coordinator.request_stop(); });
   fedtail::Status status = coordinator.start();
   if (status.ok()) status = coordinator.wait();
   if (status.ok()) {

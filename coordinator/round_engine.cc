@@ -129,6 +129,18 @@ void RoundEngine::set_on_done(std::function<void()> on_done) {
   on_done_ = std::move(on_done);
 }
 
+void RoundEngine::set_min_available_clients(int n) {
+  FEDTAIL_CHECK(n >= 1);
+  min_available_override_.store(n);
+  std::lock_guard<std::mutex> lock(mu_);
+  cv_.notify_all();
+}
+
+int RoundEngine::min_available_clients() const {
+  const int override_value = min_available_override_.load();
+  return override_value > 0 ? override_value : config_.options.federation.min_available_clients;
+}
+
 int RoundEngine::TEST_round() const {
   std::lock_guard<std::mutex> lock(mu_);
   return round_;
@@ -188,10 +200,11 @@ bool RoundEngine::wait_for_clients(int needed, const char* why) {
   while (!stop_.load()) {
     expire_sessions_locked();
     const int available = registry_->available_count();
-    if (available >= needed) return true;
+    const int want = needed > 0 ? needed : min_available_clients();
+    if (available >= want) return true;
     const auto now = SteadyClock::now();
     if (!next_log || now >= *next_log) {
-      spdlog::info("waiting for clients: {}/{} connected{}", available, needed, why);
+      spdlog::info("waiting for clients: {}/{} connected{}", available, want, why);
       next_log =
           now + (now - waiting_since < kWaitLogSlowAfter ? kWaitLogInterval : kWaitLogSlowInterval);
     }
@@ -215,7 +228,7 @@ Status RoundEngine::run_round(int round) {
 
   // Fit: configure (waiting for more clients while the strategy says there are too few).
   std::vector<strategies::TaskSpec> specs;
-  int needed = options.federation.min_available_clients;
+  int needed = 0;  // min_available_clients()
   for (;;) {
     if (!wait_for_clients(needed, "")) return Status::OK();  // stopped
     std::vector<strategies::ClientInfo> available = registry_->available_clients();
@@ -230,7 +243,7 @@ Status RoundEngine::run_round(int round) {
       return configured.status().with_context(where + ": configure_fit");
     }
     // Too few clients for the strategy: wait for one more than there are now.
-    needed = static_cast<int>(available.size()) + 1;
+    needed = std::max(static_cast<int>(available.size()) + 1, min_available_clients());
     spdlog::warn("{}: {}; waiting for more clients", where, configured.status().message());
   }
 
@@ -240,6 +253,8 @@ Status RoundEngine::run_round(int round) {
                          {"run_id", config_.run_id}};
   int fit_failures = 0;
   int fit_selected = 0;
+  uint64_t bytes_down = 0;  // payload bytes of the round's tasks and results
+  uint64_t bytes_up = 0;
   if (specs.empty()) {
     spdlog::info("{}: the strategy selected no client; training skipped", where);
     line["fit"] = {{"selected", 0},
@@ -262,7 +277,11 @@ Status RoundEngine::run_round(int round) {
     line["fit"] = {{"selected", outcome->selected},
                    {"updates", outcome->answered},
                    {"failures", failures_json(outcome->failures)},
+                   {"bytes_down", outcome->bytes_down},
+                   {"bytes_up", outcome->bytes_up},
                    {"metrics", *metrics}};
+    bytes_down += outcome->bytes_down;
+    bytes_up += outcome->bytes_up;
   }
   if (stop_.load()) return Status::OK();
 
@@ -289,7 +308,11 @@ Status RoundEngine::run_round(int round) {
       line["evaluate"] = {{"selected", outcome->selected},
                           {"reports", outcome->answered},
                           {"failures", failures_json(outcome->failures)},
+                          {"bytes_down", outcome->bytes_down},
+                          {"bytes_up", outcome->bytes_up},
                           {"metrics", *metrics}};
+      bytes_down += outcome->bytes_down;
+      bytes_up += outcome->bytes_up;
     }
     if (config_.server_test != nullptr && config_.options.federation.server_eval) {
       strategies::ServerEvalContext context;
@@ -306,6 +329,7 @@ Status RoundEngine::run_round(int round) {
 
   const double seconds = seconds_since(started);
   line["seconds"] = seconds;
+  line["bytes"] = {{"down", bytes_down}, {"up", bytes_up}};
   std::optional<double> loss = number_at(line, {"fit", "metrics", "loss"});
   std::optional<double> generic = number_at(line, {"server_eval", "generic", "overall"});
   std::optional<double> personal = number_at(line, {"evaluate", "metrics", "personalized", "mean"});
@@ -431,6 +455,8 @@ Result<RoundEngine::PhaseOutcome> RoundEngine::run_phase(
     }
     outcome.selected = phase.selected;
     outcome.answered = phase.selected - static_cast<int>(phase.failures.size());
+    outcome.bytes_down = phase.bytes_down;
+    outcome.bytes_up = phase.bytes_up;
     outcome.failures = std::move(phase.failures);
     outcome.reports = std::move(phase.reports);
     phase.aggregation = nullptr;

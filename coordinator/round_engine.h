@@ -129,6 +129,11 @@ class RoundEngine {
   bool done() const;
   // Called (once, on the engine thread, with no lock held) when the thread is about to end.
   void set_on_done(std::function<void()> on_done);
+  // Replaces federation.min_available_clients from now on (e.g. a simulation lowers it when a
+  // worker process and its clients are gone, so the run goes on without them). >= 1. Thread-safe.
+  void set_min_available_clients(int n);
+  // The number of connected clients a round waits for.
+  int min_available_clients() const;
 
   // ---- Service side: any thread ----
 
@@ -211,10 +216,14 @@ class RoundEngine {
     std::vector<strategies::ClientFailure> failures;
     std::vector<strategies::EvalReport> reports;
     strategies::Aggregation* aggregation = nullptr;  // fit only; owned by the engine thread
+    uint64_t bytes_down = 0;  // payload bytes of the tasks handed out (re-deliveries count again)
+    uint64_t bytes_up = 0;    // payload bytes of the results received whole
   };
   struct PhaseOutcome {
     int selected = 0;
     int answered = 0;
+    uint64_t bytes_down = 0;
+    uint64_t bytes_up = 0;
     std::vector<strategies::ClientFailure> failures;
     std::vector<strategies::EvalReport> reports;
   };
@@ -226,7 +235,8 @@ class RoundEngine {
   void thread_main();
   Status run_rounds();
   Status run_round(int round);
-  // Waits until enough clients are live. False when stopped.
+  // Waits until enough clients are live: `needed`, or min_available_clients() when `needed` is 0
+  // (re-read while waiting). False when stopped.
   bool wait_for_clients(int needed, const char* why);
   // Configures and runs one phase. Fails with kUnavailable when stopped.
   Result<PhaseOutcome> run_phase(int round, TaskKind kind,
@@ -255,6 +265,7 @@ class RoundEngine {
   std::thread thread_;
   std::atomic<bool> stop_{false};
   std::atomic<uint64_t> wakeups_{0};
+  std::atomic<int> min_available_override_{0};  // > 0: replaces federation.min_available_clients
   int completed_round_ = 0;  // engine thread only: the last round whose checkpoint was written
 
   // Serialises folding into the Aggregation, and the engine thread's closing of a phase.

@@ -47,6 +47,7 @@ void RoundEngine::requeue_locked(TaskEntry& entry, std::vector<Delivery>* delive
   if (std::optional<PollWaiters::Waiter> waiter = waiters_.take_for_client(entry.task->client_id)) {
     entry.state = TaskEntry::State::kDelivered;
     entry.delivered_to = waiter->session_token;
+    phase_->bytes_down += entry.task->bundle->payload_bytes();
     deliveries->push_back({std::move(waiter->done), entry.task});
     return;
   }
@@ -115,6 +116,7 @@ RoundEngine::PullStart RoundEngine::pull(const SessionView& session,
         if (entry.state != TaskEntry::State::kQueued) continue;  // failed meanwhile
         entry.state = TaskEntry::State::kDelivered;
         entry.delivered_to = session.token;
+        phase_->bytes_down += entry.task->bundle->payload_bytes();
         start.answer = PollAnswer{PollAnswer::Kind::kTask, entry.task};
         return start;
       }
@@ -259,6 +261,7 @@ v1::PushResultResponse RoundEngine::complete_push(std::unique_ptr<PendingUpload>
   if (!bundle.ok()) {
     return refuse_locked(*entry, "update refused: " + bundle.status().message());
   }
+  phase_->bytes_up += bundle->payload_bytes();
   if (task.kind == TaskKind::kFit) {
     strategies::ClientUpdate update;
     update.client_id = task.client_id;

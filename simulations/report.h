@@ -1,0 +1,65 @@
+// The report of a simulation: summary.json (every run and the comparison table, mean ± std over
+// seeds), summary.md (the tables) and PNG curves drawn with gnuplot, from the runs' own
+// summary.json and metrics.jsonl files.
+//
+// Which models a table shows comes from what the strategies report, not from their names: every
+// AccuracyReport under a metrics line's "server_eval" (e.g. "generic"; FedLoGe's "universal",
+// "generic_unrealigned", "generic") is a generic row, and every {"mean", "weighted"} object under
+// "evaluate.metrics" whose key starts with "personalized" is a personalised row. Values come from
+// the last evaluated round of each run. Free functions; thread-safe.
+#ifndef FEDTAIL_SIMULATIONS_REPORT_H_
+#define FEDTAIL_SIMULATIONS_REPORT_H_
+
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+
+namespace fedtail::simulation {
+
+// One finished (or failed) run.
+struct RunResult {
+  std::string label;      // the strategy entry's label
+  std::string strategy;   // its registered name
+  uint64_t seed = 0;
+  std::string run_dir;    // relative to the output directory
+  std::string status = "completed";  // or "failed: <why>"
+  nlohmann::json summary;            // the run's summary.json (null when it has none)
+  std::vector<nlohmann::json> lines;  // its metrics.jsonl
+  nlohmann::json worker_failures = nlohmann::json::array();  // workers lost during the run
+};
+
+// Context printed with the tables.
+struct ReportInfo {
+  std::string config_path;
+  nlohmann::json config;  // the simulation config (data/model/local sections are described)
+  double wall_seconds = 0;
+  int workers = 0;
+};
+
+// summary.json of the whole simulation: {"config", "wall_seconds", "workers", "seeds",
+// "strategies", "runs": [per run: label, strategy, seed, run_dir, status, rounds_completed,
+// wall_seconds, final (DESIGN.md keys), models {generic, personalized}, bytes_per_round {down, up},
+// worker_failures], "table": {"generic": [rows], "personalized": [rows], "cost": [rows]}}. Each
+// table row holds label, model and {mean, std, n} per column (std null for one seed). With a single
+// run, its strategy, rounds_completed, wall_seconds and final are also at the top level.
+nlohmann::json make_report(const ReportInfo& info, const std::vector<RunResult>& runs);
+
+// summary.md: the tables of make_report's "table", in percent, mean ± std over seeds.
+std::string report_markdown(const nlohmann::json& report);
+
+// metrics.jsonl of the simulation: every run's lines, each with "label" and "seed" added.
+std::string combined_metrics(const std::vector<RunResult>& runs);
+
+// Draws accuracy-vs-round curves (mean over seeds per strategy) into `out_dir`: accuracy.png
+// (generic accuracy) and, when reported, personalized.png; data files under out_dir/curves/.
+// Returns the PNG paths written. kNotFound when gnuplot is not installed; kInternal when it fails
+// (its message included).
+Result<std::vector<std::string>> draw_curves(const std::vector<RunResult>& runs,
+                                             const std::string& out_dir);
+
+}  // namespace fedtail::simulation
+
+#endif  // FEDTAIL_SIMULATIONS_REPORT_H_

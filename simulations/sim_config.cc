@@ -1,0 +1,234 @@
+#include "simulations/sim_config.h"
+
+#include <algorithm>
+#include <set>
+
+#include "common/json_reader.h"
+#include "common/run_config.h"
+#include "coordinator/options.h"
+
+namespace fedtail::simulation {
+namespace {
+
+// Federation defaults of a simulation (see the header).
+constexpr double kSimRoundTimeoutS = 86400;
+constexpr int kSimPollTimeoutMs = 5000;
+constexpr int kSimHeartbeatMs = 2000;
+constexpr double kSimClientTimeoutS = 30;
+
+bool valid_label(const std::string& label) {
+  if (label.empty() || label.size() > 64 || label[0] == '.') return false;
+  return std::all_of(label.begin(), label.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.';
+  });
+}
+
+// Reads config.simulation.strategies[i].
+Result<StrategyEntry> parse_entry(const nlohmann::json& base_strategy, const nlohmann::json& json,
+                                  const std::string& path) {
+  if (!json.is_object()) return Status::InvalidArgument(path + ": expected an object");
+  StrategyEntry entry;
+  JsonReader reader(json, path);
+  std::string name;
+  reader.read_required("name", &name);
+  entry.label = name;
+  reader.read("label", &entry.label);
+  nlohmann::json overrides;
+  reader.read_raw("overrides", &overrides);
+  for (const auto& [key, value] : json.items()) reader.ignore(key);  // the strategy's own options
+  FEDTAIL_RETURN_IF_ERROR(reader.finish());
+  if (!valid_label(entry.label)) {
+    return Status::InvalidArgument(path + ".label: use letters, digits, '.', '_' and '-' (got \"" +
+                                   entry.label + "\")");
+  }
+  if (!overrides.is_null() && !overrides.is_object()) {
+    return Status::InvalidArgument(path + ".overrides: expected an object (a merge patch)");
+  }
+  if (overrides.is_object()) {
+    for (const char* key : {"simulation", "seed", "rounds", "strategy"}) {
+      if (overrides.contains(key)) {
+        return Status::InvalidArgument(path + ".overrides." + key +
+                                       ": not allowed here (set it in the entry or the config)");
+      }
+    }
+    entry.overrides = overrides;
+  }
+  entry.strategy = base_strategy.is_object() ? base_strategy : nlohmann::json::object();
+  nlohmann::json own = json;
+  own.erase("label");
+  own.erase("overrides");
+  entry.strategy.merge_patch(own);
+  return entry;
+}
+
+// Sets `key` of `object` to `value` unless present.
+void set_default(nlohmann::json& object, const char* key, const nlohmann::json& value) {
+  if (!object.contains(key) || object[key].is_null()) object[key] = value;
+}
+
+}  // namespace
+
+nlohmann::json run_config_for(const SimulationPlan& plan, const StrategyEntry& entry,
+                              uint64_t seed) {
+  nlohmann::json config = plan.base_config;
+  config.merge_patch(entry.overrides);
+  config["strategy"] = entry.strategy;
+  config["seed"] = seed;
+  config["rounds"] = plan.rounds;
+  nlohmann::json& federation = config["federation"];
+  if (!federation.is_object()) federation = nlohmann::json::object();
+  set_default(federation, "min_available_clients", plan.num_clients);
+  set_default(federation, "round_timeout_s", kSimRoundTimeoutS);
+  set_default(federation, "poll_timeout_ms", kSimPollTimeoutMs);
+  set_default(federation, "heartbeat_interval_ms", kSimHeartbeatMs);
+  set_default(federation, "client_timeout_s", kSimClientTimeoutS);
+  return config;
+}
+
+std::string run_dir_name(const StrategyEntry& entry, uint64_t seed) {
+  return entry.label + "/seed-" + std::to_string(seed);
+}
+
+Result<SimulationPlan> make_plan(const nlohmann::json& config, const PlanFlags& flags) {
+  if (!config.is_object()) return Status::InvalidArgument("config: expected a JSON object");
+  SimulationPlan plan;
+  plan.base_config = config;
+  plan.base_config.erase("simulation");
+  const nlohmann::json simulation =
+      config.contains("simulation") ? config["simulation"] : nlohmann::json::object();
+  const nlohmann::json base_strategy =
+      config.contains("strategy") ? config["strategy"] : nlohmann::json::object();
+  if (!base_strategy.is_object()) {
+    return Status::InvalidArgument("config.strategy: expected an object");
+  }
+
+  // The strategies.
+  JsonReader reader(simulation, "config.simulation");
+  nlohmann::json entries;
+  reader.read_raw("strategies", &entries);
+  nlohmann::json seeds;
+  reader.read_raw("seeds", &seeds);
+  reader.read("workers", &plan.workers);
+  reader.check(plan.workers >= 0, "workers", "must be >= 0 (0 = one per core, or per GPU)");
+  FEDTAIL_RETURN_IF_ERROR(reader.finish());
+  if (entries.is_null()) {
+    if (!base_strategy.contains("name")) {
+      return Status::InvalidArgument(
+          "config: no strategy: give config.strategy.name or config.simulation.strategies");
+    }
+    nlohmann::json single = base_strategy;
+    FEDTAIL_ASSIGN_OR_RETURN(StrategyEntry entry,
+                             parse_entry(nlohmann::json::object(), single, "config.strategy"));
+    plan.strategies.push_back(std::move(entry));
+  } else {
+    if (!entries.is_array() || entries.empty()) {
+      return Status::InvalidArgument(
+          "config.simulation.strategies: expected a non-empty array of strategy objects");
+    }
+    nlohmann::json shared = base_strategy;
+    shared.erase("name");
+    for (size_t i = 0; i < entries.size(); ++i) {
+      FEDTAIL_ASSIGN_OR_RETURN(
+          StrategyEntry entry,
+          parse_entry(shared, entries[i],
+                      "config.simulation.strategies[" + std::to_string(i) + "]"));
+      plan.strategies.push_back(std::move(entry));
+    }
+  }
+  std::set<std::string> labels;
+  for (const StrategyEntry& entry : plan.strategies) {
+    if (!labels.insert(entry.label).second) {
+      return Status::InvalidArgument("config.simulation.strategies: label \"" + entry.label +
+                                     "\" appears twice (give each entry its own \"label\")");
+    }
+  }
+  if (!flags.strategies.empty()) {
+    std::vector<StrategyEntry> kept;
+    for (const std::string& wanted : flags.strategies) {
+      bool found = false;
+      for (const StrategyEntry& entry : plan.strategies) {
+        if (entry.label == wanted || entry.strategy.value("name", "") == wanted) {
+          found = true;
+          bool already = std::any_of(kept.begin(), kept.end(), [&](const StrategyEntry& k) {
+            return k.label == entry.label;
+          });
+          if (!already) kept.push_back(entry);
+        }
+      }
+      if (!found) {
+        std::string have;
+        for (const StrategyEntry& entry : plan.strategies) {
+          have += (have.empty() ? "" : ", ") + entry.label;
+        }
+        return Status::InvalidArgument("--strategies: no strategy \"" + wanted +
+                                       "\" in the config (it has " + have + ")");
+      }
+    }
+    plan.strategies = std::move(kept);
+  }
+
+  // The base config (its seed and data) as the coordinator will read it.
+  nlohmann::json probe = plan.base_config;
+  probe["strategy"] = plan.strategies.front().strategy;
+  Result<RunConfig> run = parse_run_config(probe, {"rounds", "strategy", "federation"});
+  if (!run.ok()) return run.status();
+  if (flags.rounds > 0) {
+    plan.rounds = flags.rounds;
+  } else if (!probe.contains("rounds")) {
+    return Status::InvalidArgument("config.rounds: missing required field (or give --rounds)");
+  } else if (!probe["rounds"].is_number_integer()) {
+    return Status::InvalidArgument("config.rounds: expected an integer (got " +
+                                   probe["rounds"].dump() + ")");
+  } else {
+    plan.rounds = probe["rounds"].get<int>();  // checked (>= 1) with every run's config below
+  }
+  plan.num_clients = run->data.clients;
+
+  // The seeds.
+  if (flags.seeds > 0) {
+    for (int i = 0; i < flags.seeds; ++i) plan.seeds.push_back(run->seed + i);
+  } else if (seeds.is_null()) {
+    plan.seeds.push_back(run->seed);
+  } else if (seeds.is_number_integer() && seeds.get<int64_t>() >= 1) {
+    for (int64_t i = 0; i < seeds.get<int64_t>(); ++i) plan.seeds.push_back(run->seed + i);
+  } else if (seeds.is_array() && !seeds.empty()) {
+    std::set<uint64_t> seen;
+    for (size_t i = 0; i < seeds.size(); ++i) {
+      if (!seeds[i].is_number_integer() || seeds[i].get<int64_t>() < 0) {
+        return Status::InvalidArgument("config.simulation.seeds[" + std::to_string(i) +
+                                       "]: expected a non-negative integer (got " +
+                                       seeds[i].dump() + ")");
+      }
+      if (!seen.insert(seeds[i].get<uint64_t>()).second) {
+        return Status::InvalidArgument("config.simulation.seeds: seed " + seeds[i].dump() +
+                                       " appears twice");
+      }
+      plan.seeds.push_back(seeds[i].get<uint64_t>());
+    }
+  } else {
+    return Status::InvalidArgument(
+        "config.simulation.seeds: expected a count >= 1 or a non-empty array of seeds (got " +
+        seeds.dump() + ")");
+  }
+  if (flags.workers > 0) plan.workers = flags.workers;
+
+  // Every run's config, checked now.
+  for (const StrategyEntry& entry : plan.strategies) {
+    const nlohmann::json config_of_run = run_config_for(plan, entry, plan.seeds.front());
+    const std::string where = "strategy \"" + entry.label + "\"";
+    Result<RunConfig> parsed =
+        parse_run_config(config_of_run, {"rounds", "strategy", "federation"});
+    if (!parsed.ok()) return parsed.status().with_context(where);
+    Result<coordinator::CoordinatorOptions> options =
+        coordinator::parse_coordinator_options(config_of_run);
+    if (!options.ok()) return options.status().with_context(where);
+    if (parsed->data.clients != plan.num_clients) {
+      return Status::InvalidArgument(where +
+                                     ": overrides may not change data.clients (the strategies "
+                                     "of one simulation share one partition)");
+    }
+  }
+  return plan;
+}
+
+}  // namespace fedtail::simulation

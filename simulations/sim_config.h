@@ -1,0 +1,76 @@
+// The simulation plan: which runs a fedtail-sim config asks for, and the run config of each.
+//
+// A simulation config is a run config (common/run_config.h, coordinator/options.h) with an optional
+// "simulation" section:
+//
+//   "strategy": {"fraction_fit": 0.2},          // options every strategy shares (no "name" needed)
+//   "simulation": {
+//     "strategies": [                            // default: the single config.strategy
+//       {"name": "fedavg"},
+//       {"name": "fedloge", "label": "fedloge-dense", "sparsity": 0,
+//        "overrides": {"local": {"batch_size": 8}}}],  // a merge patch on this strategy's run config
+//     "seeds": [1, 2, 3],                        // or a count N: config.seed .. config.seed + N - 1
+//     "workers": 0                               // worker processes; 0 = auto (cores, or GPUs on CUDA)
+//   }
+//
+// Each (strategy, seed) is one run: the config without "simulation", patched with the entry's
+// overrides, its "strategy" = config.strategy merged with the entry (minus "label" and
+// "overrides"), "seed" = the seed. Federation settings a simulation needs get defaults unless the
+// config sets them: every client connected before a round (min_available_clients = data.clients,
+// so that client sampling does not depend on start-up timing), a one-day round deadline (a slow
+// worker is not a failed one), short polls and a 30 s silence limit (a dead worker is noticed).
+// Plain value types and free functions; thread-safe.
+#ifndef FEDTAIL_SIMULATIONS_SIM_CONFIG_H_
+#define FEDTAIL_SIMULATIONS_SIM_CONFIG_H_
+
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+
+namespace fedtail::simulation {
+
+// One strategy of the comparison.
+struct StrategyEntry {
+  std::string label;                                 // its name in tables and directories
+  nlohmann::json strategy = nlohmann::json::object();  // the run's config.strategy (with "name")
+  nlohmann::json overrides = nlohmann::json::object();  // merge patch on the run config
+};
+
+// What the command line changes in a plan (0 / empty = keep the config's).
+struct PlanFlags {
+  int rounds = 0;                       // --rounds
+  std::vector<std::string> strategies;  // --strategies: labels or names to keep, in this order
+  int seeds = 0;                        // --seeds N: config.seed .. config.seed + N - 1
+  int workers = 0;                      // --workers
+};
+
+struct SimulationPlan {
+  nlohmann::json base_config = nlohmann::json::object();  // the config without "simulation"
+  std::vector<StrategyEntry> strategies;                  // at least one
+  std::vector<uint64_t> seeds;                            // at least one, distinct
+  int workers = 0;                                        // 0 = auto
+  int rounds = 0;                                         // rounds of every run
+  int num_clients = 0;                                    // config.data.clients
+
+  int num_runs() const { return static_cast<int>(strategies.size() * seeds.size()); }
+};
+
+// Builds the plan of `config` (the parsed file; errors name JSON paths under "config.") with
+// `flags` applied, and checks every run's config (run config, coordinator options, strategy
+// entry) so that a mistake is reported before anything starts. kInvalidArgument otherwise, e.g.
+// "config.simulation.strategies[1].name: missing required field", "--strategies: no strategy
+// \"fedx\" in the config (it has fedavg, fedloge)".
+Result<SimulationPlan> make_plan(const nlohmann::json& config, const PlanFlags& flags);
+
+// The run config of `entry` with `seed` (see the file comment).
+nlohmann::json run_config_for(const SimulationPlan& plan, const StrategyEntry& entry, uint64_t seed);
+
+// The run's directory name under DIR/runs: "<label>/seed-<seed>".
+std::string run_dir_name(const StrategyEntry& entry, uint64_t seed);
+
+}  // namespace fedtail::simulation
+
+#endif  // FEDTAIL_SIMULATIONS_SIM_CONFIG_H_

@@ -1,0 +1,95 @@
+// Simulation: a whole federation on one machine (DESIGN.md, the single-node journey). For each
+// (strategy, seed) of the plan, one after another: the coordinator in-process on a loopback port,
+// N fedtail-client worker processes hosting the virtual clients over the real transport, progress
+// on screen; then the report (summary.json, summary.md, metrics.jsonl, PNG curves) in DIR.
+//
+// Layout of DIR: sim.log (everything logged), summary.json, summary.md, metrics.jsonl, *.png,
+// curves/, and runs/<label>/seed-<s>/ — each run's coordinator state directory (config.json,
+// metrics.jsonl, checkpoint.bundle, summary.json, final_model.bundle), its clients' state
+// (clients/) and its workers' logs (workers/).
+//
+// Resume: with `resume`, finished runs are kept, an interrupted run continues from its last
+// checkpoint (the coordinator's --resume; clients keep their state files), and the rest run.
+// Worker loss: a worker that ends early is logged with its clients; the coordinator stops waiting
+// for them (their tasks fail once they are silent for federation.client_timeout_s) and the run
+// goes on; with every worker gone the run fails and the next one starts.
+//
+// Threading: run() on one thread; request_stop() from any (a signal-handling thread).
+#ifndef FEDTAIL_SIMULATIONS_SIMULATION_H_
+#define FEDTAIL_SIMULATIONS_SIMULATION_H_
+
+#include <atomic>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "simulations/progress.h"
+#include "simulations/report.h"
+#include "simulations/sim_config.h"
+
+namespace fedtail::simulation {
+
+struct SimulationOptions {
+  std::string config_path;         // required
+  std::string out_dir;             // required
+  bool resume = false;             // continue the simulation in out_dir
+  bool overwrite = false;          // discard earlier results in out_dir
+  PlanFlags plan;                  // --rounds, --strategies, --seeds, --workers
+  std::string device;              // workers' --device; "" = the config's ("auto": GPUs if any)
+  int threads = 0;                 // LibTorch threads per worker; 0 = cores / workers
+  std::vector<std::string> plugins;  // strategy plugins, loaded here and by every worker
+  std::string client_binary;       // fedtail-client; "" = beside this program
+  std::string log_level = "info";
+  std::string worker_log_level = "info";
+  bool terminal = false;           // draw a progress bar (stderr is a terminal)
+};
+
+class Simulation {
+ public:
+  // Reads and checks the config (every run's), prepares out_dir and logging. Errors name the
+  // flag, file or JSON path; kFailedPrecondition when out_dir holds an earlier simulation and
+  // neither resume nor overwrite is given. The strategy registry must hold the builtins (and the
+  // plugins are loaded by the caller).
+  static Result<std::unique_ptr<Simulation>> create(SimulationOptions options);
+
+  // Runs every run of the plan and writes the report. OK when every run completed;
+  // kUnavailable when stopped (the report of what finished is written; --resume continues);
+  // kInternal naming the failed runs otherwise.
+  Status run();
+  // Ends the simulation soon: the current run is abandoned at its last checkpoint. Thread-safe.
+  void request_stop();
+
+  const SimulationPlan& plan() const { return plan_; }
+  // summary.md's text, after run().
+  const std::string& markdown() const { return markdown_; }
+
+ private:
+  explicit Simulation(SimulationOptions options) : options_(std::move(options)) {}
+  Status init();
+  Result<RunResult> run_one(const StrategyEntry& entry, uint64_t seed);
+  Status write_report(const std::vector<RunResult>& results, bool final);
+  std::string path(const std::string& relative) const;
+
+  // Constant after create().
+  SimulationOptions options_;
+  nlohmann::json config_;
+  SimulationPlan plan_;
+  std::vector<std::string> devices_;  // per worker, round-robin; empty = config's
+  int workers_ = 1;
+  int threads_per_worker_ = 0;
+  int coordinator_threads_ = 1;
+  std::unique_ptr<Progress> progress_;
+  std::chrono::steady_clock::time_point started_;
+  std::string markdown_;
+
+  std::atomic<bool> stop_{false};
+  std::mutex mu_;
+  std::condition_variable cv_;  // a run ended, or stop
+};
+
+}  // namespace fedtail::simulation
+
+#endif  // FEDTAIL_SIMULATIONS_SIMULATION_H_

@@ -1,0 +1,183 @@
+// The simulation plan: strategies and seeds from a config and the command line, each run's config,
+// and path-named errors before anything starts.
+#include <gtest/gtest.h>
+
+#include "simulations/sim_config.h"
+#include "simulations/worker_pool.h"
+
+namespace fedtail::simulation {
+namespace {
+
+nlohmann::json base() {
+  nlohmann::json strategies = nlohmann::json::array();
+  strategies.push_back({{"name", "fedavg"}});
+  strategies.push_back({{"name", "fedprox"}, {"mu", 0.1}});
+  strategies.push_back({{"name", "fedavg"},
+                        {"label", "fedavg-small-lr"},
+                        {"overrides", {{"local", {{"lr", 0.001}}}}}});
+  nlohmann::json config = {{"seed", 7},
+                           {"rounds", 4},
+                           {"data", {{"dataset", "fashion-mnist"}, {"clients", 6}, {"partition", "iid"}}},
+                           {"model", {{"arch", "cnn"}}},
+                           {"strategy", {{"fraction_fit", 0.5}}}};
+  config["simulation"] = {{"strategies", strategies}, {"seeds", {7, 8, 9}}};
+  return config;
+}
+
+void expect_error(const nlohmann::json& config, const PlanFlags& flags, const std::string& text) {
+  Result<SimulationPlan> plan = make_plan(config, flags);
+  ASSERT_FALSE(plan.ok()) << config.dump();
+  EXPECT_EQ(plan.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(plan.status().message().find(text), std::string::npos) << plan.status().message();
+}
+
+TEST(SimConfig, StrategiesSeedsAndRunConfigs) {
+  Result<SimulationPlan> plan = make_plan(base(), {});
+  ASSERT_TRUE(plan.ok()) << plan.status().to_string();
+  ASSERT_EQ(plan->strategies.size(), 3u);
+  EXPECT_EQ(plan->strategies[0].label, "fedavg");
+  EXPECT_EQ(plan->strategies[2].label, "fedavg-small-lr");
+  EXPECT_EQ(plan->seeds, (std::vector<uint64_t>{7, 8, 9}));
+  EXPECT_EQ(plan->rounds, 4);
+  EXPECT_EQ(plan->num_clients, 6);
+  EXPECT_EQ(plan->num_runs(), 9);
+  EXPECT_FALSE(plan->base_config.contains("simulation"));
+
+  // The shared strategy options are merged under each entry; label and overrides are not passed.
+  const nlohmann::json prox = run_config_for(*plan, plan->strategies[1], 8);
+  EXPECT_EQ(prox["strategy"], nlohmann::json({{"fraction_fit", 0.5}, {"name", "fedprox"}, {"mu", 0.1}}));
+  EXPECT_EQ(prox["seed"], 8);
+  EXPECT_EQ(prox["rounds"], 4);
+  EXPECT_FALSE(prox.contains("simulation"));
+  // Simulation defaults for the federation: every client before a round, a long deadline.
+  EXPECT_EQ(prox["federation"]["min_available_clients"], 6);
+  EXPECT_GE(prox["federation"]["round_timeout_s"].get<double>(), 3600);
+  // Overrides patch only their own run.
+  const nlohmann::json small = run_config_for(*plan, plan->strategies[2], 7);
+  EXPECT_EQ(small["local"]["lr"], 0.001);
+  EXPECT_EQ(small["strategy"]["name"], "fedavg");
+  EXPECT_FALSE(small["strategy"].contains("label"));
+  EXPECT_FALSE(prox.contains("local"));
+  EXPECT_EQ(run_dir_name(plan->strategies[2], 7), "fedavg-small-lr/seed-7");
+}
+
+TEST(SimConfig, ExplicitFederationSettingsWin) {
+  nlohmann::json config = base();
+  config["federation"] = {{"min_available_clients", 3}, {"client_timeout_s", 9}};
+  Result<SimulationPlan> plan = make_plan(config, {});
+  ASSERT_TRUE(plan.ok()) << plan.status().to_string();
+  const nlohmann::json run = run_config_for(*plan, plan->strategies[0], 7);
+  EXPECT_EQ(run["federation"]["min_available_clients"], 3);
+  EXPECT_EQ(run["federation"]["client_timeout_s"], 9);
+}
+
+TEST(SimConfig, FlagsSelectStrategiesSeedsRoundsAndWorkers) {
+  PlanFlags flags;
+  flags.strategies = {"fedprox", "fedavg"};  // a name matches every entry of that strategy
+  flags.seeds = 2;
+  flags.rounds = 11;
+  flags.workers = 3;
+  Result<SimulationPlan> plan = make_plan(base(), flags);
+  ASSERT_TRUE(plan.ok()) << plan.status().to_string();
+  ASSERT_EQ(plan->strategies.size(), 3u);
+  EXPECT_EQ(plan->strategies[0].label, "fedprox");
+  EXPECT_EQ(plan->strategies[1].label, "fedavg");
+  EXPECT_EQ(plan->strategies[2].label, "fedavg-small-lr");
+  EXPECT_EQ(plan->seeds, (std::vector<uint64_t>{7, 8}));  // config.seed onwards
+  EXPECT_EQ(plan->rounds, 11);
+  EXPECT_EQ(plan->workers, 3);
+  EXPECT_EQ(run_config_for(*plan, plan->strategies[0], 7)["rounds"], 11);
+
+  flags = {};
+  flags.strategies = {"fedavg-small-lr"};
+  plan = make_plan(base(), flags);
+  ASSERT_TRUE(plan.ok());
+  ASSERT_EQ(plan->strategies.size(), 1u);
+}
+
+TEST(SimConfig, SingleStrategyConfigWithoutSimulationSection) {
+  nlohmann::json config = base();
+  config.erase("simulation");
+  config["strategy"]["name"] = "fedavg";
+  Result<SimulationPlan> plan = make_plan(config, {});
+  ASSERT_TRUE(plan.ok()) << plan.status().to_string();
+  ASSERT_EQ(plan->strategies.size(), 1u);
+  EXPECT_EQ(plan->strategies[0].label, "fedavg");
+  EXPECT_EQ(plan->seeds, (std::vector<uint64_t>{7}));
+  EXPECT_EQ(plan->strategies[0].strategy["fraction_fit"], 0.5);
+}
+
+TEST(SimConfig, SeedCount) {
+  nlohmann::json config = base();
+  config["simulation"]["seeds"] = 2;
+  Result<SimulationPlan> plan = make_plan(config, {});
+  ASSERT_TRUE(plan.ok()) << plan.status().to_string();
+  EXPECT_EQ(plan->seeds, (std::vector<uint64_t>{7, 8}));
+}
+
+TEST(SimConfig, ErrorsNameThePathOrFlag) {
+  nlohmann::json config = base();
+  config["simulation"]["strategies"][1].erase("name");
+  expect_error(config, {}, "config.simulation.strategies[1].name: missing required field");
+
+  config = base();
+  config["simulation"]["strategies"][2]["label"] = "fedavg";
+  expect_error(config, {}, "label \"fedavg\" appears twice");
+
+  config = base();
+  config["simulation"]["strategies"][0]["label"] = "a/b";
+  expect_error(config, {}, "config.simulation.strategies[0].label");
+
+  config = base();
+  config["simulation"]["seeds"] = {1, 1};
+  expect_error(config, {}, "seed 1 appears twice");
+
+  config = base();
+  config["simulation"]["seeds"] = 0;
+  expect_error(config, {}, "config.simulation.seeds");
+
+  config = base();
+  config["simulation"]["bogus"] = 1;
+  expect_error(config, {}, "config.simulation.bogus: unknown key");
+
+  config = base();
+  config["simulation"]["strategies"] = nlohmann::json::array();
+  expect_error(config, {}, "config.simulation.strategies: expected a non-empty array");
+
+  config = base();
+  config["simulation"]["strategies"][0]["overrides"] = {{"data", {{"clients", 3}}}};
+  expect_error(config, {}, "may not change data.clients");
+
+  config = base();
+  config["simulation"]["strategies"][0]["overrides"] = {{"seed", 3}};
+  expect_error(config, {}, "overrides.seed: not allowed");
+
+  config = base();
+  config["rounds"] = 0;
+  expect_error(config, {}, "config.rounds");
+
+  config = base();
+  config["data"]["clients"] = "six";
+  expect_error(config, {}, "config.data.clients");
+
+  config = base();
+  config.erase("simulation");
+  expect_error(config, {}, "no strategy");
+
+  PlanFlags flags;
+  flags.strategies = {"fedx"};
+  expect_error(base(), flags, "--strategies: no strategy \"fedx\" in the config (it has fedavg, "
+                              "fedprox, fedavg-small-lr)");
+}
+
+TEST(SimConfig, SplitClientsEvenly) {
+  using Ranges = std::vector<std::pair<int, int>>;
+  EXPECT_EQ(split_clients(10, 3), (Ranges{{0, 3}, {4, 6}, {7, 9}}));
+  EXPECT_EQ(split_clients(2, 5), (Ranges{{0, 0}, {1, 1}}));  // at most one worker per client
+  EXPECT_EQ(split_clients(7, 1), (Ranges{{0, 6}}));
+  EXPECT_EQ(split_clients(1000, 2), (Ranges{{0, 499}, {500, 999}}));
+  EXPECT_TRUE(split_clients(0, 2).empty());
+}
+
+}  // namespace
+}  // namespace fedtail::simulation
