@@ -131,22 +131,30 @@ Status TaskRunner::prepare(const v1::JoinResponse& join) {
   std::map<std::string, Client> clients;
   std::map<std::string, Model> models;
   try {
-    for (const HostedClient& c : options_.clients) {
-      Client client;
-      client.hosted = c;
-      client.train = data.client_train_set(c.partition);
-      client.test = data.client_test_set(c.partition);
-      clients.emplace(c.id, std::move(client));
-    }
     ModelOptions model_options = config.model;
     FEDTAIL_RETURN_IF_ERROR(fill_model_options_from_data(data.train, &model_options));
     FEDTAIL_RETURN_IF_ERROR(validate_model_options(model_options).with_context("config"));
-    // The initial weights do not matter (every task loads its bundle first), but they are
-    // deterministic all the same.
-    Rng rng = Rng::derive(config.seed, "client_model");
-    FEDTAIL_ASSIGN_OR_RETURN(Model model, make_model(model_options, rng));
-    model->to(*device);
-    models.emplace(model_options.arch, model);
+    for (const HostedClient& c : options_.clients) {
+      Client client;
+      client.hosted = c;
+      // Heterogeneous federations (config.model.groups): partition k uses groups[k % size].
+      client.arch = client_model_options(model_options, c.partition).arch;
+      client.train = data.client_train_set(c.partition);
+      client.test = data.client_test_set(c.partition);
+      if (models.count(client.arch) == 0) {
+        // One model per architecture, shared by the virtual clients that use it. The initial
+        // weights do not matter (every task loads its bundle or the client's state first), but
+        // they are deterministic all the same.
+        Rng rng = model_options.groups.empty()
+                      ? Rng::derive(config.seed, "client_model")
+                      : Rng::derive(config.seed, "client_model." + client.arch);
+        FEDTAIL_ASSIGN_OR_RETURN(Model model,
+                                 make_model(client_model_options(model_options, c.partition), rng));
+        model->to(*device);
+        models.emplace(client.arch, model);
+      }
+      clients.emplace(c.id, std::move(client));
+    }
   } catch (const std::exception& e) {
     return Status::Internal(std::string("setting up the clients' data and model failed: ") +
                             e.what());
@@ -173,22 +181,28 @@ Status TaskRunner::prepare(const v1::JoinResponse& join) {
   }
   int64_t examples = 0;
   for (const auto& [id, client] : clients_) examples += client.train.size();
+  std::string archs;
+  for (const auto& [arch, model] : models_) archs += (archs.empty() ? "" : ", ") + arch;
   const HostedClient& first = options_.clients.front();
   const HostedClient& last = options_.clients.back();
-  spdlog::info("{}{}: partition{} {}{}, {} training examples, model {} on {}, strategy {}",
+  spdlog::info("{}{}: partition{} {}{}, {} training examples, model{} {} on {}, strategy {}",
                first.id, clients_.size() > 1 ? " .. " + last.id : "",
                clients_.size() > 1 ? "s" : "", first.partition,
                clients_.size() > 1 ? ".." + std::to_string(last.partition) : "", examples,
-               config_->model.arch, device_name(device_), strategy_name_);
+               models_.size() > 1 ? "s" : "", archs, device_name(device_), strategy_name_);
   return Status::OK();
 }
 
 v1::JoinRequest TaskRunner::join_request() const {
   v1::JoinRequest request;
-  std::string family = config_ ? config_->model.arch : "";
   auto examples = [&](const std::string& id) -> int64_t {
     auto it = clients_.find(id);
     return it == clients_.end() ? 0 : it->second.train.size();
+  };
+  // Each client's own architecture (config.model.groups), "" before prepare().
+  auto family = [&](const std::string& id) -> std::string {
+    auto it = clients_.find(id);
+    return it == clients_.end() ? "" : it->second.arch;
   };
   nlohmann::json properties = {{"device", options_.device.empty() ? "auto" : options_.device},
                                {"fedtail_version", FEDTAIL_VERSION}};
@@ -197,7 +211,7 @@ v1::JoinRequest TaskRunner::join_request() const {
       v1::VirtualClient* v = request.add_virtual_clients();
       v->set_client_id(c.id);
       v->set_num_examples(examples(c.id));
-      v->set_model_family(family);
+      v->set_model_family(family(c.id));
       if (!options_.token_secret.empty())
         v->set_join_token(join_token(options_.token_secret, c.id));
     }
@@ -206,7 +220,7 @@ v1::JoinRequest TaskRunner::join_request() const {
   } else {
     const HostedClient& c = options_.clients.front();
     request.set_num_examples(examples(c.id));
-    request.set_model_family(family);
+    request.set_model_family(family(c.id));
     properties["partition"] = c.partition;
   }
   request.set_properties_json(dump_json(properties));
@@ -298,7 +312,7 @@ TaskRunner::WorkResult TaskRunner::run_task(const PulledTask& task, Client& clie
   const uint64_t round = header.round();
   const uint64_t kind = static_cast<uint64_t>(header.kind());
   try {
-    auto model = models_.find(config_->model.arch);
+    auto model = models_.find(client.arch);
     FEDTAIL_CHECK(model != models_.end());
 
     Rng rng = Rng::derive(config_->seed, "client",

@@ -4,8 +4,10 @@
 // A..B, ids "client-<k>"). prepare() builds, from the run config the coordinator sent at Join, what
 // the tasks need, once for all hosted clients: the FederatedData (config.data, with data_root
 // overriding config.data.root), each client's train and personalised test Dataset, one Model per
-// architecture (shared by the virtual clients: an algorithm loads the task's bundle into it first),
-// and the ClientAlgorithm of the run's strategy from the registry.
+// architecture in use (shared by the virtual clients of that architecture: an algorithm loads the
+// task's bundle or the client's own state into it first; with config.model.groups the client with
+// partition k uses groups[k % size], and reports that architecture at Join), and the
+// ClientAlgorithm of the run's strategy from the registry.
 //
 // handle() runs one task end to end: decode → load the client's ClientState → fit or evaluate on a
 // worker thread, with heartbeats sent meanwhile (a "cancel" answer abandons the result) → save the
@@ -119,6 +121,7 @@ class TaskRunner {
  private:
   struct Client {
     HostedClient hosted;
+    std::string arch;  // its model's architecture (config.model.arch or its group's)
     Dataset train;
     Dataset test;
   };

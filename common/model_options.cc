@@ -1,5 +1,6 @@
 #include "common/model_options.h"
 
+#include <algorithm>
 #include <nlohmann/json.hpp>
 
 #include "common/dataset.h"
@@ -19,6 +20,16 @@ int native_feature_dim(const std::string& arch) {
   return 0;
 }
 
+namespace {
+
+std::string architecture_list() {
+  std::string list;
+  for (const auto& a : model_architectures()) list += (list.empty() ? "" : ", ") + a;
+  return list;
+}
+
+}  // namespace
+
 Result<ModelOptions> parse_model_options(const nlohmann::json& json, const std::string& path) {
   ModelOptions options;
   JsonReader r(json, path);
@@ -35,6 +46,11 @@ Result<ModelOptions> parse_model_options(const nlohmann::json& json, const std::
   r.read("num_classes", &options.num_classes);
   r.check(options.num_classes >= 0, "num_classes",
           "must be >= 0 (got " + std::to_string(options.num_classes) + "); 0 = from the data");
+  r.read("groups", &options.groups);
+  for (size_t i = 0; i < options.groups.size(); ++i) {
+    r.check(native_feature_dim(options.groups[i]) != 0, "groups[" + std::to_string(i) + "]",
+            "must be one of " + architecture_list() + " (got \"" + options.groups[i] + "\")");
+  }
   FEDTAIL_RETURN_IF_ERROR(r.finish());
   return options;
 }
@@ -74,10 +90,14 @@ Status fill_model_options_from_data(const Dataset& data, ModelOptions* options) 
 
 Status validate_model_options(const ModelOptions& options) {
   if (native_feature_dim(options.arch) == 0) {
-    std::string list;
-    for (const auto& a : model_architectures()) list += (list.empty() ? "" : ", ") + a;
-    return Status::InvalidArgument("model.arch: must be one of " + list + " (got \"" +
-                                   options.arch + "\")");
+    return Status::InvalidArgument("model.arch: must be one of " + architecture_list() +
+                                   " (got \"" + options.arch + "\")");
+  }
+  for (size_t i = 0; i < options.groups.size(); ++i) {
+    if (native_feature_dim(options.groups[i]) == 0) {
+      return Status::InvalidArgument("model.groups[" + std::to_string(i) + "]: must be one of " +
+                                     architecture_list() + " (got \"" + options.groups[i] + "\")");
+    }
   }
   if (options.feature_dim < 0) {
     return Status::InvalidArgument("model.feature_dim: must be >= 0 (got " +
@@ -96,6 +116,49 @@ Status validate_model_options(const ModelOptions& options) {
     }
   }
   return Status::OK();
+}
+
+ModelOptions client_model_options(const ModelOptions& options, int partition) {
+  ModelOptions out = options;
+  if (!options.groups.empty()) {
+    const size_t n = options.groups.size();
+    out.arch = options.groups[static_cast<size_t>(partition < 0 ? 0 : partition) % n];
+  }
+  out.groups.clear();
+  return out;
+}
+
+std::vector<std::string> client_architectures(const ModelOptions& options) {
+  if (options.groups.empty()) return {options.arch};
+  std::vector<std::string> out;
+  for (const std::string& a : options.groups) {
+    if (std::find(out.begin(), out.end(), a) == out.end()) out.push_back(a);
+  }
+  return out;
+}
+
+Result<int> common_feature_dim(const ModelOptions& options) {
+  const char* field = options.groups.empty() ? "model.arch" : "model.groups";
+  const std::vector<std::string> archs = client_architectures(options);
+  for (const std::string& a : archs) {
+    if (native_feature_dim(a) == 0) {
+      return Status::InvalidArgument(std::string(field) + ": must be one of " +
+                                     architecture_list() + " (got \"" + a + "\")");
+    }
+  }
+  if (options.feature_dim > 0) return options.feature_dim;
+  std::string widths;
+  for (const std::string& a : archs) {
+    widths += (widths.empty() ? "" : ", ") + a + " " + std::to_string(native_feature_dim(a));
+  }
+  for (const std::string& a : archs) {
+    if (native_feature_dim(a) != native_feature_dim(archs.front())) {
+      return Status::InvalidArgument(
+          "model.feature_dim: the clients' architectures have different native feature widths (" +
+          widths + "): set feature_dim > 0 so that every client's features have the same size");
+    }
+  }
+  return native_feature_dim(archs.front());
 }
 
 }  // namespace fedtail

@@ -44,6 +44,12 @@ Status add_bundle_heads(const TensorBundle& bundle, Model& model) {
 Result<ModelOptions> run_model_options(const RunContext& run) {
   if (run.config == nullptr) return Status::FailedPrecondition("RunContext: config is null");
   ModelOptions options = run.config->model;
+  if (!options.groups.empty()) {
+    return Status::InvalidArgument(
+        "config.model.groups: this strategy trains one global model, so every client needs the "
+        "same architecture (config.model.arch); heterogeneous model groups need a strategy "
+        "without a global model (fedsa, fedproto)");
+  }
   if (options.num_classes == 0) options.num_classes = run.num_classes;
   FEDTAIL_RETURN_IF_ERROR(validate_model_options(options).with_context("config"));
   return options;

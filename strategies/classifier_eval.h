@@ -24,7 +24,9 @@
 namespace fedtail::strategies {
 
 // The run's model options (config.model) with num_classes taken from run.num_classes when 0,
-// validated for make_model. kFailedPrecondition when run.config is null; kInvalidArgument (from
+// validated for make_model. kFailedPrecondition when run.config is null; kInvalidArgument naming
+// config.model.groups when the config lists model groups (a single global model needs a single
+// architecture: FedAvg, FedProx, FedLoGe refuse heterogeneous federations this way), or (from
 // validate_model_options, naming the field) when a field is still unknown, e.g. in_channels when
 // the caller did not fill the options from the data.
 Result<ModelOptions> run_model_options(const RunContext& run);

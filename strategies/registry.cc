@@ -11,7 +11,9 @@
 
 #include "strategies/fedavg/fedavg.h"
 #include "strategies/fedloge/fedloge.h"
+#include "strategies/fedproto/fedproto.h"
 #include "strategies/fedprox/fedprox.h"
+#include "strategies/fedsa/fedsa.h"
 
 namespace fedtail::strategies {
 namespace {
@@ -75,7 +77,9 @@ void register_builtin_strategies() {
     std::vector<StrategyEntry> builtins;
     builtins.push_back(fedavg_strategy_entry());
     builtins.push_back(fedloge_strategy_entry());
+    builtins.push_back(fedproto_strategy_entry());
     builtins.push_back(fedprox_strategy_entry());
+    builtins.push_back(fedsa_strategy_entry());
     for (StrategyEntry& entry : builtins) {
       Status ignored = register_strategy(std::move(entry));
       (void)ignored;
