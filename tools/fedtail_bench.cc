@@ -2,15 +2,27 @@
 //
 //   fedtail-bench [--quick] [--out DIR] [--device cpu|cuda|auto] [--sections a,b] [--models a,b]
 //
-// Writes DIR/bench.json ({"<section>": [rows...], ..., "machine": {...}}) and DIR/bench.md (one
-// table per section). Sections today: "training" and "evaluation" (images/s of a local SGD step,
-// augmentation included, and of a no-grad forward pass) for cnn, resnet8 and resnet18 at batch 8
-// and 32 on random uint8 3×32×32 inputs (and 1×28×28 for cnn), with 1 thread and all threads.
-// Warm-up steps are excluded from the timing. --quick runs fewer steps (a smoke run, noisier
-// figures).
+// Writes DIR/bench.json ({"<section>": ..., "machine": {...}}) and DIR/bench.md (one table per
+// section). A section's value is an array of rows, or, for sections with summary figures, an
+// object {"rows": [...], "<summary key>": number, ...}. Sections today:
+//   "training" and "evaluation" (rows): images/s of a local SGD step, augmentation included, and
+//     of a no-grad forward pass, for cnn, resnet8 and resnet18 at batch 8 and 32 on random uint8
+//     3×32×32 inputs (and 1×28×28 for cnn), with 1 thread and all threads. Warm-up steps are
+//     excluded from the timing.
+//   "transport" (object; tools/bench/network_sections.h): MB/s of a 1 MB, 100 MB (and 1 GB)
+//     TensorBundle through the real PushResult and PullTask paths on loopback, beside memcpy;
+//     summary transport.mb_per_s_100mb (upload), mb_per_s_100mb_down, memcpy_mb_per_s_100mb.
+//   "coordinator" (object; same header): ms per client per round of the coordinator's service
+//     with 10 and 50 clients that answer at once, and the peak RSS of a real fedtail-coordinator
+//     process with 10 and 50 clients sending ~45 MB updates; summary
+//     coordinator.overhead_ms_per_client and coordinator.peak_rss_mb (50 clients; the 10-client
+//     figures beside them). Needs fedtail-coordinator and fedtail-client beside fedtail-bench and
+//     Fashion-MNIST.
+// --quick runs fewer steps and smaller sizes (a smoke run, noisier figures).
 //
 // Adding a section: write a `Result<nlohmann::json> run_x(const BenchContext&)` returning an array
-// of flat row objects, and append {name, title, columns, run_x} to sections() below.
+// of flat row objects (or {"rows": [...], summary keys...}), and append {name, title, columns,
+// run_x} to sections() below.
 // Errors: one line on stderr, exit 1.
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
@@ -19,6 +31,7 @@
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <ctime>
@@ -35,6 +48,8 @@
 #include "common/logging.h"
 #include "common/models.h"
 #include "common/rng.h"
+#include "tools/bench/bench_context.h"
+#include "tools/bench/network_sections.h"
 
 namespace fedtail {
 namespace {
@@ -47,13 +62,7 @@ struct Flags {
   std::vector<std::string> models;
 };
 
-// What every section receives.
-struct BenchContext {
-  bool quick = false;
-  torch::Device device = torch::kCPU;
-  std::vector<int> thread_counts;   // intra-op thread counts to try, e.g. {1, 16}
-  std::vector<std::string> models;  // architectures to run; empty = all
-};
+using bench::BenchContext;
 
 // How long one measurement runs. Warm-up steps are not timed; then steps run until both minimums
 // are reached.
@@ -217,21 +226,42 @@ const std::vector<Section>& sections() {
        "Evaluation throughput (images/s: normalisation + no-grad forward + argmax)",
        {"model", "input", "batch", "threads", "images_per_s"},
        [](const BenchContext& ctx) { return run_throughput(ctx, /*train=*/false); }},
+      {"transport",
+       "Transport (MB/s of a TensorBundle through PushResult / PullTask on loopback, vs memcpy)",
+       {"size_mb", "direction", "mb_per_s", "seconds_each", "memcpy_mb_per_s",
+        "fraction_of_memcpy"},
+       bench::run_transport},
+      {"coordinator",
+       "Coordinator (overhead per client per round; peak RSS of fedtail-coordinator)",
+       {"measure", "clients", "rounds", "model_mb", "round_s", "ms_per_client_per_round",
+        "peak_rss_mb"},
+       bench::run_coordinator},
   };
   return kSections;
 }
 
 std::string cell(const nlohmann::json& v) {
   if (v.is_number_float()) {
+    // One decimal, or three significant digits below 1 (seconds, ratios).
+    const double x = v.get<double>();
     char buffer[64];
-    std::snprintf(buffer, sizeof(buffer), "%.1f", v.get<double>());
+    std::snprintf(buffer, sizeof(buffer), x != 0 && std::abs(x) < 1 ? "%.3g" : "%.1f", x);
     return buffer;
   }
   if (v.is_string()) return v.get<std::string>();
   return v.dump();
 }
 
-std::string markdown_table(const Section& section, const nlohmann::json& rows) {
+// The rows of a section's result: the result itself (an array), or its "rows".
+const nlohmann::json& section_rows(const nlohmann::json& result) {
+  static const nlohmann::json kNone = nlohmann::json::array();
+  if (result.is_array()) return result;
+  auto it = result.find("rows");
+  return it != result.end() ? *it : kNone;
+}
+
+std::string markdown_table(const Section& section, const nlohmann::json& result) {
+  const nlohmann::json& rows = section_rows(result);
   std::ostringstream md;
   md << "## " << section.title << "\n\n|";
   for (const auto& c : section.columns) md << " " << c << " |";
@@ -243,6 +273,16 @@ std::string markdown_table(const Section& section, const nlohmann::json& rows) {
     for (const auto& c : section.columns)
       md << " " << (row.contains(c) ? cell(row[c]) : "") << " |";
     md << "\n";
+  }
+  // Summary figures of an object result, as "key: value" lines under the table.
+  if (result.is_object()) {
+    bool first = true;
+    for (const auto& [key, value] : result.items()) {
+      if (key == "rows") continue;
+      md << (first ? "\n" : "") << "- " << section.name << "." << key << ": " << cell(value)
+         << "\n";
+      first = false;
+    }
   }
   return md.str();
 }
@@ -314,6 +354,8 @@ Status run(const Flags& flags) {
     for (const auto& c : model_cases()) known = known || c.arch == m;
     if (!known) return Status::InvalidArgument("--models: unknown model \"" + m + "\"");
   }
+  std::error_code ec;
+  ctx.bin_dir = std::filesystem::read_symlink("/proc/self/exe", ec).parent_path().string();
   ctx.thread_counts = {1};
   if (hardware_threads() > 1) ctx.thread_counts.push_back(hardware_threads());
 
@@ -329,7 +371,6 @@ Status run(const Flags& flags) {
     if (!known) return Status::InvalidArgument("--sections: unknown section \"" + name + "\"");
   }
 
-  std::error_code ec;
   std::filesystem::create_directories(flags.out, ec);
   if (ec) return Status::IOError(flags.out + ": cannot create directory (" + ec.message() + ")");
 

@@ -14,7 +14,7 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libssl-dev nlohmann-json3-dev libcli11-dev libspdlog-dev zlib1g-dev libstb-dev
   libgtest-dev libbenchmark-dev
-  dataset-fashion-mnist gnuplot-nox
+  dataset-fashion-mnist gnuplot-nox iproute2
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -4,103 +4,30 @@
 // certificate tool's subcommands.
 #include "tests/support/cli.h"
 
-#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "common/certs.h"
-
-extern char** environ;
+#include "tests/support/process.h"
 
 namespace fedtail {
 namespace {
 
 namespace fs = std::filesystem;
+using namespace std::chrono_literals;
 using test_support::binary_path;
+using test_support::Process;
 using test_support::run_cli;
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-// A child process whose stdout and stderr go to `log`; killed if still running at destruction.
-class Child {
- public:
-  Child(std::vector<std::string> args, std::string log) : log_(std::move(log)) {
-    std::vector<char*> argv;
-    for (std::string& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_addopen(&actions, 1, log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_adddup2(&actions, 1, 2);
-    if (posix_spawn(&pid_, argv[0], &actions, nullptr, argv.data(), environ) != 0) pid_ = -1;
-    posix_spawn_file_actions_destroy(&actions);
-  }
-  ~Child() {
-    if (pid_ > 0 && !exited_) {
-      ::kill(pid_, SIGKILL);
-      ::waitpid(pid_, nullptr, 0);
-    }
-  }
-  Child(const Child&) = delete;
-  Child& operator=(const Child&) = delete;
-
-  // The exit code; -1 after `timeout_s` (then killed); -2 when killed by a signal.
-  int wait(double timeout_s) {
-    if (exited_) return code_;
-    const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
-    while (std::chrono::steady_clock::now() < until) {
-      int status = 0;
-      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
-        exited_ = true;
-        code_ = WIFEXITED(status) ? WEXITSTATUS(status) : -2;
-        return code_;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    ::kill(pid_, SIGKILL);
-    ::waitpid(pid_, nullptr, 0);
-    exited_ = true;
-    return code_ = -1;
-  }
-  void signal(int sig) { ::kill(pid_, sig); }
-  std::string log() const { return slurp(log_); }
-
-  // Waits until the log contains `text`; false after `timeout_s`.
-  bool wait_for_log(const std::string& text, double timeout_s) const {
-    const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
-    while (std::chrono::steady_clock::now() < until) {
-      if (log().find(text) != std::string::npos) return true;
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    return false;
-  }
-
- private:
-  std::string log_;
-  pid_t pid_ = -1;
-  bool exited_ = false;
-  int code_ = -1;
-};
 
 // A TCP port that was free a moment ago.
 int free_port() {
@@ -147,15 +74,9 @@ class ClientCliTest : public ::testing::Test {
     test_support::write_file(dir_ + "/client.json", R"({"client_id": "client-0", "partition": 0})");
   }
   // The coordinator's port once it listens; 0 if it did not come up.
-  int wait_port(const std::string& state_dir, Child& coordinator) {
-    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-    while (std::chrono::steady_clock::now() < until) {
-      std::string text = slurp(state_dir + "/port");
-      if (!text.empty() && text.back() == '\n') return std::stoi(text);
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
-    (void)coordinator;
-    return 0;
+  static int wait_port(const std::string& state_dir) {
+    const std::string port = test_support::wait_for_file(state_dir + "/port", 60s);
+    return port.empty() ? 0 : std::stoi(port);
   }
   std::string dir_;
 };
@@ -211,22 +132,23 @@ TEST_F(ClientCliTest, BadFlagsAndFilesAreOneLineErrors) {
 TEST_F(ClientCliTest, SigtermWhileWaitingLeavesAndExitsZero) {
   // Two clients are needed before a round starts: the one client just long-polls.
   test_support::write_file(dir_ + "/run.json", tiny_run(2).dump());
-  Child coordinator({binary_path("fedtail-coordinator"), "--config", dir_ + "/run.json", "--listen",
-                     "127.0.0.1:0", "--state-dir", dir_ + "/coord"},
-                    dir_ + "/coordinator.log");
-  const int port = wait_port(dir_ + "/coord", coordinator);
+  Process coordinator({binary_path("fedtail-coordinator"), "--config", dir_ + "/run.json",
+                       "--listen", "127.0.0.1:0", "--state-dir", dir_ + "/coord"},
+                      dir_ + "/coordinator.log");
+  const int port = wait_port(dir_ + "/coord");
   ASSERT_GT(port, 0) << coordinator.log();
-  Child client({binary_path("fedtail-client"), "--coordinator", "127.0.0.1:" + std::to_string(port),
-                "--config", dir_ + "/client.json", "--state-dir", dir_ + "/state"},
-               dir_ + "/client.log");
-  ASSERT_TRUE(client.wait_for_log("data ready", 60)) << client.log();
+  Process client(
+      {binary_path("fedtail-client"), "--coordinator", "127.0.0.1:" + std::to_string(port),
+       "--config", dir_ + "/client.json", "--state-dir", dir_ + "/state"},
+      dir_ + "/client.log");
+  ASSERT_TRUE(client.wait_for_log_line("data ready", 60s)) << client.log();
   client.signal(SIGTERM);
-  EXPECT_EQ(client.wait(20), 0) << client.log();
+  EXPECT_EQ(client.wait(20s), 0) << client.log();
   EXPECT_NE(client.log().find("received Terminated"), std::string::npos) << client.log();
-  EXPECT_TRUE(coordinator.wait_for_log("left (1 client(s)): stopped by a signal", 10))
+  EXPECT_TRUE(coordinator.wait_for_log_line("left (1 client(s)): stopped by a signal", 10s))
       << coordinator.log();
   coordinator.signal(SIGTERM);
-  coordinator.wait(30);
+  coordinator.wait(30s);
 }
 
 TEST_F(ClientCliTest, ClientsStartedBeforeTheCoordinatorJoinWhenItComesUp) {
@@ -234,18 +156,18 @@ TEST_F(ClientCliTest, ClientsStartedBeforeTheCoordinatorJoinWhenItComesUp) {
   const std::string target = "127.0.0.1:" + std::to_string(port);
   // One process hosting two virtual clients, started first.
   test_support::write_file(dir_ + "/worker.json", R"({"state_dir": ")" + dir_ + R"(/state"})");
-  Child worker({binary_path("fedtail-client"), "--coordinator", target, "--config",
-                dir_ + "/worker.json", "--clients", "0-1", "--retry-timeout", "60"},
-               dir_ + "/worker.log");
-  ASSERT_TRUE(worker.wait_for_log("retrying in", 30)) << worker.log();
+  Process worker({binary_path("fedtail-client"), "--coordinator", target, "--config",
+                  dir_ + "/worker.json", "--clients", "0-1", "--retry-timeout", "60"},
+                 dir_ + "/worker.log");
+  ASSERT_TRUE(worker.wait_for_log_line("retrying in", 30s)) << worker.log();
   EXPECT_NE(worker.log().find("unreachable"), std::string::npos) << worker.log();
 
   test_support::write_file(dir_ + "/run.json", tiny_run(2).dump());
-  Child coordinator({binary_path("fedtail-coordinator"), "--config", dir_ + "/run.json", "--listen",
-                     target, "--state-dir", dir_ + "/coord"},
-                    dir_ + "/coordinator.log");
-  EXPECT_EQ(worker.wait(180), 0) << worker.log();
-  EXPECT_EQ(coordinator.wait(60), 0) << coordinator.log();
+  Process coordinator({binary_path("fedtail-coordinator"), "--config", dir_ + "/run.json",
+                       "--listen", target, "--state-dir", dir_ + "/coord"},
+                      dir_ + "/coordinator.log");
+  EXPECT_EQ(worker.wait(180s), 0) << worker.log();
+  EXPECT_EQ(coordinator.wait(60s), 0) << coordinator.log();
   const std::string log = worker.log();
   EXPECT_NE(log.find("client-0 .. client-1: partitions 0..1"), std::string::npos) << log;
   EXPECT_NE(log.find("client-0: round 1 fit done"), std::string::npos) << log;

@@ -1,92 +1,24 @@
 // Integration smoke test: a real fedtail-coordinator and three real fedtail-client processes over
-// loopback run two FedAvg rounds on a small Fashion-MNIST federation.
-#include <fcntl.h>
+// loopback run three FedAvg rounds on a small Fashion-MNIST-LT federation.
 #include <gtest/gtest.h>
-#include <signal.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <nlohmann/json.hpp>
-#include <sstream>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "tests/support/cli.h"
+#include "tests/support/process.h"
 
 namespace fedtail {
 namespace {
 
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
-
-// A child process with stdout+stderr in a log file; killed (SIGKILL) if still running at
-// destruction.
-class Process {
- public:
-  Process(const std::vector<std::string>& argv, const std::string& log_path) : log_(log_path) {
-    pid_ = ::fork();
-    if (pid_ == 0) {
-      int fd = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      if (fd >= 0) {
-        ::dup2(fd, 1);
-        ::dup2(fd, 2);
-      }
-      std::vector<char*> args;
-      for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-      args.push_back(nullptr);
-      ::execv(args[0], args.data());
-      ::_exit(127);
-    }
-  }
-  ~Process() {
-    if (pid_ > 0 && !exited_) {
-      ::kill(pid_, SIGKILL);
-      ::waitpid(pid_, nullptr, 0);
-    }
-  }
-  // The exit code, or -1 when it did not exit normally within `timeout` (or was signalled).
-  int wait(std::chrono::milliseconds timeout) {
-    const auto until = std::chrono::steady_clock::now() + timeout;
-    while (std::chrono::steady_clock::now() < until) {
-      int status = 0;
-      pid_t r = ::waitpid(pid_, &status, WNOHANG);
-      if (r == pid_) {
-        exited_ = true;
-        return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-      }
-      std::this_thread::sleep_for(50ms);
-    }
-    return -1;
-  }
-  void signal(int sig) { ::kill(pid_, sig); }
-  std::string log() const {
-    std::ifstream in(log_);
-    std::stringstream s;
-    s << in.rdbuf();
-    return s.str();
-  }
-
- private:
-  pid_t pid_ = -1;
-  bool exited_ = false;
-  std::string log_;
-};
-
-// Waits for `path` to exist and hold a line; returns its content ("" on timeout).
-std::string wait_for_file(const std::string& path, std::chrono::milliseconds timeout) {
-  const auto until = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < until) {
-    std::ifstream in(path);
-    std::string line;
-    if (in && std::getline(in, line) && !line.empty()) return line;
-    std::this_thread::sleep_for(100ms);
-  }
-  return "";
-}
+using test_support::Process;
 
 nlohmann::json run_config(int rounds) {
   return {{"seed", 1},
@@ -109,7 +41,9 @@ nlohmann::json run_config(int rounds) {
             {"clients", 3}}},
           {"model", {{"arch", "cnn"}}},
           {"local", {{"epochs", 1}, {"batch_size", 32}}},
-          {"eval", {{"batch_size", 500}}}};
+          // Evaluation (federated and server-side) at the last round only: it costs more than the
+          // training of this tiny federation.
+          {"eval", {{"batch_size", 500}, {"every", rounds}}}};
 }
 
 class FederationSmoke : public ::testing::Test {
@@ -154,10 +88,10 @@ class FederationSmoke : public ::testing::Test {
   std::string state_dir_;
 };
 
-TEST_F(FederationSmoke, ThreeClientsRunTwoRoundsAndGetASummary) {
-  test_support::write_file(dir_ + "/run.json", run_config(2).dump(2));
+TEST_F(FederationSmoke, ThreeClientsRunThreeRoundsAndGetASummary) {
+  test_support::write_file(dir_ + "/run.json", run_config(3).dump(2));
   std::unique_ptr<Process> coordinator = start_coordinator();
-  const std::string port = wait_for_file(state_dir_ + "/port", 120s);
+  const std::string port = test_support::wait_for_file(state_dir_ + "/port", 120s);
   ASSERT_FALSE(port.empty()) << coordinator->log();
   std::vector<std::unique_ptr<Process>> clients;
   for (int k = 0; k < 3; ++k) clients.push_back(start_client(k, port));
@@ -169,7 +103,7 @@ TEST_F(FederationSmoke, ThreeClientsRunTwoRoundsAndGetASummary) {
   std::ifstream in(state_dir_ + "/summary.json");
   ASSERT_TRUE(in) << "no summary.json";
   nlohmann::json summary = nlohmann::json::parse(in);
-  EXPECT_EQ(summary["rounds_completed"], 2);
+  EXPECT_EQ(summary["rounds_completed"], 3);
   EXPECT_EQ(summary["strategy"], "fedavg");
   ASSERT_TRUE(summary["final"]["generic_accuracy"].is_number()) << summary.dump(2);
   const double accuracy = summary["final"]["generic_accuracy"].get<double>();
@@ -181,9 +115,9 @@ TEST_F(FederationSmoke, ThreeClientsRunTwoRoundsAndGetASummary) {
   std::ifstream metrics(state_dir_ + "/metrics.jsonl");
   int lines = 0;
   for (std::string line; std::getline(metrics, line);) ++lines;
-  EXPECT_EQ(lines, 2);
+  EXPECT_EQ(lines, 3);
   const std::string log = coordinator->log();
-  EXPECT_NE(log.find("round 2/2"), std::string::npos) << log;
+  EXPECT_NE(log.find("round 3/3"), std::string::npos) << log;
 }
 
 TEST_F(FederationSmoke, BadConfigIsAOneLineErrorNamingTheField) {

@@ -6,104 +6,29 @@
 //   - join tokens (server TLS, no client certificates): a good token completes the run, a forged
 //     one is refused at once.
 // Runs are tiny: Fashion-MNIST trimmed to 50 examples per class, the small CNN, 2 SGD steps.
-#include <fcntl.h>
 #include <gtest/gtest.h>
-#include <signal.h>
-#include <spawn.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <nlohmann/json.hpp>
-#include <sstream>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "common/certs.h"
 #include "common/tls.h"
-
-extern char** environ;
+#include "tests/support/process.h"
 
 namespace fedtail {
 namespace {
 
 namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+using test_support::Process;
 
 const std::string kBin = FEDTAIL_BIN_DIR;
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-// A child process whose stdout and stderr go to `log`.
-class Child {
- public:
-  Child(std::vector<std::string> args, std::string log) : log_(std::move(log)) {
-    std::vector<char*> argv;
-    for (std::string& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_addopen(&actions, 1, log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_adddup2(&actions, 1, 2);
-    const int rc = posix_spawn(&pid_, argv[0], &actions, nullptr, argv.data(), environ);
-    posix_spawn_file_actions_destroy(&actions);
-    if (rc != 0) pid_ = -1;
-  }
-  ~Child() {
-    if (pid_ > 0 && !exited_) {
-      ::kill(pid_, SIGKILL);
-      int status = 0;
-      ::waitpid(pid_, &status, 0);
-    }
-  }
-  Child(const Child&) = delete;
-  Child& operator=(const Child&) = delete;
-
-  bool started() const { return pid_ > 0; }
-
-  // The exit code, or -1 after `timeout_s` (the child is then killed), -2 if killed by a signal.
-  int wait(double timeout_s) {
-    if (exited_) return code_;
-    const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
-    while (std::chrono::steady_clock::now() < until) {
-      int status = 0;
-      pid_t r = ::waitpid(pid_, &status, WNOHANG);
-      if (r == pid_) {
-        exited_ = true;
-        code_ = WIFEXITED(status) ? WEXITSTATUS(status) : -2;
-        return code_;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    ::kill(pid_, SIGKILL);
-    int status = 0;
-    ::waitpid(pid_, &status, 0);
-    exited_ = true;
-    code_ = -1;
-    return code_;
-  }
-
-  // SIGTERM, then wait.
-  int stop(double timeout_s) {
-    if (!exited_) ::kill(pid_, SIGTERM);
-    return wait(timeout_s);
-  }
-
-  std::string log() const { return slurp(log_); }
-
- private:
-  std::string log_;
-  pid_t pid_ = -1;
-  bool exited_ = false;
-  int code_ = -1;
-};
 
 class TlsFederationTest : public ::testing::Test {
  protected:
@@ -158,7 +83,7 @@ class TlsFederationTest : public ::testing::Test {
 
   // Starts a coordinator on 127.0.0.1 (any free port) with `security` flags; returns its port, or
   // 0 when it did not come up.
-  int start_coordinator(std::unique_ptr<Child>* child, const std::vector<std::string>& security) {
+  int start_coordinator(std::unique_ptr<Process>* child, const std::vector<std::string>& security) {
     std::vector<std::string> args = {kBin + "/fedtail-coordinator",
                                      "--config",
                                      root_ + "/run.json",
@@ -167,20 +92,14 @@ class TlsFederationTest : public ::testing::Test {
                                      "--state-dir",
                                      dir_ + "/coord"};
     args.insert(args.end(), security.begin(), security.end());
-    *child = std::make_unique<Child>(args, dir_ + "/coordinator.log");
+    *child = std::make_unique<Process>(args, dir_ + "/coordinator.log");
     if (!(*child)->started()) return 0;
-    const std::string port_file = dir_ + "/coord/port";
-    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-    while (std::chrono::steady_clock::now() < until) {
-      std::string text = slurp(port_file);
-      if (!text.empty() && text.back() == '\n') return std::stoi(text);
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
-    return 0;
+    const std::string port = test_support::wait_for_file(dir_ + "/coord/port", 60s);
+    return port.empty() ? 0 : std::stoi(port);
   }
 
-  std::unique_ptr<Child> start_client(const std::string& name, int port,
-                                      const std::vector<std::string>& security) {
+  std::unique_ptr<Process> start_client(const std::string& name, int port,
+                                        const std::vector<std::string>& security) {
     std::vector<std::string> args = {kBin + "/fedtail-client",
                                      "--coordinator",
                                      "127.0.0.1:" + std::to_string(port),
@@ -191,7 +110,7 @@ class TlsFederationTest : public ::testing::Test {
                                      "--retry-timeout",
                                      "4"};
     args.insert(args.end(), security.begin(), security.end());
-    return std::make_unique<Child>(args, dir_ + "/" + name + ".log");
+    return std::make_unique<Process>(args, dir_ + "/" + name + ".log");
   }
 
   std::vector<std::string> mtls_server() const {
@@ -207,15 +126,15 @@ class TlsFederationTest : public ::testing::Test {
 std::string TlsFederationTest::root_;
 
 TEST_F(TlsFederationTest, MutualTlsClientCompletesARound) {
-  std::unique_ptr<Child> coordinator;
+  std::unique_ptr<Process> coordinator;
   const int port = start_coordinator(&coordinator, mtls_server());
   ASSERT_GT(port, 0) << coordinator->log();
-  std::unique_ptr<Child> client =
+  std::unique_ptr<Process> client =
       start_client("client", port,
                    {"--tls-ca", root_ + "/ca/ca.pem", "--tls-cert", root_ + "/clients/client-0.pem",
                     "--tls-key", root_ + "/clients/client-0.key"});
-  EXPECT_EQ(client->wait(180), 0) << client->log();
-  EXPECT_EQ(coordinator->wait(60), 0) << coordinator->log();
+  EXPECT_EQ(client->wait(180s), 0) << client->log();
+  EXPECT_EQ(coordinator->wait(60s), 0) << coordinator->log();
   const std::string log = client->log();
   EXPECT_NE(log.find("mutual TLS"), std::string::npos) << log;
   EXPECT_NE(log.find("round 1 fit done"), std::string::npos) << log;
@@ -230,37 +149,37 @@ TEST_F(TlsFederationTest, MutualTlsClientCompletesARound) {
 }
 
 TEST_F(TlsFederationTest, CertificateFromAnotherCaIsRefused) {
-  std::unique_ptr<Child> coordinator;
+  std::unique_ptr<Process> coordinator;
   const int port = start_coordinator(&coordinator, mtls_server());
   ASSERT_GT(port, 0) << coordinator->log();
-  std::unique_ptr<Child> client =
+  std::unique_ptr<Process> client =
       start_client("rogue", port,
                    {"--tls-ca", root_ + "/ca/ca.pem", "--tls-cert", root_ + "/rogue/client-0.pem",
                     "--tls-key", root_ + "/rogue/client-0.key"});
-  EXPECT_EQ(client->wait(60), 1) << client->log();
+  EXPECT_EQ(client->wait(60s), 1) << client->log();
   const std::string log = client->log();
   EXPECT_NE(log.find("giving up"), std::string::npos) << log;
   EXPECT_NE(log.find("check --tls-ca, --tls-cert and --tls-key"), std::string::npos) << log;
   EXPECT_EQ(log.find("joined coordinator"), std::string::npos) << log;
   EXPECT_EQ(coordinator->log().find("client-0 joined"), std::string::npos) << coordinator->log();
-  EXPECT_NE(coordinator->stop(30), -1);
+  EXPECT_NE(coordinator->stop(30s), Process::kTimedOut);
 }
 
 TEST_F(TlsFederationTest, PlaintextClientToTlsCoordinatorFailsClearly) {
-  std::unique_ptr<Child> coordinator;
+  std::unique_ptr<Process> coordinator;
   const int port = start_coordinator(&coordinator, mtls_server());
   ASSERT_GT(port, 0) << coordinator->log();
-  std::unique_ptr<Child> client = start_client("plaintext", port, {});
-  EXPECT_EQ(client->wait(60), 1) << client->log();
+  std::unique_ptr<Process> client = start_client("plaintext", port, {});
+  EXPECT_EQ(client->wait(60s), 1) << client->log();
   const std::string log = client->log();
   EXPECT_NE(log.find("plaintext"), std::string::npos) << log;
   EXPECT_NE(log.find("pass --tls-ca"), std::string::npos) << log;
   EXPECT_NE(log.find("giving up"), std::string::npos) << log;
-  EXPECT_NE(coordinator->stop(30), -1);
+  EXPECT_NE(coordinator->stop(30s), Process::kTimedOut);
 }
 
 TEST_F(TlsFederationTest, JoinTokensAdmitGoodAndRefuseForgedTokens) {
-  std::unique_ptr<Child> coordinator;
+  std::unique_ptr<Process> coordinator;
   const int port = start_coordinator(
       &coordinator, {"--tls-cert", root_ + "/server/server.pem", "--tls-key",
                      root_ + "/server/server.key", "--token-secret-file", root_ + "/secret"});
@@ -270,37 +189,37 @@ TEST_F(TlsFederationTest, JoinTokensAdmitGoodAndRefuseForgedTokens) {
 
   // A forged token (the HMAC under another secret) is refused at once, without retries.
   const std::string forged = join_token("not the secret", "client-0");
-  std::unique_ptr<Child> intruder =
+  std::unique_ptr<Process> intruder =
       start_client("forged", port, {"--tls-ca", root_ + "/ca/ca.pem", "--token", forged});
-  EXPECT_EQ(intruder->wait(60), 1) << intruder->log();
+  EXPECT_EQ(intruder->wait(60s), 1) << intruder->log();
   const std::string refused = intruder->log();
   EXPECT_NE(refused.find("bad join token"), std::string::npos) << refused;
   EXPECT_EQ(refused.find("retrying"), std::string::npos) << refused;
 
   // The right token, from a file as fedtail-certs prints it.
   std::ofstream(dir_ + "/token") << join_token(*secret, "client-0") << "\n";
-  std::unique_ptr<Child> client = start_client(
+  std::unique_ptr<Process> client = start_client(
       "client", port, {"--tls-ca", root_ + "/ca/ca.pem", "--token-file", dir_ + "/token"});
-  EXPECT_EQ(client->wait(180), 0) << client->log();
-  EXPECT_EQ(coordinator->wait(60), 0) << coordinator->log();
+  EXPECT_EQ(client->wait(180s), 0) << client->log();
+  EXPECT_EQ(coordinator->wait(60s), 0) << coordinator->log();
   EXPECT_NE(client->log().find("round 1 fit done"), std::string::npos) << client->log();
 }
 
 TEST_F(TlsFederationTest, VirtualClientsDeriveTheirTokensFromTheSecret) {
-  std::unique_ptr<Child> coordinator;
+  std::unique_ptr<Process> coordinator;
   const int port = start_coordinator(
       &coordinator, {"--tls-cert", root_ + "/server/server.pem", "--tls-key",
                      root_ + "/server/server.key", "--token-secret-file", root_ + "/secret"});
   ASSERT_GT(port, 0) << coordinator->log();
   // A simulation worker hosting client-0 (the run has one client), trusted with the secret.
-  std::unique_ptr<Child> worker = std::make_unique<Child>(
+  std::unique_ptr<Process> worker = std::make_unique<Process>(
       std::vector<std::string>{kBin + "/fedtail-client", "--coordinator",
                                "localhost:" + std::to_string(port), "--clients", "0-0", "--tls-ca",
                                root_ + "/ca/ca.pem", "--token-secret-file", root_ + "/secret",
                                "--state-dir", ":memory:", "--retry-timeout", "4"},
       dir_ + "/worker.log");
-  EXPECT_EQ(worker->wait(180), 0) << worker->log();
-  EXPECT_EQ(coordinator->wait(60), 0) << coordinator->log();
+  EXPECT_EQ(worker->wait(180s), 0) << worker->log();
+  EXPECT_EQ(coordinator->wait(60s), 0) << coordinator->log();
   EXPECT_NE(worker->log().find("state in memory only"), std::string::npos) << worker->log();
   // One virtual client: the coordinator names it and the worker connection it came through.
   EXPECT_NE(coordinator->log().find("client client-0 joined ("), std::string::npos)
@@ -308,20 +227,20 @@ TEST_F(TlsFederationTest, VirtualClientsDeriveTheirTokensFromTheSecret) {
 }
 
 TEST_F(TlsFederationTest, CertsToolPrintsTheTokenTheCoordinatorExpects) {
-  std::unique_ptr<Child> tool = std::make_unique<Child>(
+  std::unique_ptr<Process> tool = std::make_unique<Process>(
       std::vector<std::string>{kBin + "/fedtail-certs", "token", "--secret-file", root_ + "/secret",
                                "--client-id", "client-7"},
       dir_ + "/token.out");
-  ASSERT_EQ(tool->wait(30), 0) << tool->log();
+  ASSERT_EQ(tool->wait(30s), 0) << tool->log();
   Result<std::string> secret = read_secret_file(root_ + "/secret");
   ASSERT_TRUE(secret.ok());
   EXPECT_EQ(tool->log(), join_token(*secret, "client-7") + "\n");
 
-  std::unique_ptr<Child> missing = std::make_unique<Child>(
+  std::unique_ptr<Process> missing = std::make_unique<Process>(
       std::vector<std::string>{kBin + "/fedtail-certs", "token", "--secret-file", dir_ + "/nope",
                                "--client-id", "client-7"},
       dir_ + "/missing.out");
-  EXPECT_EQ(missing->wait(30), 1);
+  EXPECT_EQ(missing->wait(30s), 1);
   EXPECT_NE(missing->log().find("--secret-file: file not found"), std::string::npos)
       << missing->log();
 }

@@ -1,0 +1,39 @@
+// fedtail-bench's federation sections. Each returns a section object {"rows": [...], <summary
+// keys>} (see tools/fedtail_bench.cc), or the first error.
+//
+//   "transport": a TensorBundle of 1 MB and 100 MB (and 1 GB without --quick) sent through the real
+//     PushResult path, client -> coordinator service on loopback (LoopbackFederation: chunking,
+//     SHA-256, decoding, finite check; the strategy only counts the update), and the same bundle
+//     down through PullTask; MB/s (10^6 bytes) against a memcpy of the same bytes in the same run.
+//     Summary: mb_per_s_100mb (upload), mb_per_s_100mb_down, memcpy_mb_per_s.
+//   "coordinator": (1) the coordinator's overhead per client per round: the in-process service
+//     with 10 and 50 clients (one connection each, on threads) that answer every task at once with
+//     a tiny model (25,000 floats), FedAvg's weighted average included; a round's wall time
+//     (configure_fit to the end of aggregation) / clients. (2) the peak RSS (VmHWM, MB = 10^6
+//     bytes) of a real fedtail-coordinator process while one fedtail-client process hosting 10
+//     or 50 virtual clients sends ResNet-18 updates (~45 MB each; one SGD step of local training)
+//     on the Fashion-MNIST data set: 10 clients × 1 round, 10 × 5 and 50 × 1 (the last two fold
+//     the same number of uploads). Summary: overhead_ms_per_client (50 clients),
+//     overhead_ms_per_client_10_clients, peak_rss_mb (50 × 1), peak_rss_mb_10_clients (10 × 5),
+//     peak_rss_mb_10_clients_1_round.
+#ifndef FEDTAIL_TOOLS_BENCH_NETWORK_SECTIONS_H_
+#define FEDTAIL_TOOLS_BENCH_NETWORK_SECTIONS_H_
+
+#include <nlohmann/json.hpp>
+
+#include "common/status.h"
+#include "tools/bench/bench_context.h"
+
+namespace fedtail::bench {
+
+// Errors: those of the loopback federation and clients (naming the step).
+Result<nlohmann::json> run_transport(const BenchContext& ctx);
+
+// Errors: as run_transport; kInternal with the log's tail when a coordinator or client process
+// fails. When fedtail-coordinator / fedtail-client are not beside fedtail-bench or Fashion-MNIST is
+// not installed, the peak RSS rows are left out and "peak_rss_skipped" says why.
+Result<nlohmann::json> run_coordinator(const BenchContext& ctx);
+
+}  // namespace fedtail::bench
+
+#endif  // FEDTAIL_TOOLS_BENCH_NETWORK_SECTIONS_H_
