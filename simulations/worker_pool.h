@@ -57,8 +57,6 @@ class WorkerPool {
   // Clients hosted by workers still running.
   int live_clients() const;
   int size() const { return static_cast<int>(workers_.size()); }
-  // The pid of worker i (for tests and fault injection).
-  int pid(int worker) const { return workers_.at(worker).process->pid(); }
 
   // After the run: waits up to `grace` for every worker to exit, then kills the rest. Returns the
   // workers that did not exit cleanly (code != 0, signal, or killed here), excluding those already

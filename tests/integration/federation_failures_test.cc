@@ -54,15 +54,6 @@ nlohmann::json run_config() {
           {"local", {{"epochs", 4}, {"batch_size", 16}}}};
 }
 
-std::vector<nlohmann::json> metrics_lines(const std::string& path) {
-  std::vector<nlohmann::json> lines;
-  std::istringstream in(test_support::read_file(path));
-  for (std::string line; std::getline(in, line);) {
-    if (!line.empty()) lines.push_back(nlohmann::json::parse(line));
-  }
-  return lines;
-}
-
 class FederationFailures : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -133,7 +124,8 @@ TEST_F(FederationFailures, ClientKilledMidRoundIsAFailureAndTheOthersFinishTheRu
       nlohmann::json::parse(test_support::read_file(state_dir_ + "/summary.json"));
   EXPECT_EQ(summary.value("rounds_completed", 0), kRounds) << summary.dump(2);
 
-  const std::vector<nlohmann::json> lines = metrics_lines(state_dir_ + "/metrics.jsonl");
+  const std::vector<nlohmann::json> lines =
+      test_support::metrics_lines(state_dir_ + "/metrics.jsonl");
   ASSERT_EQ(lines.size(), static_cast<size_t>(kRounds));
   // Round 2: three clients selected, the victim failed with a reason, two updates aggregated.
   const nlohmann::json& fit2 = lines[1]["fit"];

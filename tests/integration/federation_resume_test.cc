@@ -65,15 +65,6 @@ nlohmann::json run_config() {
       {"eval", {{"batch_size", 1000}, {"every", kRounds}}}};
 }
 
-std::vector<nlohmann::json> metrics_lines(const std::string& path) {
-  std::vector<nlohmann::json> lines;
-  std::istringstream in(test_support::read_file(path));
-  for (std::string line; std::getline(in, line);) {
-    if (!line.empty()) lines.push_back(nlohmann::json::parse(line));
-  }
-  return lines;
-}
-
 class FederationResume : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -183,8 +174,10 @@ TEST_F(FederationResume, KilledCoordinatorResumesBitExactly) {
 
   // Every round's training metrics agree. The loss is a double sum over the clients in arrival
   // order, so it may differ in its last bits when the arrival order differs.
-  const std::vector<nlohmann::json> lines_a = metrics_lines(state("a", "metrics.jsonl"));
-  const std::vector<nlohmann::json> lines_b = metrics_lines(state("b", "metrics.jsonl"));
+  const std::vector<nlohmann::json> lines_a =
+      test_support::metrics_lines(state("a", "metrics.jsonl"));
+  const std::vector<nlohmann::json> lines_b =
+      test_support::metrics_lines(state("b", "metrics.jsonl"));
   ASSERT_EQ(lines_a.size(), static_cast<size_t>(kRounds));
   ASSERT_EQ(lines_b.size(), static_cast<size_t>(kRounds));
   for (int r = 0; r < kRounds; ++r) {

@@ -16,6 +16,7 @@
 
 #include "common/subprocess.h"
 #include "tests/support/cli.h"
+#include "tests/support/process.h"
 
 namespace fedtail {
 namespace {
@@ -24,23 +25,6 @@ namespace fs = std::filesystem;
 using test_support::binary_path;
 using test_support::run_cli;
 using test_support::scratch_dir;
-
-std::string read_text(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-std::vector<nlohmann::json> read_lines(const std::string& path) {
-  std::vector<nlohmann::json> lines;
-  std::ifstream in(path);
-  std::string line;
-  while (std::getline(in, line)) {
-    if (!line.empty()) lines.push_back(nlohmann::json::parse(line));
-  }
-  return lines;
-}
 
 // A small, fast federation: 4 clients, a few hundred images, small CNN.
 nlohmann::json tiny_config(int rounds) {
@@ -61,8 +45,8 @@ nlohmann::json tiny_config(int rounds) {
           // round this small: only after the last round.
           {"eval", {{"batch_size", 1000}, {"every", rounds}}},
           {"strategy", {{"fraction_fit", 1.0}}},
-          {"federation", {{"poll_timeout_ms", 1000}, {"heartbeat_interval_ms", 500},
-                          {"client_timeout_s", 4}}},
+          {"federation",
+           {{"poll_timeout_ms", 1000}, {"heartbeat_interval_ms", 500}, {"client_timeout_s", 4}}},
           {"simulation", {{"strategies", {{{"name", "fedavg"}}}}}}};
 }
 
@@ -76,7 +60,7 @@ std::string write_config(const std::string& dir, const nlohmann::json& config) {
 bool wait_for_lines(const std::string& path, size_t n, std::chrono::seconds timeout) {
   const auto until = std::chrono::steady_clock::now() + timeout;
   while (std::chrono::steady_clock::now() < until) {
-    if (fs::exists(path) && read_lines(path).size() >= n) return true;
+    if (fs::exists(path) && test_support::metrics_lines(path).size() >= n) return true;
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   return false;
@@ -90,7 +74,7 @@ std::vector<pid_t> children_of(pid_t parent) {
   while (dirent* entry = ::readdir(proc)) {
     const pid_t pid = static_cast<pid_t>(std::atoi(entry->d_name));
     if (pid <= 0) continue;
-    std::string stat = read_text("/proc/" + std::string(entry->d_name) + "/stat");
+    std::string stat = test_support::read_file("/proc/" + std::string(entry->d_name) + "/stat");
     // "pid (comm) state ppid ...": comm may hold spaces, so parse after the last ')'.
     const size_t close = stat.rfind(')');
     if (close == std::string::npos) continue;
@@ -104,7 +88,8 @@ std::vector<pid_t> children_of(pid_t parent) {
   return pids;
 }
 
-std::unique_ptr<Subprocess> start_sim(const std::vector<std::string>& args, const std::string& log) {
+std::unique_ptr<Subprocess> start_sim(const std::vector<std::string>& args,
+                                      const std::string& log) {
   SubprocessOptions options;
   options.argv = {binary_path("fedtail-sim")};
   options.argv.insert(options.argv.end(), args.begin(), args.end());
@@ -120,17 +105,18 @@ TEST(FedtailSim, SmokeConfigEndToEnd) {
   const std::string config = std::string(FEDTAIL_SOURCE_DIR) + "/simulations/configs/smoke.json";
   test_support::CliRun r =
       run_cli(binary_path("fedtail-sim"), config + " --out " + out + " --workers 2");
-  ASSERT_EQ(r.exit_code, 0) << r.out << r.err << read_text(out + "/sim.log");
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err << test_support::read_file(out + "/sim.log");
 
   // The table on stdout and in summary.md.
-  const std::string md = read_text(out + "/summary.md");
+  const std::string md = test_support::read_file(out + "/summary.md");
   EXPECT_NE(md.find("## Generic accuracy"), std::string::npos) << md;
   EXPECT_NE(md.find("| fedavg | generic |"), std::string::npos) << md;
   EXPECT_NE(md.find("| fedavg | personalized |"), std::string::npos) << md;
   EXPECT_NE(r.out.find("| fedavg | generic |"), std::string::npos) << r.out;
 
   // summary.json: the DESIGN.md keys (one run: also at the top level).
-  const nlohmann::json summary = nlohmann::json::parse(read_text(out + "/summary.json"));
+  const nlohmann::json summary =
+      nlohmann::json::parse(test_support::read_file(out + "/summary.json"));
   EXPECT_EQ(summary["strategy"], "fedavg");
   EXPECT_EQ(summary["rounds_completed"], 2);
   EXPECT_TRUE(summary["wall_seconds"].is_number());
@@ -146,7 +132,7 @@ TEST(FedtailSim, SmokeConfigEndToEnd) {
   EXPECT_TRUE(final["personalized_accuracy"].is_number());
 
   // metrics.jsonl: one line per round, tagged, with bytes moved and seconds.
-  const std::vector<nlohmann::json> lines = read_lines(out + "/metrics.jsonl");
+  const std::vector<nlohmann::json> lines = test_support::metrics_lines(out + "/metrics.jsonl");
   ASSERT_EQ(lines.size(), 2u);
   for (int i = 0; i < 2; ++i) {
     EXPECT_EQ(lines[i]["round"], i + 1);
@@ -167,8 +153,8 @@ TEST(FedtailSim, SmokeConfigEndToEnd) {
   EXPECT_TRUE(fs::exists(out + "/runs/fedavg/seed-1/workers/worker-0.log"));
   EXPECT_TRUE(fs::exists(out + "/runs/fedavg/seed-1/workers/worker-1.log"));
   if (fs::exists("/usr/bin/gnuplot")) {
-    ASSERT_TRUE(fs::exists(out + "/accuracy.png")) << read_text(out + "/sim.log");
-    const std::string png = read_text(out + "/accuracy.png");
+    ASSERT_TRUE(fs::exists(out + "/accuracy.png")) << test_support::read_file(out + "/sim.log");
+    const std::string png = test_support::read_file(out + "/accuracy.png");
     EXPECT_EQ(png.substr(1, 3), "PNG");
     EXPECT_TRUE(fs::exists(out + "/personalized.png"));
   }
@@ -190,8 +176,9 @@ TEST(FedtailSim, SeveralStrategiesAndSeedsInOneTable) {
   const std::string out = dir + "/out";
   test_support::CliRun r = run_cli(binary_path("fedtail-sim"),
                                    write_config(dir, config) + " --out " + out + " --workers 2");
-  ASSERT_EQ(r.exit_code, 0) << r.err << read_text(out + "/sim.log");
-  const nlohmann::json summary = nlohmann::json::parse(read_text(out + "/summary.json"));
+  ASSERT_EQ(r.exit_code, 0) << r.err << test_support::read_file(out + "/sim.log");
+  const nlohmann::json summary =
+      nlohmann::json::parse(test_support::read_file(out + "/summary.json"));
   ASSERT_EQ(summary["runs"].size(), 4u);
   EXPECT_EQ(summary["strategies"], nlohmann::json({"fedavg", "fedprox"}));
   for (const nlohmann::json& run : summary["runs"]) {
@@ -204,32 +191,33 @@ TEST(FedtailSim, SeveralStrategiesAndSeedsInOneTable) {
   EXPECT_EQ(generic[0]["overall"]["n"], 2);
   EXPECT_TRUE(generic[0]["overall"]["std"].is_number());  // two seeds: a spread
   // Same seed, same partition: both strategies saw the same client sizes in round 1.
-  const std::vector<nlohmann::json> lines = read_lines(out + "/metrics.jsonl");
+  const std::vector<nlohmann::json> lines = test_support::metrics_lines(out + "/metrics.jsonl");
   ASSERT_EQ(lines.size(), 8u);
-  EXPECT_NE(read_text(out + "/summary.md").find(" ± "), std::string::npos);
+  EXPECT_NE(test_support::read_file(out + "/summary.md").find(" ± "), std::string::npos);
 
   // --strategies picks a subset; an unknown name is a one-line error naming what exists.
   test_support::CliRun bad =
-      run_cli(binary_path("fedtail-sim"), write_config(dir, config) + " --out " + dir +
-                                              "/out2 --strategies fedx");
+      run_cli(binary_path("fedtail-sim"),
+              write_config(dir, config) + " --out " + dir + "/out2 --strategies fedx");
   EXPECT_EQ(bad.exit_code, 1);
-  EXPECT_NE(bad.err.find("--strategies: no strategy \"fedx\" in the config (it has fedavg, fedprox)"),
-            std::string::npos)
+  EXPECT_NE(
+      bad.err.find("--strategies: no strategy \"fedx\" in the config (it has fedavg, fedprox)"),
+      std::string::npos)
       << bad.err;
 }
 
 TEST(FedtailSim, HelpAndConfigErrors) {
   test_support::CliRun help = run_cli(binary_path("fedtail-sim"), "--help");
   EXPECT_EQ(help.exit_code, 0);
-  for (const char* flag : {"--out", "--workers", "--device", "--rounds", "--strategies", "--seeds",
-                           "--resume"}) {
+  for (const char* flag :
+       {"--out", "--workers", "--device", "--rounds", "--strategies", "--seeds", "--resume"}) {
     EXPECT_NE(help.out.find(flag), std::string::npos) << flag;
   }
   const std::string dir = scratch_dir("sim-errors");
   nlohmann::json config = tiny_config(2);
   config["data"]["alpha"] = -1;
-  test_support::CliRun r = run_cli(binary_path("fedtail-sim"),
-                                   write_config(dir, config) + " --out " + dir + "/out");
+  test_support::CliRun r =
+      run_cli(binary_path("fedtail-sim"), write_config(dir, config) + " --out " + dir + "/out");
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("config.data.alpha"), std::string::npos) << r.err;
   test_support::CliRun missing =
@@ -248,31 +236,35 @@ TEST(FedtailSim, StoppedThenResumed) {
     std::unique_ptr<Subprocess> sim =
         start_sim({path, "--out", out, "--workers", "2"}, dir + "/first.log");
     ASSERT_NE(sim, nullptr);
-    ASSERT_TRUE(wait_for_lines(out + "/runs/fedavg/seed-3/metrics.jsonl", 2, std::chrono::seconds(120)))
-        << read_text(dir + "/first.log");
+    ASSERT_TRUE(
+        wait_for_lines(out + "/runs/fedavg/seed-3/metrics.jsonl", 2, std::chrono::seconds(120)))
+        << test_support::read_file(dir + "/first.log");
     sim->signal(SIGTERM);
     ASSERT_TRUE(sim->wait_for(std::chrono::seconds(60)));
-    EXPECT_EQ(sim->exit_code(), 128 + SIGTERM) << read_text(dir + "/first.log");
-    EXPECT_NE(read_text(dir + "/first.log").find("--resume"), std::string::npos);
+    EXPECT_EQ(sim->exit_code(), 128 + SIGTERM) << test_support::read_file(dir + "/first.log");
+    EXPECT_NE(test_support::read_file(dir + "/first.log").find("--resume"), std::string::npos);
   }
   // No worker outlives the simulation.
-  const size_t done_before = read_lines(out + "/runs/fedavg/seed-3/metrics.jsonl").size();
+  const size_t done_before =
+      test_support::metrics_lines(out + "/runs/fedavg/seed-3/metrics.jsonl").size();
   EXPECT_GE(done_before, 2u);
 
   test_support::CliRun resumed =
       run_cli(binary_path("fedtail-sim"), path + " --out " + out + " --workers 2 --resume");
-  ASSERT_EQ(resumed.exit_code, 0) << resumed.err << read_text(out + "/sim.log");
-  const nlohmann::json summary = nlohmann::json::parse(read_text(out + "/summary.json"));
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.err << test_support::read_file(out + "/sim.log");
+  const nlohmann::json summary =
+      nlohmann::json::parse(test_support::read_file(out + "/summary.json"));
   ASSERT_EQ(summary["runs"].size(), 2u);
   for (const nlohmann::json& run : summary["runs"]) {
     EXPECT_EQ(run["rounds_completed"], 4) << run.dump();
     EXPECT_EQ(run["status"], "completed");
   }
   // Each round once: the resumed run continued after its checkpoint.
-  const std::vector<nlohmann::json> lines = read_lines(out + "/runs/fedavg/seed-3/metrics.jsonl");
+  const std::vector<nlohmann::json> lines =
+      test_support::metrics_lines(out + "/runs/fedavg/seed-3/metrics.jsonl");
   ASSERT_EQ(lines.size(), 4u);
   for (int i = 0; i < 4; ++i) EXPECT_EQ(lines[i]["round"], i + 1);
-  EXPECT_EQ(read_lines(out + "/metrics.jsonl").size(), 8u);
+  EXPECT_EQ(test_support::metrics_lines(out + "/metrics.jsonl").size(), 8u);
 }
 
 TEST(FedtailSim, AKilledWorkerIsReportedAndTheRunGoesOn) {
@@ -282,25 +274,29 @@ TEST(FedtailSim, AKilledWorkerIsReportedAndTheRunGoesOn) {
   std::unique_ptr<Subprocess> sim =
       start_sim({write_config(dir, config), "--out", out, "--workers", "2"}, dir + "/sim.log");
   ASSERT_NE(sim, nullptr);
-  ASSERT_TRUE(wait_for_lines(out + "/runs/fedavg/seed-3/metrics.jsonl", 1, std::chrono::seconds(120)))
-      << read_text(dir + "/sim.log");
+  ASSERT_TRUE(
+      wait_for_lines(out + "/runs/fedavg/seed-3/metrics.jsonl", 1, std::chrono::seconds(120)))
+      << test_support::read_file(dir + "/sim.log");
   std::vector<pid_t> workers = children_of(sim->pid());
-  ASSERT_EQ(workers.size(), 2u) << read_text(dir + "/sim.log");
+  ASSERT_EQ(workers.size(), 2u) << test_support::read_file(dir + "/sim.log");
   ASSERT_EQ(::kill(workers[0], SIGKILL), 0);
-  ASSERT_TRUE(sim->wait_for(std::chrono::seconds(180))) << read_text(dir + "/sim.log");
-  EXPECT_EQ(sim->exit_code(), 0) << read_text(dir + "/sim.log");
+  ASSERT_TRUE(sim->wait_for(std::chrono::seconds(180)))
+      << test_support::read_file(dir + "/sim.log");
+  EXPECT_EQ(sim->exit_code(), 0) << test_support::read_file(dir + "/sim.log");
 
-  const std::string log = read_text(dir + "/sim.log");
+  const std::string log = test_support::read_file(dir + "/sim.log");
   EXPECT_NE(log.find("killed by signal 9"), std::string::npos) << log;
-  const nlohmann::json summary = nlohmann::json::parse(read_text(out + "/summary.json"));
+  const nlohmann::json summary =
+      nlohmann::json::parse(test_support::read_file(out + "/summary.json"));
   const nlohmann::json& run = summary["runs"][0];
   EXPECT_EQ(run["rounds_completed"], 4);
   ASSERT_EQ(run["worker_failures"].size(), 1u) << run.dump(2);
-  EXPECT_NE(run["worker_failures"][0]["how"].get<std::string>().find("signal 9"), std::string::npos);
-  EXPECT_NE(read_text(out + "/summary.md").find("## Failures"), std::string::npos);
+  EXPECT_NE(run["worker_failures"][0]["how"].get<std::string>().find("signal 9"),
+            std::string::npos);
+  EXPECT_NE(test_support::read_file(out + "/summary.md").find("## Failures"), std::string::npos);
   // The dead worker's clients show up as failures in some round after the kill, and later rounds
   // train only the survivors.
-  const std::vector<nlohmann::json> lines = read_lines(out + "/metrics.jsonl");
+  const std::vector<nlohmann::json> lines = test_support::metrics_lines(out + "/metrics.jsonl");
   ASSERT_EQ(lines.size(), 4u);
   int failures = 0;
   for (const nlohmann::json& line : lines) failures += line["fit"]["failures"].size();

@@ -13,6 +13,7 @@
 #include <chrono>
 #include <fstream>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -29,6 +30,16 @@ inline std::string read_file(const std::string& path) {
   std::stringstream s;
   s << in.rdbuf();
   return s.str();
+}
+
+// The JSON objects of a .jsonl file (metrics.jsonl), one per non-empty line; empty when absent.
+inline std::vector<nlohmann::json> metrics_lines(const std::string& path) {
+  std::vector<nlohmann::json> lines;
+  std::istringstream in(read_file(path));
+  for (std::string line; std::getline(in, line);) {
+    if (!line.empty()) lines.push_back(nlohmann::json::parse(line));
+  }
+  return lines;
 }
 
 // Waits until `path` holds a complete first line (ending in '\n'; files written atomically, such
