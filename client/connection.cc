@@ -340,7 +340,7 @@ Result<v1::PushResultResponse> Connection::push_result(v1::ResultHeader header,
   const uint64_t mib = bundle.payload_bytes() >> 20;
   const int64_t timeout_ms = kPushBaseMs + static_cast<int64_t>(mib) * kPushMsPerMiB;
   // Hash once: a retried upload re-sends the same chunks.
-  const Sha256Digest digest = payload_sha256(bundle);
+  const PayloadDigest digest = payload_digest(bundle);
   int rejoins_in_a_row = 0;
   while (true) {
     if (stop_.load()) return Status::Unavailable("stopping");

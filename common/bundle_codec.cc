@@ -7,6 +7,8 @@
 #include <unordered_set>
 #include <utility>
 
+#include "common/crypto.h"
+
 namespace fedtail {
 
 // The payload is little-endian on the wire and copied as raw memory on both sides.
@@ -59,29 +61,29 @@ Result<DType> dtype_from_proto(int wire_value) {
   return Status::Corruption("unknown dtype " + std::to_string(wire_value));
 }
 
-Sha256Digest payload_sha256(const TensorBundle& bundle) {
-  Sha256 hasher;
+PayloadDigest payload_digest(const TensorBundle& bundle) {
+  PayloadHasher hasher;
   for (const NamedTensor& t : bundle) hasher.update(t.bytes(), t.nbytes());
   return hasher.finish();
 }
 
 namespace {
 
-void hash_u64(Sha256* h, uint64_t v) {
+void hash_u64(PayloadHasher* h, uint64_t v) {
   uint8_t bytes[8];
   for (int i = 0; i < 8; ++i) bytes[i] = static_cast<uint8_t>(v >> (8 * i));
   h->update(bytes, sizeof(bytes));
 }
 
-void hash_bytes(Sha256* h, const std::string& s) {
+void hash_bytes(PayloadHasher* h, const std::string& s) {
   hash_u64(h, s.size());
   h->update(s.data(), s.size());
 }
 
 }  // namespace
 
-Sha256Digest header_sha256(const v1::BundleHeader& header) {
-  Sha256 h;
+PayloadDigest header_digest(const v1::BundleHeader& header) {
+  PayloadHasher h;
   hash_u64(&h, static_cast<uint64_t>(header.tensors_size()));
   for (const v1::TensorSpec& spec : header.tensors()) {
     hash_bytes(&h, spec.name());
@@ -95,7 +97,7 @@ Sha256Digest header_sha256(const v1::BundleHeader& header) {
   hash_bytes(&h, header.metadata_json());
   hash_u64(&h, header.payload_bytes());
   hash_u64(&h, header.num_chunks());
-  h.update(header.payload_sha256());
+  h.update(header.payload_digest());
   return h.finish();
 }
 
@@ -108,15 +110,15 @@ uint64_t ceil_div(uint64_t a, uint64_t b) { return a / b + (a % b != 0 ? 1 : 0);
 }  // namespace
 
 BundleEncoder::BundleEncoder(const TensorBundle& bundle, size_t chunk_bytes)
-    : BundleEncoder(bundle, chunk_bytes, payload_sha256(bundle)) {}
+    : BundleEncoder(bundle, chunk_bytes, fedtail::payload_digest(bundle)) {}
 
 BundleEncoder::BundleEncoder(const TensorBundle& bundle, size_t chunk_bytes,
-                             const Sha256Digest& payload_digest)
+                             const PayloadDigest& digest)
     : bundle_(bundle),
       chunk_bytes_(chunk_bytes),
       payload_bytes_(bundle.payload_bytes()),
       num_data_chunks_(chunk_bytes == 0 ? 0 : ceil_div(bundle.payload_bytes(), chunk_bytes)),
-      digest_(payload_digest) {
+      digest_(digest) {
   FEDTAIL_CHECK(chunk_bytes > 0);
   FEDTAIL_CHECK(bundle.metadata().is_object() || bundle.metadata().is_null());
 }
@@ -139,10 +141,10 @@ void BundleEncoder::fill_header(v1::BundleChunk* out) const {
                                 : metadata.dump(-1, ' ', /*ensure_ascii=*/false,
                                                 nlohmann::json::error_handler_t::replace));
   header->set_payload_bytes(payload_bytes_);
-  header->set_payload_sha256(digest_.data(), digest_.size());
+  header->set_payload_digest(digest_.data(), digest_.size());
   header->set_num_chunks(num_data_chunks_);
-  const Sha256Digest header_digest = header_sha256(*header);
-  header->set_header_sha256(header_digest.data(), header_digest.size());
+  const PayloadDigest sealed = fedtail::header_digest(*header);
+  header->set_header_digest(sealed.data(), sealed.size());
 }
 
 bool BundleEncoder::next(v1::BundleChunk* out) {
@@ -264,21 +266,21 @@ Status BundleDecoder::add_header(const v1::BundleHeader& header) {
         " bytes exceeds the limit of " + std::to_string(limits_.max_metadata_bytes)));
   }
   // Then integrity: nothing below may trust a corrupted header.
-  if (header.header_sha256().size() != kSha256Bytes) {
-    return fail(Status::Corruption("header: header_sha256 has " +
-                                   std::to_string(header.header_sha256().size()) +
-                                   " bytes (expected 32)"));
+  if (header.header_digest().size() != kPayloadDigestBytes) {
+    return fail(Status::Corruption("header: header_digest has " +
+                                   std::to_string(header.header_digest().size()) +
+                                   " bytes (expected 16)"));
   }
-  const Sha256Digest header_digest = header_sha256(header);
-  if (std::memcmp(header_digest.data(), header.header_sha256().data(), kSha256Bytes) != 0) {
-    return fail(Status::Corruption("header: header SHA-256 mismatch (computed " +
-                                   to_hex(header_digest) + ", header declares " +
-                                   to_hex(header.header_sha256()) + ")"));
+  const PayloadDigest computed = fedtail::header_digest(header);
+  if (std::memcmp(computed.data(), header.header_digest().data(), kPayloadDigestBytes) != 0) {
+    return fail(Status::Corruption("header: header digest mismatch (computed " +
+                                   to_hex(computed.data(), computed.size()) + ", header declares " +
+                                   to_hex(header.header_digest()) + ")"));
   }
-  if (header.payload_sha256().size() != kSha256Bytes) {
-    return fail(Status::Corruption("header: payload_sha256 has " +
-                                   std::to_string(header.payload_sha256().size()) +
-                                   " bytes (expected 32)"));
+  if (header.payload_digest().size() != kPayloadDigestBytes) {
+    return fail(Status::Corruption("header: payload_digest has " +
+                                   std::to_string(header.payload_digest().size()) +
+                                   " bytes (expected 16)"));
   }
   const uint64_t payload = header.payload_bytes();
   const uint64_t chunks = header.num_chunks();
@@ -362,7 +364,7 @@ Status BundleDecoder::add_header(const v1::BundleHeader& header) {
   Status set = bundle_.set_metadata(std::move(metadata));
   if (!set.ok()) return fail(Status::Internal(set.message()));
 
-  std::memcpy(expected_digest_.data(), header.payload_sha256().data(), kSha256Bytes);
+  std::memcpy(expected_digest_.data(), header.payload_digest().data(), kPayloadDigestBytes);
   payload_bytes_ = payload;
   num_data_chunks_ = chunks;
   header_received_ = true;
@@ -423,10 +425,11 @@ Result<TensorBundle> BundleDecoder::finish() {
                                    std::to_string(next_index_ - 1) + " of " +
                                    std::to_string(num_data_chunks_) + " data chunks)"));
   }
-  const Sha256Digest digest = hasher_.finish();
+  const PayloadDigest digest = hasher_.finish();
   if (digest != expected_digest_) {
-    return fail(Status::Corruption("payload SHA-256 mismatch: computed " + to_hex(digest) +
-                                   ", header declares " + to_hex(expected_digest_)));
+    return fail(Status::Corruption("payload digest mismatch: computed " +
+                                   to_hex(digest.data(), digest.size()) + ", header declares " +
+                                   to_hex(expected_digest_.data(), expected_digest_.size())));
   }
   finished_ = true;
   return std::move(bundle_);

@@ -1,11 +1,12 @@
 // The chunked wire codec of TensorBundle (common/proto/fedtail/v1/bundle.proto).
 //
 // A bundle travels as a stream of BundleChunk messages: chunk 0 carries the header (tensor specs in
-// bundle order, metadata JSON, payload size, SHA-256 of the payload, number of data chunks, and a
-// SHA-256 of the header itself, so that corruption anywhere is detected), chunks
-// 1..num_chunks carry consecutive non-empty slices of the payload, the tensors' little-endian bytes
-// concatenated in header order. A slice may span tensor boundaries. No message-size limit applies
-// to the bundle size, and neither side ever holds a second copy of the whole payload:
+// bundle order, metadata JSON, payload size, digest of the payload, number of data chunks, and a
+// digest of the header itself (XXH3-128, common/payload_digest.h), so that corruption anywhere is
+// detected), chunks 1..num_chunks carry consecutive non-empty slices of the payload, the tensors'
+// little-endian bytes concatenated in header order. A slice may span tensor boundaries. No
+// message-size limit applies to the bundle size, and neither side ever holds a second copy of the
+// whole payload:
 //   - BundleEncoder slices the tensors' own buffers into each chunk;
 //   - BundleDecoder copies each chunk's bytes straight into the destination tensors, hashing them
 //     on the way, and validates everything a hostile or broken peer could get wrong.
@@ -25,7 +26,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "common/crypto.h"
+#include "common/payload_digest.h"
 #include "common/status.h"
 #include "common/tensor_bundle.h"
 #include "fedtail/v1/bundle.pb.h"
@@ -41,13 +42,13 @@ constexpr size_t kDefaultChunkBytes = size_t{1} << 20;
 v1::DType dtype_to_proto(DType dtype);
 Result<DType> dtype_from_proto(int wire_value);
 
-// SHA-256 of the payload of `bundle` (its tensors' bytes concatenated in order): what the header
+// Digest of the payload of `bundle` (its tensors' bytes concatenated in order): what the header
 // carries. Compute it once to encode the same bundle many times (see BundleEncoder).
-Sha256Digest payload_sha256(const TensorBundle& bundle);
+PayloadDigest payload_digest(const TensorBundle& bundle);
 
-// SHA-256 of the canonical encoding of `header` (see bundle.proto), ignoring its header_sha256
+// Digest of the canonical encoding of `header` (see bundle.proto), ignoring its header_digest
 // field: the value the encoder stores there and the decoder checks.
-Sha256Digest header_sha256(const v1::BundleHeader& header);
+PayloadDigest header_digest(const v1::BundleHeader& header);
 
 // Produces the chunks of one bundle, in order.
 //
@@ -59,9 +60,10 @@ class BundleEncoder {
   // Hashes the whole payload (one pass over the bundle's bytes) before returning. Preconditions
   // (FEDTAIL_CHECK): chunk_bytes > 0; bundle.metadata() is an object or null.
   explicit BundleEncoder(const TensorBundle& bundle, size_t chunk_bytes = kDefaultChunkBytes);
-  // Same, with the payload digest computed earlier by payload_sha256(bundle): no hashing pass. For
+  // Same, with the payload digest computed earlier by payload_digest(bundle): no hashing pass. For
   // sending one bundle (e.g. the global model) to many clients.
-  BundleEncoder(const TensorBundle& bundle, size_t chunk_bytes, const Sha256Digest& payload_digest);
+  BundleEncoder(const TensorBundle& bundle, size_t chunk_bytes,
+                const PayloadDigest& payload_digest);
 
   BundleEncoder(const BundleEncoder&) = delete;
   BundleEncoder& operator=(const BundleEncoder&) = delete;
@@ -73,7 +75,7 @@ class BundleEncoder {
   // Number of data chunks after the header: ceil(payload_bytes / chunk_bytes).
   uint64_t num_data_chunks() const { return num_data_chunks_; }
   uint64_t payload_bytes() const { return payload_bytes_; }
-  const Sha256Digest& payload_digest() const { return digest_; }
+  const PayloadDigest& payload_digest() const { return digest_; }
 
  private:
   void fill_header(v1::BundleChunk* out) const;
@@ -83,7 +85,7 @@ class BundleEncoder {
   const size_t chunk_bytes_;
   const uint64_t payload_bytes_;
   const uint64_t num_data_chunks_;
-  Sha256Digest digest_;
+  PayloadDigest digest_;
 
   // Position of the next chunk.
   uint64_t next_index_ = 0;
@@ -153,8 +155,8 @@ class BundleDecoder {
   bool header_received_ = false;
   bool finished_ = false;
   TensorBundle bundle_;
-  Sha256 hasher_;
-  Sha256Digest expected_digest_{};
+  PayloadHasher hasher_;
+  PayloadDigest expected_digest_{};
   uint64_t payload_bytes_ = 0;
   uint64_t num_data_chunks_ = 0;
   uint64_t next_index_ = 0;

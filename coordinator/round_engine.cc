@@ -59,8 +59,8 @@ std::string format_number(std::optional<double> value, const char* format) {
   return text;
 }
 
-std::shared_ptr<const Sha256Digest> digest_of(const TensorBundle& bundle) {
-  return std::make_shared<const Sha256Digest>(payload_sha256(bundle));
+std::shared_ptr<const PayloadDigest> digest_of(const TensorBundle& bundle) {
+  return std::make_shared<const PayloadDigest>(payload_digest(bundle));
 }
 
 }  // namespace
@@ -354,7 +354,7 @@ Result<RoundEngine::PhaseOutcome> RoundEngine::run_phase(
   const uint64_t deadline_unix_ms = unix_ms_after(federation.round_timeout_s);
 
   // One digest per distinct bundle (usually one global model shared by every task).
-  std::map<const TensorBundle*, std::shared_ptr<const Sha256Digest>> digests;
+  std::map<const TensorBundle*, std::shared_ptr<const PayloadDigest>> digests;
   std::set<std::string> available;
   for (const auto& client : registry_->available_clients()) available.insert(client.id);
 

@@ -258,7 +258,7 @@ class RoundEngine {
   ClientRegistry* const registry_;
   const std::string incarnation_;  // random, makes task ids unique across coordinator restarts
   const std::shared_ptr<const TensorBundle> empty_bundle_;
-  const std::shared_ptr<const Sha256Digest> empty_digest_;
+  const std::shared_ptr<const PayloadDigest> empty_digest_;
 
   UploadGate gate_;
   PollWaiters waiters_;

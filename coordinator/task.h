@@ -6,7 +6,7 @@
 #include <memory>
 #include <string>
 
-#include "common/crypto.h"
+#include "common/payload_digest.h"
 #include "common/tensor_bundle.h"
 
 namespace fedtail::coordinator {
@@ -25,9 +25,9 @@ struct Task {
   std::string strategy;     // the strategy's registered name
   std::string client_id;    // the (virtual) client it is for
   std::string config_json;  // the strategy's instructions for this client (a JSON object)
-  std::shared_ptr<const TensorBundle> bundle;  // never null (an empty bundle when none)
-  std::shared_ptr<const Sha256Digest> digest;  // payload_sha256(*bundle), computed once per bundle
-  uint64_t deadline_unix_ms = 0;               // wall clock: results after this are late
+  std::shared_ptr<const TensorBundle> bundle;   // never null (an empty bundle when none)
+  std::shared_ptr<const PayloadDigest> digest;  // payload_digest(*bundle), computed once per bundle
+  uint64_t deadline_unix_ms = 0;                // wall clock: results after this are late
 };
 
 // The answer to one PullTask.

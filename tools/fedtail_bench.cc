@@ -9,6 +9,9 @@
 //     of a no-grad forward pass, for cnn, resnet8 and resnet18 at batch 8 and 32 on random uint8
 //     3×32×32 inputs (and 1×28×28 for cnn), with 1 thread and all threads. Warm-up steps are
 //     excluded from the timing.
+//   "aggregation" and "serialization" (objects; tools/bench/data_sections.h): GB/s of FedAvg's
+//     streaming weighted average and of the chunked bundle codec, each beside a memcpy of the same
+//     bytes in the same run; summaries aggregation.ratio_to_memcpy, serialization.ratio_to_memcpy.
 //   "transport" (object; tools/bench/network_sections.h): MB/s of a 1 MB, 100 MB (and 1 GB)
 //     TensorBundle through the real PushResult and PullTask paths on loopback, beside memcpy;
 //     summary transport.mb_per_s_100mb (upload), mb_per_s_100mb_down, memcpy_mb_per_s_100mb.
@@ -49,6 +52,7 @@
 #include "common/models.h"
 #include "common/rng.h"
 #include "tools/bench/bench_context.h"
+#include "tools/bench/data_sections.h"
 #include "tools/bench/network_sections.h"
 
 namespace fedtail {
@@ -226,6 +230,17 @@ const std::vector<Section>& sections() {
        "Evaluation throughput (images/s: normalisation + no-grad forward + argmax)",
        {"model", "input", "batch", "threads", "images_per_s"},
        [](const BenchContext& ctx) { return run_throughput(ctx, /*train=*/false); }},
+      {"aggregation",
+       "Aggregation (GB/s of update bytes folded by FedAvg's streaming weighted average, vs "
+       "memcpy)",
+       {"measure", "model", "update_mb", "updates", "gb_per_s", "memcpy_gb_per_s",
+        "ratio_to_memcpy"},
+       bench::run_aggregation},
+      {"serialization",
+       "Serialisation (GB/s: TensorBundle -> 1 MiB chunks -> TensorBundle, SHA-256 both sides, "
+       "vs memcpy)",
+       {"measure", "model", "update_mb", "gb_per_s", "memcpy_gb_per_s", "ratio_to_memcpy"},
+       bench::run_serialization},
       {"transport",
        "Transport (MB/s of a TensorBundle through PushResult / PullTask on loopback, vs memcpy)",
        {"size_mb", "direction", "mb_per_s", "seconds_each", "memcpy_mb_per_s",

@@ -12,7 +12,7 @@ packages=(
   build-essential cmake ninja-build ccache pkg-config git
   libtorch-dev libopenblas0-pthread
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
-  libssl-dev nlohmann-json3-dev libcli11-dev libspdlog-dev zlib1g-dev libstb-dev
+  libssl-dev nlohmann-json3-dev libcli11-dev libspdlog-dev zlib1g-dev libstb-dev libxxhash-dev
   libgtest-dev libbenchmark-dev
   dataset-fashion-mnist gnuplot-nox iproute2
 )

@@ -4,8 +4,10 @@
 
 #include <cmath>
 #include <exception>
+#include <limits>
 #include <set>
 #include <utility>
+#include <vector>
 
 #include "common/models.h"
 #include "common/torch_bundle.h"
@@ -30,9 +32,16 @@ Status require_client_context(const ClientContext& context, const char* what, bo
 
 }  // namespace
 
-// Folds one round's updates into the server's WeightedAverage.
+// Folds one round's updates into the server's WeightedAverage. Updates are checked as they
+// arrive (a refused one is answered at once) and folded in groups (WeightedAverage::add_all): up
+// to kFoldBatch updates, or fewer once they hold kFoldBytes, wait so that the accumulators are
+// swept once per group rather than once per update. Same result, bit for bit; the price is up to
+// kFoldBatch − 1 updates held in memory (fedtail-bench "aggregation" measures both).
 class FedAvgAggregation final : public Aggregation {
  public:
+  static constexpr size_t kFoldBatch = 4;
+  static constexpr uint64_t kFoldBytes = uint64_t{128} << 20;
+
   FedAvgAggregation(FedAvgServer* server, int round, WeightedAverage average)
       : server_(server), round_(round), average_(std::move(average)) {}
 
@@ -41,7 +50,11 @@ class FedAvgAggregation final : public Aggregation {
       return Status::InvalidArgument("client " + update.client_id +
                                      " sent a second update this round");
     }
-    FEDTAIL_RETURN_IF_ERROR(average_.add(update.bundle, update.num_examples));
+    FEDTAIL_RETURN_IF_ERROR(average_.check(update.bundle, update.num_examples));
+    if (__builtin_add_overflow(pending_examples_, update.num_examples, &pending_examples_) ||
+        pending_examples_ > std::numeric_limits<int64_t>::max() - average_.total_examples()) {
+      return Status::InvalidArgument("num_examples: the total example count overflows int64");
+    }
     seen_.insert(update.client_id);
     const nlohmann::json& m = update.metrics;
     if (m.is_object() && m.contains("loss") && m["loss"].is_number()) {
@@ -51,18 +64,40 @@ class FedAvgAggregation final : public Aggregation {
         loss_weight_ += static_cast<double>(update.num_examples);
       }
     }
+    pending_bytes_ += update.bundle.payload_bytes();
+    pending_.push_back(std::move(update));
+    if (pending_.size() >= kFoldBatch || pending_bytes_ >= kFoldBytes) return fold();
     return Status::OK();
   }
 
   Result<nlohmann::json> finish(const std::vector<ClientFailure>& failures) override {
-    return server_->finish_round(round_, average_, loss_sum_, loss_weight_, failures);
+    FEDTAIL_RETURN_IF_ERROR(fold());
+    Result<nlohmann::json> metrics =
+        server_->finish_round(round_, average_, loss_sum_, loss_weight_, failures);
+    server_->spare_average_ = std::move(average_);
+    return metrics;
   }
 
  private:
+  // Folds the pending updates (checked on arrival, so this cannot fail short of a bug).
+  Status fold() {
+    std::vector<WeightedAverage::Weighted> batch;
+    batch.reserve(pending_.size());
+    for (const ClientUpdate& u : pending_) batch.push_back({&u.bundle, u.num_examples});
+    Status status = average_.add_all(batch);
+    pending_.clear();
+    pending_bytes_ = 0;
+    pending_examples_ = 0;
+    return status;
+  }
+
   FedAvgServer* const server_;  // borrowed; outlives this
   const int round_;
   WeightedAverage average_;
-  std::set<std::string> seen_;  // clients whose update was folded in
+  std::vector<ClientUpdate> pending_;  // checked, not yet folded
+  uint64_t pending_bytes_ = 0;
+  int64_t pending_examples_ = 0;
+  std::set<std::string> seen_;  // clients whose update was accepted
   double loss_sum_ = 0;         // Σ n_k · loss_k over updates that reported a finite loss
   double loss_weight_ = 0;      // Σ n_k over the same updates
 };
@@ -109,9 +144,15 @@ Result<std::vector<TaskSpec>> FedAvgServer::configure_fit(int round,
 
 Result<std::unique_ptr<Aggregation>> FedAvgServer::begin_aggregation(int round) {
   FEDTAIL_RETURN_IF_ERROR(check_ready());
-  FEDTAIL_ASSIGN_OR_RETURN(WeightedAverage average, WeightedAverage::create(global_));
+  std::optional<WeightedAverage> average;
+  if (spare_average_ && spare_average_->reset(global_).ok()) {
+    average = std::move(spare_average_);
+  } else {
+    FEDTAIL_ASSIGN_OR_RETURN(average, WeightedAverage::create(global_));
+  }
+  spare_average_.reset();
   return std::unique_ptr<Aggregation>(
-      std::make_unique<FedAvgAggregation>(this, round, std::move(average)));
+      std::make_unique<FedAvgAggregation>(this, round, std::move(*average)));
 }
 
 Result<nlohmann::json> FedAvgServer::finish_round(int round, const WeightedAverage& average,

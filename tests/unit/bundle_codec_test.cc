@@ -3,7 +3,6 @@
 #include <google/protobuf/stubs/logging.h>
 #include <gtest/gtest.h>
 
-#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -62,8 +61,8 @@ TEST_P(RoundTripTest, DecodesWhatWasEncoded) {
   EXPECT_EQ(header.payload_bytes(), payload);
   EXPECT_EQ(header.num_chunks(), expected_chunks);
   EXPECT_EQ(header.tensors_size(), static_cast<int>(original.size()));
-  const Sha256Digest digest = payload_sha256(original);
-  EXPECT_EQ(header.payload_sha256(), std::string(digest.begin(), digest.end()));
+  const PayloadDigest digest = payload_digest(original);
+  EXPECT_EQ(header.payload_digest(), std::string(digest.begin(), digest.end()));
   for (size_t i = 1; i < chunks.size(); ++i) {
     EXPECT_EQ(chunks[i].index(), i);
     EXPECT_LE(chunks[i].data().size(), chunk_bytes);
@@ -108,7 +107,7 @@ TEST(BundleCodecTest, ZeroSizeTensorsOnlyHaveNoDataChunks) {
 
 TEST(BundleCodecTest, StreamingWithAReusedMessageAndPrecomputedDigest) {
   TensorBundle original = make_mixed_bundle();
-  const Sha256Digest digest = payload_sha256(original);
+  const PayloadDigest digest = payload_digest(original);
   BundleEncoder encoder(original, 16, digest);
   EXPECT_EQ(encoder.payload_digest(), digest);
   BundleDecoder decoder;
@@ -140,7 +139,7 @@ TEST(BundleCodecTest, InvalidUtf8InMetadataDoesNotThrow) {
 TEST(BundleDecoderTest, FlippedPayloadByteIsADigestMismatch) {
   std::vector<v1::BundleChunk> chunks = encode_all(make_mixed_bundle(), 32);
   (*chunks[3].mutable_data())[5] ^= 0x01;
-  expect_error(decode_status(chunks), StatusCode::kCorruption, "SHA-256 mismatch");
+  expect_error(decode_status(chunks), StatusCode::kCorruption, "payload digest mismatch");
 }
 
 TEST(BundleDecoderTest, CorruptedHeaderIsADigestMismatch) {
@@ -151,15 +150,15 @@ TEST(BundleDecoderTest, CorruptedHeaderIsADigestMismatch) {
   v1::TensorSpec* spec = transposed[0].mutable_header()->mutable_tensors(0);
   spec->set_shape(0, 3);
   spec->set_shape(1, 2);
-  expect_error(decode_status(transposed), StatusCode::kCorruption, "header SHA-256 mismatch");
+  expect_error(decode_status(transposed), StatusCode::kCorruption, "header digest mismatch");
 
   std::vector<v1::BundleChunk> edited = encode_all(b);
   edited[0].mutable_header()->set_metadata_json("{\"round\":2}");
-  expect_error(decode_status(edited), StatusCode::kCorruption, "header SHA-256 mismatch");
+  expect_error(decode_status(edited), StatusCode::kCorruption, "header digest mismatch");
 
   std::vector<v1::BundleChunk> unsealed = encode_all(b);
-  unsealed[0].mutable_header()->clear_header_sha256();
-  expect_error(decode_status(unsealed), StatusCode::kCorruption, "header_sha256 has 0 bytes");
+  unsealed[0].mutable_header()->clear_header_digest();
+  expect_error(decode_status(unsealed), StatusCode::kCorruption, "header_digest has 0 bytes");
 }
 
 // Random bit flips anywhere in the serialized stream: the decoder either rejects the stream or
@@ -277,8 +276,8 @@ TEST(BundleDecoderTest, ErrorsAreSticky) {
 
 // Recomputes the header digest after a test edited the header.
 v1::BundleChunk seal(v1::BundleChunk chunk) {
-  const Sha256Digest d = header_sha256(chunk.header());
-  chunk.mutable_header()->set_header_sha256(d.data(), d.size());
+  const PayloadDigest d = header_digest(chunk.header());
+  chunk.mutable_header()->set_header_digest(d.data(), d.size());
   return chunk;
 }
 
@@ -293,7 +292,7 @@ v1::BundleChunk header_chunk(const std::vector<int64_t>& shape, uint64_t payload
   for (int64_t d : shape) spec->add_shape(d);
   h->set_payload_bytes(payload_bytes);
   h->set_num_chunks(payload_bytes == 0 ? 0 : 1);
-  h->set_payload_sha256(std::string(32, '\0'));
+  h->set_payload_digest(std::string(16, '\0'));
   h->set_metadata_json("{}");
   return seal(chunk);
 }
@@ -375,9 +374,9 @@ TEST(BundleDecoderTest, MalformedHeaderFieldsAreCorruption) {
   expect_error(decode_status({seal(unnamed)}), StatusCode::kCorruption, "tensor #0 has no name");
 
   v1::BundleChunk short_digest = header_chunk({1}, 4);
-  short_digest.mutable_header()->set_payload_sha256("abc");
+  short_digest.mutable_header()->set_payload_digest("abc");
   expect_error(decode_status({seal(short_digest)}), StatusCode::kCorruption,
-               "payload_sha256 has 3 bytes");
+               "payload_digest has 3 bytes");
 
   v1::BundleChunk chunks = header_chunk({1}, 4);
   chunks.mutable_header()->set_num_chunks(5);
@@ -405,118 +404,6 @@ TEST(DTypeProtoTest, MapsEveryDType) {
     ASSERT_TRUE(back.ok());
     EXPECT_EQ(*back, d);
   }
-}
-
-// Throughput check (run by hand: --gtest_also_run_disabled_tests --gtest_filter=*Throughput*).
-// Encodes and decodes a 100 MB bundle and prints GB/s next to a memcpy of the same bytes.
-TEST(BundleCodecThroughput, DISABLED_HundredMegabytes) {
-  using Clock = std::chrono::steady_clock;
-  constexpr int kTensors = 25;
-  constexpr int64_t kFloatsPerTensor = 1000000;  // 4 MB each, 100 MB in all
-  TensorBundle bundle;
-  for (int i = 0; i < kTensors; ++i) {
-    Result<NamedTensor*> t = bundle.add_zeros("layer" + std::to_string(i) + ".weight",
-                                              DType::kFloat32, {kFloatsPerTensor});
-    ASSERT_TRUE(t.ok());
-    float* p = (*t)->data<float>();
-    for (int64_t j = 0; j < kFloatsPerTensor; ++j) p[j] = static_cast<float>((i * 31 + j) % 1000);
-  }
-  const double bytes = static_cast<double>(bundle.payload_bytes());
-  auto seconds = [](Clock::time_point a, Clock::time_point b) {
-    return std::chrono::duration<double>(b - a).count();
-  };
-  auto best_of = [](int n, auto fn) {
-    double best = 1e9;
-    for (int i = 0; i < n; ++i) best = std::min(best, fn());
-    return best;
-  };
-
-  std::vector<uint8_t> dst(bundle.payload_bytes());
-  std::memset(dst.data(), 1, dst.size());
-  const double t_memcpy = best_of(5, [&] {
-    auto a = Clock::now();
-    size_t off = 0;
-    for (const NamedTensor& t : bundle) {
-      std::memcpy(dst.data() + off, t.bytes(), t.nbytes());
-      off += t.nbytes();
-    }
-    return seconds(a, Clock::now());
-  });
-  // The same copy into freshly allocated memory (page faults included), as a decoder must do.
-  const double t_memcpy_fresh = best_of(5, [&] {
-    auto a = Clock::now();
-    std::vector<AlignedBuffer> fresh;
-    for (const NamedTensor& t : bundle) {
-      void* p = nullptr;
-      EXPECT_EQ(posix_memalign(&p, 64, t.nbytes()), 0);
-      std::memcpy(p, t.bytes(), t.nbytes());
-      fresh.emplace_back(static_cast<uint8_t*>(p));
-    }
-    const double t = seconds(a, Clock::now());
-    return t;
-  });
-  const double t_hash = best_of(3, [&] {
-    auto a = Clock::now();
-    Sha256Digest d = payload_sha256(bundle);
-    EXPECT_NE(d[0] + d[1], -1);
-    return seconds(a, Clock::now());
-  });
-  const Sha256Digest digest = payload_sha256(bundle);
-  const double t_encode = best_of(3, [&] {
-    auto a = Clock::now();
-    BundleEncoder enc(bundle);
-    v1::BundleChunk chunk;
-    uint64_t n = 0;
-    while (enc.next(&chunk)) n += chunk.data().size();
-    EXPECT_EQ(n, bundle.payload_bytes());
-    return seconds(a, Clock::now());
-  });
-  const double t_encode_known = best_of(3, [&] {
-    auto a = Clock::now();
-    BundleEncoder enc(bundle, kDefaultChunkBytes, digest);
-    v1::BundleChunk chunk;
-    while (enc.next(&chunk)) {
-    }
-    return seconds(a, Clock::now());
-  });
-  std::vector<v1::BundleChunk> chunks = encode_all(bundle);
-  const double t_decode = best_of(3, [&] {
-    auto a = Clock::now();
-    Result<TensorBundle> decoded = decode_all(chunks);
-    const double t = seconds(a, Clock::now());
-    EXPECT_TRUE(decoded.ok());
-    return t;
-  });
-  chunks.clear();
-  const double t_stream = best_of(3, [&] {
-    auto a = Clock::now();
-    BundleEncoder enc(bundle);
-    BundleDecoder dec;
-    v1::BundleChunk chunk;
-    while (enc.next(&chunk)) EXPECT_TRUE(dec.add(chunk).ok());
-    Result<TensorBundle> decoded = dec.finish();
-    const double t = seconds(a, Clock::now());
-    EXPECT_TRUE(decoded.ok());
-    EXPECT_TRUE(decoded->bitwise_equal(bundle));
-    return t;
-  });
-  auto gbs = [bytes](double t) { return bytes / t / 1e9; };
-  std::printf("payload %.1f MB, chunk %zu bytes (best of runs, GB/s of payload)\n", bytes / 1e6,
-              kDefaultChunkBytes);
-  std::printf("  memcpy                         %6.2f GB/s  (%.1f ms)\n", gbs(t_memcpy),
-              t_memcpy * 1e3);
-  std::printf("  memcpy into fresh malloc        %6.2f GB/s  (%.1f ms)\n", gbs(t_memcpy_fresh),
-              t_memcpy_fresh * 1e3);
-  std::printf("  sha256                         %6.2f GB/s  (%.1f ms)\n", gbs(t_hash),
-              t_hash * 1e3);
-  std::printf("  encode (hash + slice)          %6.2f GB/s  (%.1f ms)\n", gbs(t_encode),
-              t_encode * 1e3);
-  std::printf("  encode (precomputed digest)    %6.2f GB/s  (%.1f ms)\n", gbs(t_encode_known),
-              t_encode_known * 1e3);
-  std::printf("  decode (copy + hash + verify)  %6.2f GB/s  (%.1f ms)\n", gbs(t_decode),
-              t_decode * 1e3);
-  std::printf("  encode+decode, one thread      %6.2f GB/s  (%.1f ms)\n", gbs(t_stream),
-              t_stream * 1e3);
 }
 
 }  // namespace

@@ -197,6 +197,59 @@ TEST(WeightedAverageTest, ResultIsBitIdenticalWhateverTheArrivalOrder) {
   EXPECT_FLOAT_EQ(first.find("conv.bias")->data<float>()[3], static_cast<float>(expected / total));
 }
 
+TEST(WeightedAverageTest, AddAllInGroupsEqualsAddingOneByOneBitForBit) {
+  auto ref = std::make_shared<TensorBundle>();
+  ASSERT_TRUE(ref->add_zeros("conv.weight", DType::kFloat32, {16, 8, 3, 3}).ok());
+  ASSERT_TRUE(ref->add_zeros("bn.num_batches_tracked", DType::kInt64, {}).ok());
+  ASSERT_TRUE(ref->add_zeros("proto", DType::kFloat64, {33}).ok());
+  Rng rng(43);
+  std::vector<TensorBundle> updates;
+  std::vector<int64_t> weights;
+  for (int k = 0; k < 9; ++k) {
+    updates.push_back(random_like(*ref, rng));
+    weights.push_back(1 + static_cast<int64_t>(rng.uniform_int(5000)));
+  }
+  auto one_by_one = WeightedAverage::create(ref);
+  ASSERT_TRUE(one_by_one.ok());
+  for (int k = 0; k < 9; ++k) ASSERT_TRUE(one_by_one->add(updates[k], weights[k]).ok());
+  const TensorBundle expected = one_by_one->finish().value();
+  // Groups of 9 (two passes of 4 and a single), 3+3+3, 2+7, 1+5+3.
+  for (const std::vector<int>& sizes :
+       std::vector<std::vector<int>>{{9}, {3, 3, 3}, {2, 7}, {1, 5, 3}}) {
+    auto grouped = WeightedAverage::create(ref);
+    ASSERT_TRUE(grouped.ok());
+    int next = 0;
+    for (int size : sizes) {
+      std::vector<WeightedAverage::Weighted> group;
+      for (int i = 0; i < size; ++i, ++next) group.push_back({&updates[next], weights[next]});
+      ASSERT_TRUE(grouped->add_all(group).ok());
+    }
+    EXPECT_EQ(grouped->updates(), 9);
+    EXPECT_EQ(grouped->total_examples(), one_by_one->total_examples());
+    EXPECT_TRUE(grouped->finish().value().bitwise_equal(expected)) << sizes.size() << " groups";
+  }
+}
+
+TEST(WeightedAverageTest, AddAllWithOneBadUpdateAddsNoneAndNamesIt) {
+  auto ref = layer_reference();
+  auto avg = WeightedAverage::create(ref);
+  ASSERT_TRUE(avg.ok());
+  ASSERT_TRUE(avg->add(layer({1, 2, 3, 4}, {0, 0}, 1), 1).ok());
+  const TensorBundle before = avg->finish().value();
+  TensorBundle good = layer({5, 6, 7, 8}, {1, 1}, 3);
+  TensorBundle bad;
+  ASSERT_TRUE(bad.add_zeros("fc.weight", DType::kFloat32, {3}).ok());
+  const Status status = avg->add_all({{&good, 2}, {&bad, 2}});
+  EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(status.message().find("update 2 of 2"), std::string::npos) << status.to_string();
+  EXPECT_EQ(avg->updates(), 1);
+  EXPECT_EQ(avg->total_examples(), 1);
+  EXPECT_TRUE(avg->finish().value().bitwise_equal(before));
+  EXPECT_EQ(avg->add_all({{&good, 0}}).code(), StatusCode::kInvalidArgument);
+  EXPECT_TRUE(avg->check(good, 2).ok());
+  EXPECT_EQ(avg->check(bad, 2).code(), StatusCode::kInvalidArgument);
+}
+
 TEST(WeightedAverageTest, UpdatesWithTheTensorsInAnotherOrderAreAccepted) {
   auto avg = WeightedAverage::create(layer_reference());
   ASSERT_TRUE(avg.ok());

@@ -4,7 +4,6 @@
 #include <unistd.h>
 
 #include <chrono>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <numeric>
@@ -14,6 +13,7 @@
 #include <vector>
 
 #include "common/subprocess.h"
+#include "tools/bench/data_sections.h"
 #include "tools/bench/loopback_federation.h"
 
 namespace fedtail::bench {
@@ -28,27 +28,6 @@ double mean_after(const std::vector<double>& values, size_t skip) {
   if (values.size() <= skip) return 0;
   return std::accumulate(values.begin() + static_cast<std::ptrdiff_t>(skip), values.end(), 0.0) /
          static_cast<double>(values.size() - skip);
-}
-
-// MB/s of memcpy over `bytes` bytes (both buffers touched first), at least 3 copies and
-// `min_seconds`.
-double memcpy_mb_per_s(size_t bytes, double min_seconds) {
-  std::vector<uint8_t> src(bytes, 1);
-  std::vector<uint8_t> dst(bytes, 0);
-  std::memcpy(dst.data(), src.data(), bytes);  // warm-up
-  int copies = 0;
-  const auto start = std::chrono::steady_clock::now();
-  double seconds = 0;
-  do {
-    src[static_cast<size_t>(copies) % bytes] = static_cast<uint8_t>(copies);
-    std::memcpy(dst.data(), src.data(), bytes);
-    ++copies;
-    seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  } while (copies < 3 || seconds < min_seconds);
-  // Keep the copies observable.
-  volatile uint8_t sink = dst[bytes / 2];
-  (void)sink;
-  return static_cast<double>(bytes) * copies / seconds / kMB;
 }
 
 struct LoopbackRun {
@@ -257,7 +236,8 @@ Result<nlohmann::json> run_transport(const BenchContext& ctx) {
     const double bytes = static_cast<double>(options.floats) * 4;
     const double up_s = mean_after(t.push_seconds, 1);
     const double down_s = mean_after(t.pull_seconds, 1);
-    const double memcpy_rate = memcpy_mb_per_s(static_cast<size_t>(bytes), ctx.quick ? 0.2 : 1.0);
+    const double memcpy_rate =
+        memcpy_bytes_per_s(static_cast<size_t>(bytes), ctx.quick ? 0.2 : 1.0) / kMB;
     for (const auto& [direction, seconds] :
          {std::pair<const char*, double>{"up (PushResult)", up_s}, {"down (PullTask)", down_s}}) {
       const double rate = bytes / seconds / kMB;
