@@ -233,7 +233,7 @@ const std::vector<Section>& sections() {
       {"aggregation",
        "Aggregation (GB/s of update bytes folded by FedAvg's streaming weighted average, vs "
        "memcpy)",
-       {"measure", "model", "update_mb", "updates", "gb_per_s", "memcpy_gb_per_s",
+       {"measure", "model", "update_mb", "updates", "group", "gb_per_s", "memcpy_gb_per_s",
         "ratio_to_memcpy"},
        bench::run_aggregation},
       {"serialization",

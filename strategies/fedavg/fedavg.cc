@@ -33,15 +33,12 @@ Status require_client_context(const ClientContext& context, const char* what, bo
 }  // namespace
 
 // Folds one round's updates into the server's WeightedAverage. Updates are checked as they
-// arrive (a refused one is answered at once) and folded in groups (WeightedAverage::add_all): up
-// to kFoldBatch updates, or fewer once they hold kFoldBytes, wait so that the accumulators are
-// swept once per group rather than once per update. Same result, bit for bit; the price is up to
-// kFoldBatch − 1 updates held in memory (fedtail-bench "aggregation" measures both).
+// arrive (a refused one is answered at once) and folded in groups of fold_group_size() (up to 4,
+// at most 64 MiB: ResNet-18 updates in pairs) with WeightedAverage::add_all, so that the
+// accumulators are swept once per group rather than once per update. Same result, bit for bit;
+// the price is up to one group less one update held in memory (fedtail-bench "aggregation").
 class FedAvgAggregation final : public Aggregation {
  public:
-  static constexpr size_t kFoldBatch = 4;
-  static constexpr uint64_t kFoldBytes = uint64_t{128} << 20;
-
   FedAvgAggregation(FedAvgServer* server, int round, WeightedAverage average)
       : server_(server), round_(round), average_(std::move(average)) {}
 
@@ -64,9 +61,9 @@ class FedAvgAggregation final : public Aggregation {
         loss_weight_ += static_cast<double>(update.num_examples);
       }
     }
-    pending_bytes_ += update.bundle.payload_bytes();
+    const size_t group = fold_group_size(update.bundle.payload_bytes());
     pending_.push_back(std::move(update));
-    if (pending_.size() >= kFoldBatch || pending_bytes_ >= kFoldBytes) return fold();
+    if (pending_.size() >= group) return fold();
     return Status::OK();
   }
 
@@ -86,7 +83,6 @@ class FedAvgAggregation final : public Aggregation {
     for (const ClientUpdate& u : pending_) batch.push_back({&u.bundle, u.num_examples});
     Status status = average_.add_all(batch);
     pending_.clear();
-    pending_bytes_ = 0;
     pending_examples_ = 0;
     return status;
   }
@@ -95,7 +91,6 @@ class FedAvgAggregation final : public Aggregation {
   const int round_;
   WeightedAverage average_;
   std::vector<ClientUpdate> pending_;  // checked, not yet folded
-  uint64_t pending_bytes_ = 0;
   int64_t pending_examples_ = 0;
   std::set<std::string> seen_;  // clients whose update was accepted
   double loss_sum_ = 0;         // Σ n_k · loss_k over updates that reported a finite loss

@@ -159,7 +159,7 @@ Result<nlohmann::json> run_aggregation(const BenchContext& ctx) {
         memcpy_bytes_per_s(static_cast<size_t>(update_bytes), min_seconds / 2);
     // FedAvg's fold before 2026-11-30 (fresh accumulators every round, one update at a time),
     // then the two changes one after the other: accumulators reset and reused (as FedAvgServer
-    // does from its second round), and updates folded in groups of four (add_all).
+    // does from its second round), and updates folded in groups (add_all; fold_group_size: pairs for ResNet-18, fours for the CNN).
     struct Variant {
       const char* measure;
       const char* key_suffix;
@@ -169,7 +169,11 @@ Result<nlohmann::json> run_aggregation(const BenchContext& ctx) {
     for (const Variant& v :
          {Variant{"fresh accumulators, one update at a time (before)", "_before", false, 1},
           Variant{"reused accumulators, one update at a time", "_one_at_a_time", true, 1},
-          Variant{"reused accumulators, groups of 4 (FedAvg's fold)", "", true, 4}}) {
+          Variant{"reused accumulators, groups (FedAvg's fold)", "", true, 0}}) {
+      // FedAvg's group size for this model (strategies/weighted_average.h).
+      const int group = v.group > 0 ? v.group
+                                    : static_cast<int>(strategies::fold_group_size(
+                                          static_cast<uint64_t>(update_bytes)));
       FEDTAIL_ASSIGN_OR_RETURN(strategies::WeightedAverage reused,
                                strategies::WeightedAverage::create(reference));
       FEDTAIL_ASSIGN_OR_RETURN(
@@ -181,9 +185,9 @@ Result<nlohmann::json> run_aggregation(const BenchContext& ctx) {
               FEDTAIL_ASSIGN_OR_RETURN(fresh, strategies::WeightedAverage::create(reference));
             }
             strategies::WeightedAverage& avg = v.reuse ? reused : *fresh;
-            for (int k = 0; k < c.updates; k += v.group) {
+            for (int k = 0; k < c.updates; k += group) {
               std::vector<strategies::WeightedAverage::Weighted> batch;
-              for (int j = k; j < std::min(c.updates, k + v.group); ++j) {
+              for (int j = k; j < std::min(c.updates, k + group); ++j) {
                 batch.push_back({&updates[static_cast<size_t>(j % distinct)], 10 + j});
               }
               FEDTAIL_RETURN_IF_ERROR(avg.add_all(batch));
@@ -194,6 +198,7 @@ Result<nlohmann::json> run_aggregation(const BenchContext& ctx) {
                    c.model, c.updates, v.measure, rate / kGB, memcpy_rate / kGB,
                    rate / memcpy_rate);
       rows.push_back(row(v.measure, c.model, update_bytes, c.updates, rate, memcpy_rate));
+      rows.back()["group"] = group;
       if (&c == &cases.front()) {
         section["ratio_to_memcpy" + std::string(v.key_suffix)] = rate / memcpy_rate;
         section["gb_per_s" + std::string(v.key_suffix)] = rate / kGB;

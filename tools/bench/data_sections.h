@@ -4,9 +4,13 @@
 // every ratio divides by a memcpy of the same bytes measured in the same run, just before.
 //
 //   "aggregation": WeightedAverage (strategies/weighted_average.h, FedAvg's streaming mean) folding
-//     N updates of P floats one after the other, then finish(); GB/s of the N·P·4 update bytes.
-//     Sizes: ResNet-18 (11.2 M floats) × 10 updates, and a small CNN-sized model (0.5 M floats)
-//     × 100 updates. Summary: ratio_to_memcpy (ResNet-18 case), gb_per_s, memcpy_gb_per_s.
+//     N updates of P floats, then finish() (the new model, in fresh memory); GB/s of the N·P·4
+//     update bytes. Three variants: the fold as it was before 2026-11-30 (fresh accumulators every
+//     round, one update at a time), accumulators reset and reused (FedAvg from its second round),
+//     and reused + groups of fold_group_size() (add_all: FedAvg's fold now; pairs for ResNet-18,
+//     fours for the CNN). Sizes: ResNet-18 (11.2 M floats) × 10 updates, and a small CNN-sized
+//     model (0.5 M floats) × 100 updates. Summary (ResNet-18): ratio_to_memcpy and gb_per_s
+//     (FedAvg's fold), the same with suffixes _one_at_a_time and _before, memcpy_gb_per_s.
 //   "serialization": TensorBundle → BundleChunk stream → TensorBundle through BundleEncoder and
 //     BundleDecoder (1 MiB chunks, payload digest on both sides: what travels over gRPC, minus
 //     the network), for a ResNet-18-shaped bundle (122 tensors, 44.7 MB); and its parts measured

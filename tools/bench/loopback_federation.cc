@@ -111,7 +111,12 @@ Result<std::unique_ptr<LoopbackFederation>> LoopbackFederation::start(
   }
   std::unique_ptr<LoopbackFederation> f(new LoopbackFederation());
   TensorBundle model;
-  FEDTAIL_RETURN_IF_ERROR(model.add_zeros("w", DType::kFloat32, {options.floats}).status());
+  // Tensors of at most kTensorFloats (4 MB), as models are made of: ResNet-18's largest is 9.4 MB.
+  constexpr int64_t kTensorFloats = 1 << 20;
+  for (int64_t done = 0, i = 0; done < options.floats; done += kTensorFloats, ++i) {
+    const int64_t n = std::min(kTensorFloats, options.floats - done);
+    FEDTAIL_RETURN_IF_ERROR(model.add_zeros("w" + std::to_string(i), DType::kFloat32, {n}).status());
+  }
   const uint64_t payload = model.payload_bytes();
   f->strategy_ = std::make_unique<BenchStrategy>(
       std::make_shared<const TensorBundle>(std::move(model)), options.average);

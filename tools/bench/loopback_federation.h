@@ -5,7 +5,8 @@
 // SHA-256, decode limits, finite checks, the upload gate) with no training in between, for
 // fedtail-bench's "transport" and "coordinator" sections.
 //
-// The benchmark strategy's global model is one float32 tensor "w" of `floats` zeros. Each round
+// The benchmark strategy's global model is `floats` float32 zeros in tensors "w0", "w1", ... of at
+// most 2^20 floats (4 MB) each, the scale of a real model's layers. Each round
 // every available client gets it; updates are folded with WeightedAverage when `average` is set
 // (FedAvg's arithmetic), else only counted (transport figures without the averaging). It records
 // when each round was configured and finished.

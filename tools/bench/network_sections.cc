@@ -100,9 +100,11 @@ struct ProcessRun {
   double update_mb = 0;
 };
 
-// `rounds` rounds of FedAvg with a ResNet-18 (~45 MB updates): fedtail-coordinator, and one
-// fedtail-client process hosting `clients` virtual clients that take one SGD step each.
+// `rounds` rounds of FedAvg with `arch` (resnet18: ~45 MB updates; cnn: ~1.7 MB):
+// fedtail-coordinator, and one fedtail-client process hosting `clients` virtual clients that take
+// one SGD step each on an IID share of `examples_per_class` × 10 Fashion-MNIST images.
 Result<ProcessRun> run_processes(const BenchContext& ctx, int clients, int rounds,
+                                 const std::string& arch, int examples_per_class,
                                  const std::string& dir) {
   namespace fs = std::filesystem;
   fs::remove_all(dir);
@@ -122,11 +124,11 @@ Result<ProcessRun> run_processes(const BenchContext& ctx, int clients, int round
         {"server_eval", false}}},
       {"data",
        {{"dataset", "fashion-mnist"},
-        {"max_examples_per_class", 20},
+        {"max_examples_per_class", examples_per_class},
         {"imbalance_factor", 1},
         {"partition", "iid"},
         {"clients", clients}}},
-      {"model", {{"arch", "resnet18"}}},
+      {"model", {{"arch", arch}}},
       {"local", {{"max_steps", 1}, {"batch_size", 2}}}};
   std::ofstream(dir + "/run.json") << config.dump(2);
 
@@ -268,9 +270,11 @@ Result<nlohmann::json> run_coordinator(const BenchContext& ctx) {
 
   // (1) Overhead per client per round: clients that answer at once, a tiny model.
   constexpr int64_t kTinyFloats = 25'000;
-  for (int clients : {10, 50}) {
+  const std::vector<int> overhead_clients =
+      ctx.quick ? std::vector<int>{10, 50, 200} : std::vector<int>{10, 50, 1000};
+  for (int clients : overhead_clients) {
     LoopbackOptions options;
-    options.rounds = 1 + (ctx.quick ? 3 : 10);  // the first is a warm-up
+    options.rounds = 1 + (ctx.quick ? 3 : clients >= 1000 ? 5 : 10);  // the first is a warm-up
     options.clients = clients;
     options.floats = kTinyFloats;
     options.average = true;
@@ -286,8 +290,10 @@ Result<nlohmann::json> run_coordinator(const BenchContext& ctx) {
                     {"model_mb", static_cast<double>(kTinyFloats) * 4 / kMB},
                     {"round_s", round_s},
                     {"ms_per_client_per_round", per_client_ms}});
-    section[clients == 50 ? "overhead_ms_per_client" : "overhead_ms_per_client_10_clients"] =
-        per_client_ms;
+    section[clients == overhead_clients.back()
+                ? std::string("overhead_ms_per_client")
+                : "overhead_ms_per_client_" + std::to_string(clients) + "_clients"] = per_client_ms;
+    if (clients == overhead_clients.back()) section["overhead_clients"] = clients;
   }
 
   // (2) Peak RSS of a real coordinator process with 10 and 50 clients sending ~45 MB updates.
@@ -312,19 +318,28 @@ Result<nlohmann::json> run_coordinator(const BenchContext& ctx) {
   // 10 clients for 1 and for 5 rounds, and 50 clients for 1 round: 10 × 5 and 50 × 1 fold the
   // same number of uploads, so their peaks compare the number of clients alone (the allocator's
   // high-water mark grows with the uploads processed, up to a plateau).
+  // And 1000 clients (200 with --quick) of the small CNN for 2 rounds: the coordinator's memory
+  // with many connected clients and a tiny model (summary peak_rss_mb).
   struct Case {
     int clients;
     int rounds;
-    const char* key;
+    const char* arch;
+    int examples_per_class;
+    std::string key;
   };
-  for (const Case& c : {Case{10, 1, "peak_rss_mb_10_clients_1_round"},
-                        Case{10, 5, "peak_rss_mb_10_clients"}, Case{50, 1, "peak_rss_mb"}}) {
-    spdlog::info(
-        "coordinator peak RSS: fedtail-coordinator + {} virtual clients (ResNet-18), {} "
-        "round(s) ...",
-        c.clients, c.rounds);
-    const std::string tag = std::to_string(c.clients) + "x" + std::to_string(c.rounds);
-    Result<ProcessRun> run = run_processes(ctx, c.clients, c.rounds, scratch + "/rss-" + tag);
+  const int many = ctx.quick ? 200 : 1000;
+  for (const Case& c :
+       {Case{10, 1, "resnet18", 20, "peak_rss_mb_resnet18_10_clients_1_round"},
+        Case{10, 5, "resnet18", 20, "peak_rss_mb_resnet18_10_clients"},
+        Case{50, 1, "resnet18", 20, "peak_rss_mb_resnet18_50_clients"},
+        Case{many, 2, "cnn", many / 5, "peak_rss_mb"}}) {
+    spdlog::info("coordinator peak RSS: fedtail-coordinator + {} virtual clients ({}), {} "
+                 "round(s) ...",
+                 c.clients, c.arch, c.rounds);
+    const std::string tag =
+        std::string(c.arch) + "-" + std::to_string(c.clients) + "x" + std::to_string(c.rounds);
+    Result<ProcessRun> run = run_processes(ctx, c.clients, c.rounds, c.arch,
+                                           c.examples_per_class, scratch + "/rss-" + tag);
     if (!run.ok()) {
       return run.status().with_context("peak RSS with " + tag + " clients x rounds (files in " +
                                        scratch + ")");
@@ -332,13 +347,14 @@ Result<nlohmann::json> run_coordinator(const BenchContext& ctx) {
     const double rss_mb = static_cast<double>(run->peak_rss_kb) * 1024 / kMB;
     spdlog::info("coordinator peak RSS, {} clients × {} round(s) of {:.1f} MB updates: {:.0f} MB",
                  c.clients, c.rounds, run->update_mb, rss_mb);
-    rows.push_back({{"measure", "peak RSS, fedtail-coordinator process"},
+    rows.push_back({{"measure", "peak RSS, fedtail-coordinator process, " + std::string(c.arch)},
                     {"clients", c.clients},
                     {"rounds", c.rounds},
                     {"model_mb", run->update_mb},
                     {"round_s", run->round_seconds},
                     {"peak_rss_mb", rss_mb}});
     section[c.key] = rss_mb;
+    if (c.key == "peak_rss_mb") section["peak_rss_clients"] = c.clients;
   }
   std::error_code ec;
   fs::remove_all(scratch, ec);

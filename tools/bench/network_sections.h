@@ -7,15 +7,18 @@
 //     down through PullTask; MB/s (10^6 bytes) against a memcpy of the same bytes in the same run.
 //     Summary: mb_per_s_100mb (upload), mb_per_s_100mb_down, memcpy_mb_per_s.
 //   "coordinator": (1) the coordinator's overhead per client per round: the in-process service
-//     with 10 and 50 clients (one connection each, on threads) that answer every task at once with
-//     a tiny model (25,000 floats), FedAvg's weighted average included; a round's wall time
-//     (configure_fit to the end of aggregation) / clients. (2) the peak RSS (VmHWM, MB = 10^6
-//     bytes) of a real fedtail-coordinator process while one fedtail-client process hosting 10
-//     or 50 virtual clients sends ResNet-18 updates (~45 MB each; one SGD step of local training)
-//     on the Fashion-MNIST data set: 10 clients × 1 round, 10 × 5 and 50 × 1 (the last two fold
-//     the same number of uploads). Summary: overhead_ms_per_client (50 clients),
-//     overhead_ms_per_client_10_clients, peak_rss_mb (50 × 1), peak_rss_mb_10_clients (10 × 5),
-//     peak_rss_mb_10_clients_1_round.
+//     with 10, 50 and 1000 clients (200 with --quick; one connection and thread each) that answer
+//     every task at once with a tiny model (25,000 floats), FedAvg's weighted average included; a
+//     round's wall time (configure_fit to the end of aggregation) / clients. The bench clients
+//     share the machine, so this is an upper bound. (2) the peak RSS (VmHWM, MB = 10^6 bytes) of a
+//     real fedtail-coordinator process while one fedtail-client process hosts the clients: 1000
+//     (--quick: 200) clients of the small CNN for 2 rounds, and 10 or 50 clients sending ResNet-18
+//     updates (~45 MB each; one SGD step of local training) on the Fashion-MNIST data set:
+//     10 × 1 round, 10 × 5 and 50 × 1 (the last two fold the same number of uploads). Summary:
+//     overhead_ms_per_client and overhead_clients (the largest count),
+//     overhead_ms_per_client_<n>_clients, peak_rss_mb and peak_rss_clients (the CNN with 1000
+//     clients), peak_rss_mb_resnet18_10_clients (10 × 5), peak_rss_mb_resnet18_50_clients,
+//     peak_rss_mb_resnet18_10_clients_1_round.
 #ifndef FEDTAIL_TOOLS_BENCH_NETWORK_SECTIONS_H_
 #define FEDTAIL_TOOLS_BENCH_NETWORK_SECTIONS_H_
 
