@@ -517,11 +517,16 @@ Result<TaskOutcome> TaskRunner::handle(PulledTask task) {
     spdlog::info("{}: round {} fit done: {} examples{}, {:.1f} s; uploading {} bytes", client_id,
                  round, result.fit.num_examples, loss, result.seconds,
                  result.fit.update.payload_bytes());
-    return push(header, /*ok=*/true, "", result.fit.num_examples, metrics, result.fit.update);
+    nlohmann::json reported = metrics.is_object() ? metrics : nlohmann::json::object();
+    reported["compute_s"] = result.seconds;  // the coordinator's per-round timing split
+    return push(header, /*ok=*/true, "", result.fit.num_examples, reported, result.fit.update);
   }
   spdlog::info("{}: round {} evaluate done: {} test examples, {:.1f} s", client_id, round,
                result.eval_examples, result.seconds);
-  return push(header, /*ok=*/true, "", result.eval_examples, result.eval_metrics, empty);
+  nlohmann::json reported =
+      result.eval_metrics.is_object() ? result.eval_metrics : nlohmann::json::object();
+  reported["compute_s"] = result.seconds;
+  return push(header, /*ok=*/true, "", result.eval_examples, reported, empty);
 }
 
 }  // namespace fedtail::client

@@ -255,6 +255,14 @@ Status RoundEngine::run_round(int round) {
   int fit_selected = 0;
   uint64_t bytes_down = 0;  // payload bytes of the round's tasks and results
   uint64_t bytes_up = 0;
+  // Where the round's time went: phase walls (seconds on the engine's clock) and, per phase, the
+  // sums over accepted results of the clients' compute, the uploads and the strategy's fold.
+  nlohmann::json timing = nlohmann::json::object();
+  auto put_phase_timing = [&timing](const char* phase, double wall_s, const PhaseTiming& t) {
+    timing[std::string(phase) + "_s"] = wall_s;
+    timing[std::string(phase) + "_compute_s"] = t.compute_s;
+    timing[std::string(phase) + "_upload_s"] = t.upload_s;
+  };
   if (specs.empty()) {
     spdlog::info("{}: the strategy selected no client; training skipped", where);
     line["fit"] = {{"selected", 0},
@@ -263,6 +271,7 @@ Status RoundEngine::run_round(int round) {
                    {"metrics", nlohmann::json::object()},
                    {"skipped", true}};
   } else {
+    const SteadyClock::time_point fit_start = SteadyClock::now();
     FEDTAIL_ASSIGN_OR_RETURN(std::unique_ptr<strategies::Aggregation> aggregation,
                              strategy_->begin_aggregation(round));
     Result<PhaseOutcome> outcome = run_phase(round, TaskKind::kFit, specs, aggregation.get());
@@ -270,8 +279,11 @@ Status RoundEngine::run_round(int round) {
       if (stop_.load()) return Status::OK();
       return outcome.status();
     }
+    const SteadyClock::time_point finish_start = SteadyClock::now();
     Result<nlohmann::json> metrics = aggregation->finish(outcome->failures);
     if (!metrics.ok()) return metrics.status().with_context(where + ": aggregation finish");
+    put_phase_timing("fit", seconds_since(fit_start), outcome->timing);
+    timing["aggregate_s"] = outcome->timing.aggregate_s + seconds_since(finish_start);
     fit_failures = static_cast<int>(outcome->failures.size());
     fit_selected = outcome->selected;
     line["fit"] = {{"selected", outcome->selected},
@@ -297,11 +309,13 @@ Status RoundEngine::run_round(int round) {
     if (!especs.ok()) {
       spdlog::warn("{}: federated evaluation skipped: {}", where, especs.status().message());
     } else if (!especs->empty()) {
+      const SteadyClock::time_point evaluate_start = SteadyClock::now();
       Result<PhaseOutcome> outcome = run_phase(round, TaskKind::kEvaluate, *especs, nullptr);
       if (!outcome.ok()) {
         if (stop_.load()) return Status::OK();
         return outcome.status();
       }
+      put_phase_timing("evaluate", seconds_since(evaluate_start), outcome->timing);
       Result<nlohmann::json> metrics =
           strategy_->aggregate_evaluate(round, outcome->reports, outcome->failures);
       if (!metrics.ok()) return metrics.status().with_context(where + ": aggregate_evaluate");
@@ -320,8 +334,10 @@ Status RoundEngine::run_round(int round) {
       context.train_class_counts = config_.train_class_counts;
       context.device = config_.device;
       context.batch_size = config_.run_config->eval.batch_size;
+      const SteadyClock::time_point server_eval_start = SteadyClock::now();
       Result<nlohmann::json> metrics = strategy_->evaluate(round, context);
       if (!metrics.ok()) return metrics.status().with_context(where + ": server evaluation");
+      timing["server_eval_s"] = seconds_since(server_eval_start);
       line["server_eval"] = *metrics;
     }
   }
@@ -330,6 +346,7 @@ Status RoundEngine::run_round(int round) {
   const double seconds = seconds_since(started);
   line["seconds"] = seconds;
   line["bytes"] = {{"down", bytes_down}, {"up", bytes_up}};
+  line["timing"] = std::move(timing);
   std::optional<double> loss = number_at(line, {"fit", "metrics", "loss"});
   std::optional<double> generic = number_at(line, {"server_eval", "generic", "overall"});
   std::optional<double> personal = number_at(line, {"evaluate", "metrics", "personalized", "mean"});
@@ -457,6 +474,7 @@ Result<RoundEngine::PhaseOutcome> RoundEngine::run_phase(
     outcome.answered = phase.selected - static_cast<int>(phase.failures.size());
     outcome.bytes_down = phase.bytes_down;
     outcome.bytes_up = phase.bytes_up;
+    outcome.timing = phase.timing;
     outcome.failures = std::move(phase.failures);
     outcome.reports = std::move(phase.reports);
     phase.aggregation = nullptr;

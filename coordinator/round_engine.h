@@ -86,6 +86,13 @@ struct EngineConfig {
 
 // A result upload being received: the task it answers and the decoder its chunks go to. Made by
 // begin_push, consumed by complete_push or abandon_push. Not thread-safe (one stream feeds it).
+// Where a phase's time went, summed over its accepted results (seconds).
+struct PhaseTiming {
+  double compute_s = 0;    // the clients' own training/evaluation time ("compute_s" they report)
+  double upload_s = 0;     // first byte of an upload to its decoded, checked bundle
+  double aggregate_s = 0;  // inside Aggregation::add (the strategy's fold)
+};
+
 class PendingUpload {
  public:
   // Feeds one bundle chunk to the decoder; the first error is kept (sticky) and returned.
@@ -104,6 +111,7 @@ class PendingUpload {
   nlohmann::json metrics_;
   BundleDecoder decoder_;
   uint64_t chunks_ = 0;
+  SteadyClock::time_point started_ = SteadyClock::now();  // begin_push: the upload's first byte
 };
 
 class RoundEngine {
@@ -218,12 +226,14 @@ class RoundEngine {
     strategies::Aggregation* aggregation = nullptr;  // fit only; owned by the engine thread
     uint64_t bytes_down = 0;  // payload bytes of the tasks handed out (re-deliveries count again)
     uint64_t bytes_up = 0;    // payload bytes of the results received whole
+    PhaseTiming timing;
   };
   struct PhaseOutcome {
     int selected = 0;
     int answered = 0;
     uint64_t bytes_down = 0;
     uint64_t bytes_up = 0;
+    PhaseTiming timing;
     std::vector<strategies::ClientFailure> failures;
     std::vector<strategies::EvalReport> reports;
   };

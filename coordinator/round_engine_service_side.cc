@@ -262,6 +262,12 @@ v1::PushResultResponse RoundEngine::complete_push(std::unique_ptr<PendingUpload>
     return refuse_locked(*entry, "update refused: " + bundle.status().message());
   }
   phase_->bytes_up += bundle->payload_bytes();
+  phase_->timing.upload_s +=
+      std::chrono::duration<double>(SteadyClock::now() - upload->started_).count();
+  if (auto c = upload->metrics_.find("compute_s");
+      c != upload->metrics_.end() && c->is_number() && c->get<double>() >= 0) {
+    phase_->timing.compute_s += c->get<double>();
+  }
   if (task.kind == TaskKind::kFit) {
     strategies::ClientUpdate update;
     update.client_id = task.client_id;
@@ -271,6 +277,7 @@ v1::PushResultResponse RoundEngine::complete_push(std::unique_ptr<PendingUpload>
     strategies::Aggregation* aggregation = phase_->aggregation;
     // Fold without mu_ (polls and heartbeats go on); fold_mu_ keeps the phase open meanwhile.
     lock.unlock();
+    const SteadyClock::time_point fold_start = SteadyClock::now();
     Status added;
     try {
       added = aggregation->add(std::move(update));
@@ -280,6 +287,8 @@ v1::PushResultResponse RoundEngine::complete_push(std::unique_ptr<PendingUpload>
       added = Status::Internal("aggregation threw a non-standard exception");
     }
     lock.lock();
+    phase_->timing.aggregate_s +=
+        std::chrono::duration<double>(SteadyClock::now() - fold_start).count();
     entry = find_current_locked(task.id);
     FEDTAIL_CHECK(entry != nullptr);
     if (!added.ok()) return refuse_locked(*entry, "update refused: " + added.message());

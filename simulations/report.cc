@@ -35,7 +35,8 @@ nlohmann::json models_of(const nlohmann::json& line) {
   nlohmann::json personalized = nlohmann::json::object();
   if (line.contains("server_eval") && line["server_eval"].is_object()) {
     for (const auto& [key, value] : line["server_eval"].items()) {
-      const bool count_rule = key.size() > 14 && key.compare(key.size() - 14, 14, "_by_count_rule") == 0;
+      const bool count_rule =
+          key.size() > 14 && key.compare(key.size() - 14, 14, "_by_count_rule") == 0;
       if (count_rule || !value.is_object() || !value.contains("overall")) continue;
       nlohmann::json row = nlohmann::json::object();
       for (const char* column : kGroupColumns) row[column] = value.value(column, nlohmann::json());
@@ -72,6 +73,35 @@ nlohmann::json bytes_per_round(const std::vector<nlohmann::json>& lines) {
   }
   if (n == 0) return {{"down", nullptr}, {"up", nullptr}};
   return {{"down", down / n}, {"up", up / n}};
+}
+
+// The engine's per-round "timing" keys (coordinator/round_engine.cc), in table order.
+constexpr const char* kTimingKeys[] = {
+    "fit_s",      "fit_compute_s",      "fit_upload_s",      "aggregate_s",
+    "evaluate_s", "evaluate_compute_s", "evaluate_upload_s", "server_eval_s"};
+
+// Mean seconds per round: {"total", <each timing key>, "other_s"}; a key a round lacks (no
+// evaluation that round) counts as 0 there. "other_s" = total − fit − evaluate − server eval:
+// waiting for clients, configuring, checkpoints. Null values when no round has a timing.
+nlohmann::json seconds_per_round(const std::vector<nlohmann::json>& lines) {
+  nlohmann::json out = nlohmann::json::object();
+  double total = 0;
+  std::map<std::string, double> sums;
+  int n = 0;
+  for (const nlohmann::json& line : lines) {
+    if (!line.contains("timing") || !line["timing"].is_object()) continue;
+    total += line.value("seconds", 0.0);
+    for (const char* key : kTimingKeys) sums[key] += line["timing"].value(key, 0.0);
+    ++n;
+  }
+  out["total"] = n > 0 ? nlohmann::json(total / n) : nlohmann::json();
+  for (const char* key : kTimingKeys)
+    out[key] = n > 0 ? nlohmann::json(sums[key] / n) : nlohmann::json();
+  out["other_s"] =
+      n > 0
+          ? nlohmann::json((total - sums["fit_s"] - sums["evaluate_s"] - sums["server_eval_s"]) / n)
+          : nlohmann::json();
+  return out;
 }
 
 // {"mean", "std", "n"} of the numbers in `values` (std: sample standard deviation, null for n < 2).
@@ -172,14 +202,10 @@ nlohmann::json make_report(const ReportInfo& info, const std::vector<RunResult>&
     if (std::find(labels.begin(), labels.end(), r.label) == labels.end()) labels.push_back(r.label);
     if (std::find(seeds.begin(), seeds.end(), r.seed) == seeds.end()) seeds.push_back(r.seed);
     const nlohmann::json* evaluated = last_evaluated(r.lines);
-    nlohmann::json run = {{"label", r.label},
-                          {"strategy", r.strategy},
-                          {"seed", r.seed},
-                          {"run_dir", r.run_dir},
-                          {"status", r.status},
-                          {"rounds_completed", nullptr},
-                          {"wall_seconds", nullptr},
-                          {"final", nullptr}};
+    nlohmann::json run = {{"label", r.label},        {"strategy", r.strategy},
+                          {"seed", r.seed},          {"run_dir", r.run_dir},
+                          {"status", r.status},      {"rounds_completed", nullptr},
+                          {"wall_seconds", nullptr}, {"final", nullptr}};
     if (r.summary.is_object()) {
       for (const char* key : {"rounds_completed", "wall_seconds", "final", "run_id"}) {
         if (r.summary.contains(key)) run[key] = r.summary[key];
@@ -192,6 +218,7 @@ nlohmann::json make_report(const ReportInfo& info, const std::vector<RunResult>&
                                                {"personalized", nlohmann::json::object()}};
     run["evaluated_round"] = evaluated ? evaluated->value("round", nlohmann::json()) : nullptr;
     run["bytes_per_round"] = bytes_per_round(r.lines);
+    run["seconds_per_round"] = seconds_per_round(r.lines);
     run["worker_failures"] = r.worker_failures;
     runs.push_back(std::move(run));
   }
@@ -203,14 +230,27 @@ nlohmann::json make_report(const ReportInfo& info, const std::vector<RunResult>&
       if (run["label"] != label) continue;
       if (run["rounds_completed"].is_number()) rounds.push_back(run["rounds_completed"]);
       if (run["wall_seconds"].is_number()) wall.push_back(run["wall_seconds"]);
-      if (run["bytes_per_round"]["down"].is_number()) down.push_back(run["bytes_per_round"]["down"]);
+      if (run["bytes_per_round"]["down"].is_number())
+        down.push_back(run["bytes_per_round"]["down"]);
       if (run["bytes_per_round"]["up"].is_number()) up.push_back(run["bytes_per_round"]["up"]);
+    }
+    nlohmann::json per_round = nlohmann::json::object();
+    const nlohmann::json timing_keys = seconds_per_round({});
+    for (const auto& [key, unused] : timing_keys.items()) {
+      std::vector<double> values;
+      for (const nlohmann::json& run : runs) {
+        if (run["label"] == label && run["seconds_per_round"][key].is_number()) {
+          values.push_back(run["seconds_per_round"][key]);
+        }
+      }
+      per_round[key] = mean_std(values);
     }
     cost.push_back({{"label", label},
                     {"rounds_completed", mean_std(rounds)},
                     {"wall_seconds", mean_std(wall)},
                     {"bytes_down_per_round", mean_std(down)},
-                    {"bytes_up_per_round", mean_std(up)}});
+                    {"bytes_up_per_round", mean_std(up)},
+                    {"seconds_per_round", per_round}});
   }
 
   nlohmann::json report = {
@@ -280,6 +320,26 @@ std::string report_markdown(const nlohmann::json& report) {
        << cell_number(row["bytes_down_per_round"], 1e-6, "%.2f") << " | "
        << cell_number(row["bytes_up_per_round"], 1e-6, "%.2f") << " |\n";
   }
+  md << "\n## Time per round (s, mean over rounds)\n\n"
+        "Phase walls on the coordinator's clock; Σ columns add up the clients' own times, which "
+        "overlap when workers run in parallel. Other: waiting for clients, configuring, "
+        "checkpoints.\n\n"
+        "| strategy | round | training phase | Σ client training | Σ upload | aggregation | "
+        "client eval phase | Σ client eval | server eval | other |\n"
+        "|---|---|---|---|---|---|---|---|---|---|\n";
+  for (const nlohmann::json& row : table["cost"]) {
+    const nlohmann::json& t = row["seconds_per_round"];
+    md << "| " << row["label"].get<std::string>();
+    for (const char* key : {"total", "fit_s", "fit_compute_s", "fit_upload_s", "aggregate_s",
+                            "evaluate_s", "evaluate_compute_s", "server_eval_s", "other_s"}) {
+      md << " | "
+         << cell_number(t[key], 1,
+                        std::string(key) == "aggregate_s" || std::string(key) == "fit_upload_s"
+                            ? "%.3f"
+                            : "%.1f");
+    }
+    md << " |\n";
+  }
   bool failures = false;
   for (const nlohmann::json& run : report["runs"]) {
     if (run["status"] != "completed" || !run["worker_failures"].empty()) failures = true;
@@ -293,8 +353,8 @@ std::string report_markdown(const nlohmann::json& report) {
       }
       for (const nlohmann::json& w : run["worker_failures"]) {
         md << "- " << run["run_dir"].get<std::string>() << ": worker " << w.value("worker", 0)
-           << " (clients " << w.value("first_client", 0) << "-" << w.value("last_client", 0)
-           << ") " << w.value("how", std::string()) << "; its clients counted as failures\n";
+           << " (clients " << w.value("first_client", 0) << "-" << w.value("last_client", 0) << ") "
+           << w.value("how", std::string()) << "; its clients counted as failures\n";
       }
     }
   }
@@ -319,7 +379,8 @@ Result<std::vector<std::string>> draw_curves(const std::vector<RunResult>& runs,
                                              const std::string& out_dir) {
   const std::string gnuplot = "/usr/bin/gnuplot";
   if (!fs::exists(gnuplot)) {
-    return Status::NotFound("gnuplot is not installed (apt-get install gnuplot-nox): no PNG curves");
+    return Status::NotFound(
+        "gnuplot is not installed (apt-get install gnuplot-nox): no PNG curves");
   }
   // label -> round -> values over seeds, for each curve kind.
   struct Curve {
@@ -329,7 +390,8 @@ Result<std::vector<std::string>> draw_curves(const std::vector<RunResult>& runs,
   };
   const std::vector<Curve> curves = {
       {"accuracy", "generic accuracy (%)", {"server_eval", "generic", "overall"}},
-      {"personalized", "personalised accuracy (%, mean over clients)",
+      {"personalized",
+       "personalised accuracy (%, mean over clients)",
        {"evaluate", "metrics", "personalized", "mean"}}};
   std::vector<std::string> labels;
   for (const RunResult& r : runs) {
@@ -361,9 +423,9 @@ Result<std::vector<std::string>> draw_curves(const std::vector<RunResult>& runs,
         }
       }
       if (by_round.empty()) continue;
-      const std::string data = (fs::path(out_dir) / "curves" / (std::string(curve.name) + "-" +
-                                                                 label + ".dat"))
-                                   .string();
+      const std::string data =
+          (fs::path(out_dir) / "curves" / (std::string(curve.name) + "-" + label + ".dat"))
+              .string();
       std::ofstream out(data);
       out << "# round mean std (" << curve.title << ", over seeds)\n";
       for (const auto& [round, values] : by_round) {
@@ -376,8 +438,8 @@ Result<std::vector<std::string>> draw_curves(const std::vector<RunResult>& runs,
     }
     if (series.empty()) continue;
     const std::string png = (fs::path(out_dir) / (std::string(curve.name) + ".png")).string();
-    const std::string script = (fs::path(out_dir) / "curves" / (std::string(curve.name) + ".gp"))
-                                   .string();
+    const std::string script =
+        (fs::path(out_dir) / "curves" / (std::string(curve.name) + ".gp")).string();
     {
       std::ofstream gp(script);
       gp << "set terminal pngcairo size 960,600 noenhanced\n"

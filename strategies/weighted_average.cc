@@ -137,8 +137,7 @@ size_t fold_group_size(uint64_t update_bytes) {
   constexpr size_t kMaxGroup = 4;
   constexpr uint64_t kMaxGroupBytes = uint64_t{64} << 20;
   if (update_bytes == 0) return kMaxGroup;
-  return static_cast<size_t>(
-      std::clamp<uint64_t>(kMaxGroupBytes / update_bytes, 1, kMaxGroup));
+  return static_cast<size_t>(std::clamp<uint64_t>(kMaxGroupBytes / update_bytes, 1, kMaxGroup));
 }
 
 Result<WeightedAverage> WeightedAverage::create(std::shared_ptr<const TensorBundle> reference) {

@@ -228,6 +228,16 @@ TEST_F(RoundEngineTest, RunsEveryRoundWithCooperativeClientsAndShutsThemDown) {
   EXPECT_EQ(got[1]["evaluate"]["reports"], 3);
   EXPECT_DOUBLE_EQ(got[1]["evaluate"]["metrics"]["personalized"]["mean"].get<double>(), 0.5);
   EXPECT_EQ(got[1]["run_id"], "test-run");
+  // Where the round's time went: the phases fit within the round.
+  const nlohmann::json& timing = got[1]["timing"];
+  for (const char* key : {"fit_s", "fit_compute_s", "fit_upload_s", "aggregate_s", "evaluate_s",
+                          "evaluate_compute_s", "evaluate_upload_s"}) {
+    ASSERT_TRUE(timing.contains(key) && timing[key].is_number()) << key << ": " << timing.dump();
+    EXPECT_GE(timing[key].get<double>(), 0.0) << key;
+  }
+  EXPECT_LE(timing["fit_s"].get<double>() + timing["evaluate_s"].get<double>(),
+            got[1]["seconds"].get<double>());
+  EXPECT_LE(timing["aggregate_s"].get<double>(), timing["fit_s"].get<double>());
 }
 
 TEST_F(RoundEngineTest, DeadlineListsUnansweredClientsAsFailures) {

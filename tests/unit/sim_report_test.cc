@@ -22,18 +22,26 @@ RunResult run(const std::string& label, uint64_t seed, double accuracy, double p
   r.strategy = fedloge ? "fedloge" : "fedavg";
   r.seed = seed;
   r.run_dir = "runs/" + label + "/seed-" + std::to_string(seed);
-  nlohmann::json server = {{"generic", group(accuracy, accuracy + 0.1, accuracy - 0.1, accuracy - 0.2)},
-                           {"generic_by_count_rule", group(0, 0, 0, 0)},
-                           {"sse_c", {{"sparsity", 0.6}}}};
+  nlohmann::json server = {
+      {"generic", group(accuracy, accuracy + 0.1, accuracy - 0.1, accuracy - 0.2)},
+      {"generic_by_count_rule", group(0, 0, 0, 0)},
+      {"sse_c", {{"sparsity", 0.6}}}};
   if (fedloge) server["universal"] = group(accuracy - 0.05, 0.9, 0.5, 0.1);
-  r.lines = {{{"round", 1}, {"bytes", {{"down", 1000}, {"up", 500}}}},
-             {{"round", 2},
-              {"bytes", {{"down", 3000}, {"up", 1500}}},
-              {"server_eval", server},
-              {"evaluate",
-               {{"metrics",
-                 {{"personalized", {{"mean", personal}, {"weighted", personal + 0.01}}},
-                  {"loss", 0.3}}}}}}};
+  r.lines = {
+      {{"round", 1},
+       {"bytes", {{"down", 1000}, {"up", 500}}},
+       {"seconds", 4.0 * seed},
+       {"timing", {{"fit_s", 3.0}, {"fit_compute_s", 5.0}, {"aggregate_s", 0.5}}}},
+      {{"round", 2},
+       {"bytes", {{"down", 3000}, {"up", 1500}}},
+       {"seconds", 8.0 * seed},
+       {"timing",
+        {{"fit_s", 3.0}, {"fit_compute_s", 7.0}, {"evaluate_s", 2.0}, {"server_eval_s", 1.0}}},
+       {"server_eval", server},
+       {"evaluate",
+        {{"metrics",
+          {{"personalized", {{"mean", personal}, {"weighted", personal + 0.01}}},
+           {"loss", 0.3}}}}}}};
   r.summary = {{"strategy", r.strategy},
                {"rounds_completed", 2},
                {"wall_seconds", 10.0 * seed},
@@ -82,8 +90,9 @@ TEST(SimReport, TablesAverageOverSeeds) {
   EXPECT_DOUBLE_EQ(cost[0]["wall_seconds"]["mean"].get<double>(), 15);
 
   const std::string md = report_markdown(report);
-  EXPECT_NE(md.find("| fedavg | generic | 55.00 ± 7.07 | 65.00 ± 7.07 | 45.00 ± 7.07 | 35.00 ± 7.07 |"),
-            std::string::npos)
+  EXPECT_NE(
+      md.find("| fedavg | generic | 55.00 ± 7.07 | 65.00 ± 7.07 | 45.00 ± 7.07 | 35.00 ± 7.07 |"),
+      std::string::npos)
       << md;
   EXPECT_NE(md.find("| fedloge | universal | 50.00 | 90.00 | 50.00 | 10.00 |"), std::string::npos)
       << md;
@@ -91,6 +100,28 @@ TEST(SimReport, TablesAverageOverSeeds) {
       << md;
   EXPECT_NE(md.find("not masked"), std::string::npos);
   EXPECT_EQ(md.find("## Failures"), std::string::npos);
+}
+
+TEST(SimReport, SecondsPerRoundSplitTheRoundsTimingAcrossRoundsAndSeeds) {
+  std::vector<RunResult> runs = {run("fedavg", 1, 0.50, 0.70), run("fedavg", 2, 0.60, 0.80)};
+  const nlohmann::json report = make_report(ReportInfo{}, runs);
+  // Seed 1: rounds of 4 s and 8 s; a key missing from a round counts 0 there.
+  const nlohmann::json& t = report["runs"][0]["seconds_per_round"];
+  EXPECT_DOUBLE_EQ(t["total"].get<double>(), 6.0);
+  EXPECT_DOUBLE_EQ(t["fit_s"].get<double>(), 3.0);
+  EXPECT_DOUBLE_EQ(t["fit_compute_s"].get<double>(), 6.0);
+  EXPECT_DOUBLE_EQ(t["aggregate_s"].get<double>(), 0.25);
+  EXPECT_DOUBLE_EQ(t["evaluate_s"].get<double>(), 1.0);
+  EXPECT_DOUBLE_EQ(t["server_eval_s"].get<double>(), 0.5);
+  EXPECT_DOUBLE_EQ(t["other_s"].get<double>(), 6.0 - 3.0 - 1.0 - 0.5);
+  EXPECT_DOUBLE_EQ(t["fit_upload_s"].get<double>(), 0.0);
+  // The cost row averages the runs: totals 6 and 12 s.
+  const nlohmann::json& cost = report["table"]["cost"][0]["seconds_per_round"];
+  EXPECT_DOUBLE_EQ(cost["total"]["mean"].get<double>(), 9.0);
+  EXPECT_EQ(cost["total"]["n"].get<int>(), 2);
+  const std::string md = report_markdown(report);
+  EXPECT_NE(md.find("## Time per round"), std::string::npos);
+  EXPECT_NE(md.find("| fedavg | 9.0 | 3.0 | 6.0 |"), std::string::npos) << md;
 }
 
 TEST(SimReport, SingleRunHasTheDesignKeysAtTopLevel) {

@@ -159,7 +159,8 @@ Result<nlohmann::json> run_aggregation(const BenchContext& ctx) {
         memcpy_bytes_per_s(static_cast<size_t>(update_bytes), min_seconds / 2);
     // FedAvg's fold before 2026-11-30 (fresh accumulators every round, one update at a time),
     // then the two changes one after the other: accumulators reset and reused (as FedAvgServer
-    // does from its second round), and updates folded in groups (add_all; fold_group_size: pairs for ResNet-18, fours for the CNN).
+    // does from its second round), and updates folded in groups (add_all; fold_group_size: pairs
+    // for ResNet-18, fours for the CNN).
     struct Variant {
       const char* measure;
       const char* key_suffix;
@@ -171,9 +172,10 @@ Result<nlohmann::json> run_aggregation(const BenchContext& ctx) {
           Variant{"reused accumulators, one update at a time", "_one_at_a_time", true, 1},
           Variant{"reused accumulators, groups (FedAvg's fold)", "", true, 0}}) {
       // FedAvg's group size for this model (strategies/weighted_average.h).
-      const int group = v.group > 0 ? v.group
-                                    : static_cast<int>(strategies::fold_group_size(
-                                          static_cast<uint64_t>(update_bytes)));
+      const int group =
+          v.group > 0
+              ? v.group
+              : static_cast<int>(strategies::fold_group_size(static_cast<uint64_t>(update_bytes)));
       FEDTAIL_ASSIGN_OR_RETURN(strategies::WeightedAverage reused,
                                strategies::WeightedAverage::create(reference));
       FEDTAIL_ASSIGN_OR_RETURN(

@@ -115,7 +115,8 @@ Result<std::unique_ptr<LoopbackFederation>> LoopbackFederation::start(
   constexpr int64_t kTensorFloats = 1 << 20;
   for (int64_t done = 0, i = 0; done < options.floats; done += kTensorFloats, ++i) {
     const int64_t n = std::min(kTensorFloats, options.floats - done);
-    FEDTAIL_RETURN_IF_ERROR(model.add_zeros("w" + std::to_string(i), DType::kFloat32, {n}).status());
+    FEDTAIL_RETURN_IF_ERROR(
+        model.add_zeros("w" + std::to_string(i), DType::kFloat32, {n}).status());
   }
   const uint64_t payload = model.payload_bytes();
   f->strategy_ = std::make_unique<BenchStrategy>(

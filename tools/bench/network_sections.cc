@@ -328,18 +328,18 @@ Result<nlohmann::json> run_coordinator(const BenchContext& ctx) {
     std::string key;
   };
   const int many = ctx.quick ? 200 : 1000;
-  for (const Case& c :
-       {Case{10, 1, "resnet18", 20, "peak_rss_mb_resnet18_10_clients_1_round"},
-        Case{10, 5, "resnet18", 20, "peak_rss_mb_resnet18_10_clients"},
-        Case{50, 1, "resnet18", 20, "peak_rss_mb_resnet18_50_clients"},
-        Case{many, 2, "cnn", many / 5, "peak_rss_mb"}}) {
-    spdlog::info("coordinator peak RSS: fedtail-coordinator + {} virtual clients ({}), {} "
-                 "round(s) ...",
-                 c.clients, c.arch, c.rounds);
+  for (const Case& c : {Case{10, 1, "resnet18", 20, "peak_rss_mb_resnet18_10_clients_1_round"},
+                        Case{10, 5, "resnet18", 20, "peak_rss_mb_resnet18_10_clients"},
+                        Case{50, 1, "resnet18", 20, "peak_rss_mb_resnet18_50_clients"},
+                        Case{many, 2, "cnn", many / 5, "peak_rss_mb"}}) {
+    spdlog::info(
+        "coordinator peak RSS: fedtail-coordinator + {} virtual clients ({}), {} "
+        "round(s) ...",
+        c.clients, c.arch, c.rounds);
     const std::string tag =
         std::string(c.arch) + "-" + std::to_string(c.clients) + "x" + std::to_string(c.rounds);
-    Result<ProcessRun> run = run_processes(ctx, c.clients, c.rounds, c.arch,
-                                           c.examples_per_class, scratch + "/rss-" + tag);
+    Result<ProcessRun> run = run_processes(ctx, c.clients, c.rounds, c.arch, c.examples_per_class,
+                                           scratch + "/rss-" + tag);
     if (!run.ok()) {
       return run.status().with_context("peak RSS with " + tag + " clients x rounds (files in " +
                                        scratch + ")");
