@@ -3,7 +3,7 @@
 // Format (version 1): the 8-byte magic "FTBUNDL\n", a little-endian uint32 format version, then the
 // bundle's wire chunks (common/bundle_codec.h), each as a little-endian uint32 byte length followed
 // by the serialized fedtail.v1.BundleChunk. Reading reuses the wire decoder, so a file gets the
-// same validation as a peer's upload (specs, sizes, chunk order, SHA-256 of the payload).
+// same validation as a peer's upload (specs, sizes, chunk order, XXH3-128 digest of the payload).
 //
 // Both functions are thread-safe for distinct paths; concurrent writers of one path race (the last
 // rename wins, and both use the same temporary file).

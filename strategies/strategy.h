@@ -62,7 +62,7 @@ struct TaskSpec {
 struct ClientUpdate {
   std::string client_id;
   int64_t num_examples = 0;  // training examples behind the update (> 0)
-  TensorBundle bundle;       // SHA-256 verified, finite, within the size limit
+  TensorBundle bundle;       // digest verified, finite, within the size limit
   nlohmann::json metrics = nlohmann::json::object();
 };
 

@@ -237,7 +237,7 @@ const std::vector<Section>& sections() {
         "ratio_to_memcpy"},
        bench::run_aggregation},
       {"serialization",
-       "Serialisation (GB/s: TensorBundle -> 1 MiB chunks -> TensorBundle, SHA-256 both sides, "
+       "Serialisation (GB/s: TensorBundle -> 1 MiB chunks -> TensorBundle, digest both sides, "
        "vs memcpy)",
        {"measure", "model", "update_mb", "gb_per_s", "memcpy_gb_per_s", "ratio_to_memcpy"},
        bench::run_serialization},

@@ -162,7 +162,7 @@ TEST(BundleFileTest, FlippedPayloadByteIsCorruption) {
   write_raw(path, bytes);
   Result<TensorBundle> r = read_bundle_file(path);
   EXPECT_EQ(r.status().code(), StatusCode::kCorruption);
-  EXPECT_NE(r.status().message().find("SHA-256 mismatch"), std::string::npos)
+  EXPECT_NE(r.status().message().find("payload digest mismatch"), std::string::npos)
       << r.status().message();
 }
 

@@ -2,7 +2,7 @@
 // and a gRPC server on 127.0.0.1 (plaintext) — with a benchmark strategy, and BenchClient, a
 // client that answers every fit task at once with the bundle it received, through the real
 // client::Connection. Together they exercise the real PullTask/PushResult paths (chunked bundles,
-// SHA-256, decode limits, finite checks, the upload gate) with no training in between, for
+// payload digest, decode limits, finite checks, the upload gate) with no training in between, for
 // fedtail-bench's "transport" and "coordinator" sections.
 //
 // The benchmark strategy's global model is `floats` float32 zeros in tensors "w0", "w1", ... of at

@@ -3,7 +3,7 @@
 //
 //   "transport": a TensorBundle of 1 MB and 100 MB (and 1 GB without --quick) sent through the real
 //     PushResult path, client -> coordinator service on loopback (LoopbackFederation: chunking,
-//     SHA-256, decoding, finite check; the strategy only counts the update), and the same bundle
+//     payload digest, decoding, finite check; the strategy only counts the update), and the same bundle
 //     down through PullTask; MB/s (10^6 bytes) against a memcpy of the same bytes in the same run.
 //     Summary: mb_per_s_100mb (upload), mb_per_s_100mb_down, memcpy_mb_per_s.
 //   "coordinator": (1) the coordinator's overhead per client per round: the in-process service
