@@ -135,7 +135,7 @@ void set_int_element(NamedTensor& t, int64_t i, int64_t value) {
 
 size_t fold_group_size(uint64_t update_bytes) {
   constexpr size_t kMaxGroup = 4;
-  constexpr uint64_t kMaxGroupBytes = uint64_t{64} << 20;
+  constexpr uint64_t kMaxGroupBytes = uint64_t{96} << 20;
   if (update_bytes == 0) return kMaxGroup;
   return static_cast<size_t>(std::clamp<uint64_t>(kMaxGroupBytes / update_bytes, 1, kMaxGroup));
 }

@@ -33,7 +33,7 @@
 namespace fedtail::strategies {
 
 // How many updates of `update_bytes` bytes each a caller should hold back and fold together with
-// WeightedAverage::add_all(): up to 4, as long as they total at most 64 MiB; at least 1. (Groups
+// WeightedAverage::add_all(): up to 4, as long as they total at most 96 MiB; at least 1. (Groups
 // cut the accumulators' memory traffic; holding updates costs memory: a ResNet-18 update is 45 MB,
 // so those fold in pairs.)
 size_t fold_group_size(uint64_t update_bytes);

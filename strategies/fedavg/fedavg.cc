@@ -34,7 +34,7 @@ Status require_client_context(const ClientContext& context, const char* what, bo
 
 // Folds one round's updates into the server's WeightedAverage. Updates are checked as they
 // arrive (a refused one is answered at once) and folded in groups of fold_group_size() (up to 4,
-// at most 64 MiB: ResNet-18 updates in pairs) with WeightedAverage::add_all, so that the
+// at most 96 MiB: ResNet-18 updates in pairs) with WeightedAverage::add_all, so that the
 // accumulators are swept once per group rather than once per update. Same result, bit for bit;
 // the price is up to one group less one update held in memory (fedtail-bench "aggregation").
 class FedAvgAggregation final : public Aggregation {

@@ -378,3 +378,18 @@ TEST(WeightedAverageTest, NullReferenceIsRefused) {
 
 }  // namespace
 }  // namespace fedtail::strategies
+
+namespace fedtail::strategies {
+namespace {
+
+TEST(FoldGroupSizeTest, UpToFourUpdatesAndAtMost96MiBHeldTogether) {
+  EXPECT_EQ(fold_group_size(0), 4u);
+  EXPECT_EQ(fold_group_size(1'780'000), 4u);   // the small CNN
+  EXPECT_EQ(fold_group_size(30'000'000), 3u);  // 90 MB in three
+  EXPECT_EQ(fold_group_size(44'700'000), 2u);  // ResNet-18: pairs
+  EXPECT_EQ(fold_group_size(60'000'000), 1u);
+  EXPECT_EQ(fold_group_size(uint64_t{1} << 40), 1u);
+}
+
+}  // namespace
+}  // namespace fedtail::strategies
