@@ -10,16 +10,10 @@
 namespace fedtail::strategies {
 namespace {
 
-// acc[i] += weight · src[i] for a contiguous buffer: a plain loop the compiler vectorises.
-template <typename T>
-void accumulate(const T* __restrict src, double* __restrict acc, int64_t n, double weight) {
-  for (int64_t i = 0; i < n; ++i) acc[i] += weight * static_cast<double>(src[i]);
-}
-
-// The same for K float32 sources at once: acc[i] = ((acc[i] + w0·s0[i]) + w1·s1[i]) + ..., the
-// additions in the order K separate calls of accumulate() make them, so the sums are bitwise the
-// same (no fused multiply-add: neither the build nor the AVX2 clone below enables FMA), while acc
-// is loaded and stored once instead of K times.
+// acc[i] = ((acc[i] + w0·s0[i]) + w1·s1[i]) + ... for K float32 sources: the additions in the
+// order K one-update folds make them, so the sums are bitwise the same (no fused multiply-add:
+// neither the build nor the AVX2 clone below enables FMA), while acc is loaded and stored once
+// instead of K times.
 template <int K>
 __attribute__((always_inline)) inline void accumulate_k(const float* const* src,
                                                         const double* weight,

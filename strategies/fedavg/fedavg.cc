@@ -48,10 +48,12 @@ class FedAvgAggregation final : public Aggregation {
                                      " sent a second update this round");
     }
     FEDTAIL_RETURN_IF_ERROR(average_.check(update.bundle, update.num_examples));
-    if (__builtin_add_overflow(pending_examples_, update.num_examples, &pending_examples_) ||
-        pending_examples_ > std::numeric_limits<int64_t>::max() - average_.total_examples()) {
+    int64_t pending_examples = 0;  // committed only once the update is accepted
+    if (__builtin_add_overflow(pending_examples_, update.num_examples, &pending_examples) ||
+        pending_examples > std::numeric_limits<int64_t>::max() - average_.total_examples()) {
       return Status::InvalidArgument("num_examples: the total example count overflows int64");
     }
+    pending_examples_ = pending_examples;
     seen_.insert(update.client_id);
     const nlohmann::json& m = update.metrics;
     if (m.is_object() && m.contains("loss") && m["loss"].is_number()) {
