@@ -347,16 +347,23 @@ Status RoundEngine::run_round(int round) {
   line["seconds"] = seconds;
   line["bytes"] = {{"down", bytes_down}, {"up", bytes_up}};
   line["timing"] = std::move(timing);
+  nlohmann::json refusals_now = refusals_.snapshot();
+  line["refused"] = refusal_delta(refusals_now, refusals_reported_);
   std::optional<double> loss = number_at(line, {"fit", "metrics", "loss"});
   std::optional<double> generic = number_at(line, {"server_eval", "generic", "overall"});
   std::optional<double> personal = number_at(line, {"evaluate", "metrics", "personalized", "mean"});
   spdlog::info("{}: {} clients, {} failures, loss {}, accuracy {}{}, {:.1f} s", where, fit_selected,
                fit_failures, format_number(loss, "%.4f"), format_number(generic, "%.4f"),
                personal ? " (personalized " + format_number(personal, "%.4f") + ")" : "", seconds);
+  if (const uint64_t refused = line["refused"]["total"].get<uint64_t>(); refused > 0) {
+    spdlog::warn("{}: {} input(s) refused since the last round: {}", where, refused,
+                 describe_refusals(line["refused"]));
+  }
   if (config_.on_round_end) {
     Status status = config_.on_round_end(round, line, *strategy_);
     if (!status.ok()) return status.with_context(where + ": checkpoint");
   }
+  refusals_reported_ = std::move(refusals_now);
   completed_round_ = round;
   return Status::OK();
 }

@@ -56,6 +56,7 @@
 #include "coordinator/client_registry.h"
 #include "coordinator/options.h"
 #include "coordinator/poll_waiters.h"
+#include "coordinator/refusals.h"
 #include "coordinator/task.h"
 #include "coordinator/upload_gate.h"
 #include "fedtail/v1/federation.pb.h"
@@ -181,6 +182,9 @@ class RoundEngine {
   void abandon_push(std::unique_ptr<PendingUpload> upload);
   // Bounds concurrent decodes: the service takes a slot before reading an upload's bundle.
   UploadGate& upload_gate() { return gate_; }
+  // Counts of refused inputs; the engine counts the results it refuses, the service the rest.
+  // Each round's metrics line carries the refusals since the previous line ("refused").
+  RefusalCounters& refusals() { return refusals_; }
 
   // A heartbeat for `task_id`: true when the task is no longer wanted (round over, answered,
   // unknown), i.e. the client should cancel it.
@@ -260,7 +264,7 @@ class RoundEngine {
   void requeue_locked(TaskEntry& entry, std::vector<Delivery>* deliveries);
   TaskEntry* find_current_locked(const std::string& task_id);
   static void deliver(std::vector<Delivery>& deliveries);
-  v1::PushResultResponse refuse_locked(TaskEntry& entry, const std::string& reason);
+  v1::PushResultResponse refuse_locked(TaskEntry& entry, Refusal kind, const std::string& reason);
 
   // Constant after construction.
   const EngineConfig config_;
@@ -272,6 +276,8 @@ class RoundEngine {
 
   UploadGate gate_;
   PollWaiters waiters_;
+  RefusalCounters refusals_;
+  nlohmann::json refusals_reported_;  // engine thread only: the snapshot in the last metrics line
   std::thread thread_;
   std::atomic<bool> stop_{false};
   std::atomic<uint64_t> wakeups_{0};

@@ -82,7 +82,9 @@ void RoundEngine::expire_sessions_locked() {
   }
 }
 
-v1::PushResultResponse RoundEngine::refuse_locked(TaskEntry& entry, const std::string& reason) {
+v1::PushResultResponse RoundEngine::refuse_locked(TaskEntry& entry, Refusal kind,
+                                                  const std::string& reason) {
+  refusals_.add(kind);
   entry.received = true;
   fail_locked(entry, reason);
   return make_response(/*accepted=*/false, /*duplicate=*/false, reason);
@@ -155,11 +157,14 @@ RoundEngine::PushStart RoundEngine::begin_push(const SessionView& session,
   if (entry == nullptr) {
     auto retired = retired_.find(task_id);
     if (retired == retired_.end()) {
+      refusals_.add(Refusal::kUnknownTask);
       start.response = make_response(false, false, "unknown or expired task \"" + task_id + "\"");
     } else if (retired->second.received) {
+      refusals_.add(Refusal::kDuplicate);
       start.response =
           make_response(retired->second.accepted, /*duplicate=*/true, retired->second.reason);
     } else {
+      refusals_.add(Refusal::kLate);
       start.response = make_response(false, false,
                                      "late: round " + std::to_string(retired->second.task->round) +
                                          " " + task_kind_name(retired->second.task->kind) +
@@ -169,12 +174,14 @@ RoundEngine::PushStart RoundEngine::begin_push(const SessionView& session,
   }
   const Task& task = *entry->task;
   if (header.client_id() != task.client_id) {
+    refusals_.add(Refusal::kWrongClient);
     start.status =
         Status::InvalidArgument("task \"" + task_id + "\" is for client \"" + task.client_id +
                                 "\", not \"" + header.client_id() + "\"");
     return start;
   }
   if (!session.serves(task.client_id)) {
+    refusals_.add(Refusal::kWrongClient);
     start.status =
         Status::FailedPrecondition("this session does not host client \"" + task.client_id + "\"");
     return start;
@@ -182,8 +189,10 @@ RoundEngine::PushStart RoundEngine::begin_push(const SessionView& session,
   switch (entry->state) {
     case TaskEntry::State::kDone:
       if (entry->received) {
+        refusals_.add(Refusal::kDuplicate);
         start.response = make_response(entry->accepted, /*duplicate=*/true, entry->reason);
       } else {
+        refusals_.add(Refusal::kLate);
         start.response = make_response(false, false, "late: " + entry->reason);
       }
       return start;
@@ -197,6 +206,7 @@ RoundEngine::PushStart RoundEngine::begin_push(const SessionView& session,
   }
   if (!phase_->open || SteadyClock::now() > phase_->deadline) {
     // The engine thread lists it as a deadline failure when it closes the phase.
+    refusals_.add(Refusal::kLate);
     start.response = make_response(false, false, "late: the round's deadline has passed");
     return start;
   }
@@ -213,15 +223,16 @@ RoundEngine::PushStart RoundEngine::begin_push(const SessionView& session,
   if (!header.metrics_json().empty()) {
     metrics = nlohmann::json::parse(header.metrics_json(), nullptr, /*allow_exceptions=*/false);
     if (!metrics.is_object()) {
-      start.response = refuse_locked(*entry, "result refused: metrics_json is not a JSON object");
+      start.response = refuse_locked(*entry, Refusal::kBadHeader,
+                                     "result refused: metrics_json is not a JSON object");
       return start;
     }
   }
   if (task.kind == TaskKind::kFit ? header.num_examples() <= 0 : header.num_examples() < 0) {
-    start.response =
-        refuse_locked(*entry, "update refused: num_examples must be " +
-                                  std::string(task.kind == TaskKind::kFit ? "> 0" : ">= 0") +
-                                  " (got " + std::to_string(header.num_examples()) + ")");
+    start.response = refuse_locked(*entry, Refusal::kBadHeader,
+                                   "update refused: num_examples must be " +
+                                       std::string(task.kind == TaskKind::kFit ? "> 0" : ">= 0") +
+                                       " (got " + std::to_string(header.num_examples()) + ")");
     return start;
   }
   entry->state = TaskEntry::State::kReceiving;
@@ -242,24 +253,32 @@ v1::PushResultResponse RoundEngine::complete_push(std::unique_ptr<PendingUpload>
   } else {
     bundle = upload->decoder_.finish();
   }
+  Refusal refusal = Refusal::kCorruptBundle;
   if (bundle.ok()) {
     Status finite = check_finite(*bundle);
-    if (!finite.ok()) bundle = finite;
+    if (!finite.ok()) {
+      bundle = finite;
+      refusal = Refusal::kNonFinite;
+    }
+  } else {
+    refusal = classify_bundle_error(bundle.status());
   }
 
   std::lock_guard<std::mutex> fold_lock(fold_mu_);
   std::unique_lock<std::mutex> lock(mu_);
   TaskEntry* entry = find_current_locked(task.id);
   if (entry == nullptr || entry->state != TaskEntry::State::kReceiving || !phase_->open) {
+    refusals_.add(Refusal::kLate);
     return make_response(
         false, false,
         "late: round " + std::to_string(task.round) + " " + task_kind_name(task.kind) + " is over");
   }
   if (SteadyClock::now() > phase_->deadline) {
-    return refuse_locked(*entry, "late: the result arrived after the round's deadline");
+    return refuse_locked(*entry, Refusal::kLate,
+                         "late: the result arrived after the round's deadline");
   }
   if (!bundle.ok()) {
-    return refuse_locked(*entry, "update refused: " + bundle.status().message());
+    return refuse_locked(*entry, refusal, "update refused: " + bundle.status().message());
   }
   phase_->bytes_up += bundle->payload_bytes();
   phase_->timing.upload_s +=
@@ -291,7 +310,10 @@ v1::PushResultResponse RoundEngine::complete_push(std::unique_ptr<PendingUpload>
         std::chrono::duration<double>(SteadyClock::now() - fold_start).count();
     entry = find_current_locked(task.id);
     FEDTAIL_CHECK(entry != nullptr);
-    if (!added.ok()) return refuse_locked(*entry, "update refused: " + added.message());
+    if (!added.ok()) {
+      return refuse_locked(*entry, Refusal::kIncompatibleUpdate,
+                           "update refused: " + added.message());
+    }
   } else {
     strategies::EvalReport report;
     report.client_id = task.client_id;

@@ -89,6 +89,7 @@ class PullReactor final : public grpc::ServerWriteReactor<v1::TaskChunk> {
     std::optional<SessionView> session = registry_->authenticate(request.session_token());
     std::lock_guard<std::mutex> lock(mu_);
     if (!session) {
+      engine_->refusals().add(Refusal::kUnknownSession);
       finish_locked(unauthenticated());
       return;
     }
@@ -203,11 +204,13 @@ class PushReactor final : public grpc::ServerReadReactor<v1::ResultChunk> {
  private:
   void on_header_locked(bool ok) {
     if (!ok) {
+      engine_->refusals().add(Refusal::kMalformedStream);
       finish_locked(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                                  "PushResult: the stream ended before a ResultHeader"));
       return;
     }
     if (!chunk_.has_header()) {
+      engine_->refusals().add(Refusal::kMalformedStream);
       finish_locked(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                                  "PushResult: the first message must be a ResultHeader"));
       return;
@@ -215,6 +218,7 @@ class PushReactor final : public grpc::ServerReadReactor<v1::ResultChunk> {
     const v1::ResultHeader& header = chunk_.header();
     std::optional<SessionView> session = registry_->authenticate(header.session_token());
     if (!session) {
+      engine_->refusals().add(Refusal::kUnknownSession);
       finish_locked(unauthenticated());
       return;
     }
@@ -270,6 +274,7 @@ class PushReactor final : public grpc::ServerReadReactor<v1::ResultChunk> {
       return complete_locked();
     }
     if (chunk_.has_header()) {
+      engine_->refusals().add(Refusal::kMalformedStream);
       bool release = end_upload_locked(/*abandon=*/true);
       finish_locked(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                                  "PushResult: a second ResultHeader in one stream"));
@@ -330,7 +335,9 @@ FederationService::FederationService(ServiceOptions options, ClientRegistry* reg
 
 grpc::Status FederationService::join(grpc::CallbackServerContext* context,
                                      const v1::JoinRequest& request, v1::JoinResponse* response) {
+  RefusalCounters& refusals = engine_->refusals();
   if (request.protocol_version() != v1::PROTOCOL_VERSION_1) {
+    refusals.add(Refusal::kProtocolVersion);
     return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
                         "protocol version " + std::to_string(request.protocol_version()) +
                             " is not supported (this coordinator speaks version 1)");
@@ -343,6 +350,7 @@ grpc::Status FederationService::join(grpc::CallbackServerContext* context,
     std::vector<grpc::string_ref> names;
     if (auth) names = auth->FindPropertyValues(GRPC_X509_CN_PROPERTY_NAME);
     if (names.empty() || names.front().empty()) {
+      refusals.add(Refusal::kCertificate);
       return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
                           "the client certificate has no common name (CN)");
     }
@@ -350,10 +358,12 @@ grpc::Status FederationService::join(grpc::CallbackServerContext* context,
   } else {
     identity = request.client_id();
     if (identity.empty()) {
+      refusals.add(Refusal::kBadJoin);
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "join: client_id is empty");
     }
     if (has_secret && !is_virtual &&
         !verify_join_token(options_.token_secret, identity, request.join_token())) {
+      refusals.add(Refusal::kJoinToken);
       spdlog::warn("join refused: bad join token for client \"{}\" from {}", identity,
                    context->peer());
       return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
@@ -366,12 +376,14 @@ grpc::Status FederationService::join(grpc::CallbackServerContext* context,
     clients.push_back({identity, request.num_examples(), request.model_family()});
   } else {
     if (options_.mutual_tls && !has_secret) {
+      refusals.add(Refusal::kBadJoin);
       return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
                           "virtual clients under mutual TLS need join tokens: start the "
                           "coordinator with --token-secret-file");
     }
     for (const v1::VirtualClient& v : request.virtual_clients()) {
       if (has_secret && !verify_join_token(options_.token_secret, v.client_id(), v.join_token())) {
+        refusals.add(Refusal::kJoinToken);
         spdlog::warn("join refused: bad join token for virtual client \"{}\" from {}",
                      v.client_id(), context->peer());
         return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
@@ -384,6 +396,7 @@ grpc::Status FederationService::join(grpc::CallbackServerContext* context,
   Admission admission = registry_->admit(identity, clients);
   if (!admission.status.ok()) {
     spdlog::warn("join of \"{}\" refused: {}", identity, admission.status.message());
+    refusals.add(admission.already_connected ? Refusal::kAlreadyConnected : Refusal::kBadJoin);
     if (admission.already_connected) {
       return grpc::Status(grpc::StatusCode::ALREADY_EXISTS, admission.status.message());
     }
@@ -446,6 +459,7 @@ grpc::ServerUnaryReactor* FederationService::Heartbeat(grpc::CallbackServerConte
   try {
     std::optional<SessionView> session = registry_->authenticate(request->session_token());
     if (!session) {
+      engine_->refusals().add(Refusal::kUnknownSession);
       status = unauthenticated();
     } else {
       response->set_cancel(engine_->heartbeat(*session, request->task_id()));
@@ -467,6 +481,7 @@ grpc::ServerUnaryReactor* FederationService::Leave(grpc::CallbackServerContext* 
   try {
     std::optional<RemovedSession> removed = registry_->leave(request->session_token());
     if (!removed) {
+      engine_->refusals().add(Refusal::kUnknownSession);
       status = unauthenticated();
     } else {
       const std::string reason =

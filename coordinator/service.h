@@ -18,7 +18,9 @@
 //     (bounded decodes), then feeds the BundleChunks to the engine's decoder.
 //   - Heartbeat: refreshes the session; cancel = the task is no longer wanted.
 //   - Leave: removes the session; its outstanding tasks fail.
-// No exception leaves a handler (each catches and answers INTERNAL).
+// Every refused call is counted by kind in engine->refusals() (coordinator/refusals.h); the engine
+// counts the results it refuses itself. No exception leaves a handler (each catches and answers
+// INTERNAL).
 //
 // Thread-safety: gRPC calls the handlers concurrently; the service holds no mutable state of its
 // own.

@@ -1,5 +1,7 @@
 #include "coordinator/summary.h"
 
+#include "coordinator/refusals.h"
+
 namespace fedtail::coordinator {
 namespace {
 
@@ -59,6 +61,7 @@ nlohmann::json make_summary(const SummaryInput& input, const std::vector<nlohman
       {"personalized_accuracy", number_at(e, {"evaluate", "metrics", "personalized", "mean"})},
       {"personalized_weighted", number_at(e, {"evaluate", "metrics", "personalized", "weighted"})},
       {"personalized_masked", masked}};
+  summary["refused"] = sum_refusals(lines);
   summary["last_round"] = lines.empty() ? nlohmann::json() : lines.back();
   return summary;
 }

@@ -22,6 +22,8 @@ struct SummaryInput {
 //  "final": {"round", "generic_accuracy", "generic_by_group": {"many", "medium", "few"},
 //            "generic_by_count_rule": {...}, "personalized_accuracy", "personalized_weighted",
 //            "personalized_masked"},
+//  "refused": {"<kind>": count, ..., "total"}: the "refused" counts of every line, summed
+//             (coordinator/refusals.h lists the kinds),
 //  "last_round": the last metrics line (or null)}.
 // "final" comes from the last line that has an evaluation (server_eval.generic.{overall,many,
 // medium,few}; evaluate.metrics.personalized.{mean,weighted}). Accuracies are fractions in [0, 1];
