@@ -126,16 +126,22 @@ Status append_metrics_line(const std::string& path, const nlohmann::json& line) 
       line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
   int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
   if (fd < 0) return os_error(path, "open");
-  if (!write_all(fd, text.data(), text.size())) {
-    Status status = os_error(path, "write");
+  struct stat before;
+  if (::fstat(fd, &before) != 0) {
+    Status status = os_error(path, "fstat");
     ::close(fd);
     return status;
   }
-  if (::fsync(fd) != 0) {
-    Status status = os_error(path, "fsync");
+  // A failed append (e.g. a short write, then ENOSPC) is cut back off: the file keeps only
+  // complete lines, and stays readable by read_metrics_lines without a resume.
+  auto fail = [&](const char* step) {
+    Status status = os_error(path, step);
+    if (::ftruncate(fd, before.st_size) == 0) ::fsync(fd);
     ::close(fd);
     return status;
-  }
+  };
+  if (!write_all(fd, text.data(), text.size())) return fail("write");
+  if (::fsync(fd) != 0) return fail("fsync");
   if (::close(fd) != 0) return os_error(path, "close");
   return Status::OK();
 }

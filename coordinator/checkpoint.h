@@ -62,7 +62,8 @@ Status write_checkpoint(const std::string& path, const CheckpointInfo& info, Ten
 Result<Checkpoint> read_checkpoint(const std::string& path);
 
 // Appends `line` (dumped on one line) and a newline to `path` (created if absent), then fsyncs.
-// kIOError naming the file and the errno text.
+// kIOError naming the file and the errno text; the file is then cut back to its length before the
+// call (no partial line), unless that fails too.
 Status append_metrics_line(const std::string& path, const nlohmann::json& line);
 
 // Cuts `path` down to its first `lines` lines (fsynced). OK when it has exactly that many;

@@ -303,6 +303,12 @@ Status Coordinator::wait() {
   } else if (status.code() == StatusCode::kUnavailable && rounds_completed_ > 0) {
     spdlog::warn("run {} {}; the checkpoint of round {} in {} stays valid (--resume)", run_id_,
                  status.message(), rounds_completed_, flags_.state_dir);
+  } else if (rounds_completed_ > 0) {
+    // A failure (e.g. a full disk at checkpoint time): the last checkpoint written is intact.
+    spdlog::warn(
+        "run {} failed in round {}; the checkpoint of round {} in {} is intact: fix the "
+        "cause (the error that follows) and rerun with --resume",
+        run_id_, rounds_completed_ + 1, rounds_completed_, flags_.state_dir);
   } else if (status.code() == StatusCode::kUnavailable) {
     spdlog::warn("run {} {}: no round completed, nothing to resume", run_id_, status.message());
   }

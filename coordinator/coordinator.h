@@ -36,7 +36,9 @@ struct CoordinatorFlags {
   TlsFiles tls;                            // cert + key: TLS; + ca (--tls-client-ca): mutual TLS
   std::string token_secret_file;           // join-token secret; "" = no token check
   std::string state_dir = "./fedtail-state";
-  bool resume = false;    // continue from <state_dir>/checkpoint.bundle
+  // Continue from <state_dir>/checkpoint.bundle; without one (killed before round 1 ended), start a
+  // new run there, with a warning.
+  bool resume = false;
   bool insecure = false;  // allow plaintext on a non-loopback address
   std::string device;     // server-side evaluation device; "" = config.device
   int threads = -1;       // LibTorch threads; < 0 = config.threads

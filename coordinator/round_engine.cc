@@ -361,7 +361,7 @@ Status RoundEngine::run_round(int round) {
   }
   if (config_.on_round_end) {
     Status status = config_.on_round_end(round, line, *strategy_);
-    if (!status.ok()) return status.with_context(where + ": checkpoint");
+    if (!status.ok()) return status.with_context(where + ": saving metrics line and checkpoint");
   }
   refusals_reported_ = std::move(refusals_now);
   completed_round_ = round;
