@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "common/crypto.h"
+#include "common/json_reader.h"
 
 namespace fedtail {
 
@@ -184,37 +185,6 @@ bool BundleEncoder::next(v1::BundleChunk* out) {
 
 // ---- BundleDecoder ----
 
-namespace {
-
-// Deepest nesting of [ and { in a JSON text, ignoring brackets inside strings. Valid or not: the
-// parser judges validity afterwards.
-uint64_t json_depth(const std::string& text) {
-  uint64_t depth = 0;
-  uint64_t deepest = 0;
-  bool in_string = false;
-  bool escaped = false;
-  for (char c : text) {
-    if (in_string) {
-      if (escaped) {
-        escaped = false;
-      } else if (c == '\\') {
-        escaped = true;
-      } else if (c == '"') {
-        in_string = false;
-      }
-    } else if (c == '"') {
-      in_string = true;
-    } else if (c == '[' || c == '{') {
-      deepest = std::max(deepest, ++depth);
-    } else if ((c == ']' || c == '}') && depth > 0) {
-      --depth;
-    }
-  }
-  return deepest;
-}
-
-}  // namespace
-
 BundleDecoder::BundleDecoder(DecodeLimits limits) : limits_(limits) {}
 
 Status BundleDecoder::fail(Status status) {
@@ -335,7 +305,8 @@ Status BundleDecoder::add_header(const v1::BundleHeader& header) {
   }
 
   nlohmann::json metadata = nlohmann::json::object();
-  if (json_depth(header.metadata_json()) > limits_.max_metadata_depth) {
+  if (json_nesting_depth(header.metadata_json()) >
+      static_cast<int64_t>(limits_.max_metadata_depth)) {
     return fail(Status::ResourceExhausted("header: metadata nesting exceeds the limit of " +
                                           std::to_string(limits_.max_metadata_depth) + " levels"));
   }

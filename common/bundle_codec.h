@@ -115,7 +115,7 @@ struct DecodeLimits {
 // All errors name the chunk index or the tensor. kCorruption for a malformed stream: a chunk before
 // the header or a header twice, an out-of-order/duplicate/extra chunk index, a bad tensor spec
 // (unknown dtype, negative or overflowing shape, duplicate or empty name, sizes that do not sum to
-// payload_bytes), a digest that is not 32 bytes, metadata that is not a JSON object, an empty data
+// payload_bytes), a digest that is not 16 bytes, metadata that is not a JSON object, an empty data
 // chunk, data beyond the declared payload, truncation, a header or payload digest mismatch.
 // kResourceExhausted when the header exceeds a DecodeLimits bound (nothing is allocated then) or
 // the tensors cannot be allocated.

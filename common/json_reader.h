@@ -13,28 +13,46 @@
 #define FEDTAIL_COMMON_JSON_READER_H_
 
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <string>
+#include <string_view>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "common/status.h"
 
 namespace fedtail {
 
-// Reads and parses a JSON file. kNotFound when it cannot be opened, kInvalidArgument naming the file
-// and the parser's position when it is not valid JSON.
+// Deepest nesting of arrays and objects load_json_file accepts. Config files nest a few levels; the
+// limit keeps the recursive copies and dumps of a loaded value far from overflowing a stack.
+constexpr int kMaxJsonDepth = 256;
+
+// Deepest nesting of arrays and objects in a JSON text (brackets inside strings ignored), valid
+// JSON or not.
+int64_t json_nesting_depth(std::string_view text);
+
+// Parses JSON from an untrusted source; never throws. kInvalidArgument with the parser's position
+// when `text` is not valid JSON (a number beyond a double's range included), or when it nests
+// deeper than `max_depth` (checked before parsing).
+Result<nlohmann::json> parse_json_text(std::string_view text, int64_t max_depth = kMaxJsonDepth);
+
+// Reads and parses a JSON file. kNotFound when it cannot be opened; kInvalidArgument naming the
+// file and the parser's position when it is not valid JSON (a number beyond a double's range
+// included), or naming the file when it nests deeper than kMaxJsonDepth.
 Result<nlohmann::json> load_json_file(const std::string& path);
 
 class JsonReader {
  public:
-  // `object` must outlive the reader. A non-object value gives the error "<path>: expected an object".
+  // `object` must outlive the reader. A non-object value gives the error "<path>: expected an
+  // object".
   JsonReader(const nlohmann::json& object, std::string path);
 
   bool has(const std::string& key) const;
 
-  // Optional fields: an absent key (or null) leaves *out unchanged.
+  // Optional fields: an absent key (or null) leaves *out unchanged. The integer reads accept a
+  // float with no fractional part (1e3) and fail with "integer out of range" for a value the type
+  // cannot hold (never wrapping it); the uint64 read takes the whole uint64 range and fails with
+  // "must be >= 0" for a negative value.
   void read(const std::string& key, bool* out);
   void read(const std::string& key, int* out);
   void read(const std::string& key, int64_t* out);

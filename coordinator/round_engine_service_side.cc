@@ -6,10 +6,16 @@
 #include <algorithm>
 #include <exception>
 
+#include "common/json_reader.h"
 #include "coordinator/round_engine.h"
 
 namespace fedtail::coordinator {
 namespace {
+
+// A result's metrics_json: a few numbers per client (loss, accuracy, compute_s, ...); anything far
+// larger or deeper is refused before it is parsed or stored.
+constexpr size_t kMaxMetricsJsonBytes = 1 << 20;
+constexpr int64_t kMaxMetricsJsonDepth = 32;
 
 v1::PushResultResponse make_response(bool accepted, bool duplicate, const std::string& reason) {
   v1::PushResultResponse response;
@@ -220,13 +226,23 @@ RoundEngine::PushStart RoundEngine::begin_push(const SessionView& session,
     return start;
   }
   nlohmann::json metrics = nlohmann::json::object();
+  if (header.metrics_json().size() > kMaxMetricsJsonBytes) {
+    start.response = refuse_locked(
+        *entry, Refusal::kBadHeader,
+        "result refused: metrics_json has " + std::to_string(header.metrics_json().size()) +
+            " bytes (at most " + std::to_string(kMaxMetricsJsonBytes) + ")");
+    return start;
+  }
   if (!header.metrics_json().empty()) {
-    metrics = nlohmann::json::parse(header.metrics_json(), nullptr, /*allow_exceptions=*/false);
-    if (!metrics.is_object()) {
-      start.response = refuse_locked(*entry, Refusal::kBadHeader,
-                                     "result refused: metrics_json is not a JSON object");
+    Result<nlohmann::json> parsed = parse_json_text(header.metrics_json(), kMaxMetricsJsonDepth);
+    if (!parsed.ok() || !parsed->is_object()) {
+      start.response =
+          refuse_locked(*entry, Refusal::kBadHeader,
+                        "result refused: metrics_json is not a JSON object" +
+                            (parsed.ok() ? std::string() : " (" + parsed.status().message() + ")"));
       return start;
     }
+    metrics = std::move(parsed).value();
   }
   if (task.kind == TaskKind::kFit ? header.num_examples() <= 0 : header.num_examples() < 0) {
     start.response = refuse_locked(*entry, Refusal::kBadHeader,

@@ -8,7 +8,8 @@
 //   then, as a selected client, one bad result per round: a header naming another client, a
 //   flipped payload byte (digest), the same result replayed, a result for a task id never handed
 //   out, NaN, a renamed tensor, an update over federation.max_update_bytes, a truncated stream,
-//   chunks out of order, num_examples < 0, and the replayed token of a session that left.
+//   chunks out of order, metrics_json nested 100000 deep, num_examples < 0, and the replayed token
+//   of a session that left.
 // Each must be refused with a status or reason that names the problem and counted under its kind
 // ("refused" in metrics.jsonl lines, summed in summary.json), and the run must be unharmed: every
 // round completes with the two honest updates, and the final model is bit-identical to a run
@@ -45,7 +46,7 @@ namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 using test_support::Process;
 
-constexpr int kRounds = 7;  // one bad result per round (see Mallory::attack)
+constexpr int kRounds = 8;  // one bad result per round (see Mallory::attack)
 constexpr uint64_t kMaxUpdateBytes = 8ull << 20;
 constexpr size_t kChunkBytes = 16 << 10;  // small chunks: every bundle has several
 
@@ -191,7 +192,7 @@ class Mallory {
 
 // What mallory saw of one attack.
 struct Outcome {
-  std::string attack;
+  std::string attack;  // the refusal kind expected, optionally "/variant"
   grpc::Status status;
   v1::PushResultResponse response;
 };
@@ -330,6 +331,12 @@ void attack(Mallory& mallory, const std::string& token, int k, const v1::TaskHea
       push("corrupt_bundle", header, chunks);
       break;
     }
+    case 6: {
+      v1::ResultHeader deep = header;  // metrics nested 100000 deep: refused before parsing
+      deep.set_metrics_json(std::string(100000, '[') + std::string(100000, ']'));
+      push("bad_header/deep_metrics", deep, encode(model));
+      break;
+    }
     default: {
       // A session that left: its token, replayed, is worthless. (Here, during the last round's fit
       // phase, so that the short-lived session is never selected for a task.)
@@ -397,7 +404,8 @@ TEST_F(HostileInputs, EveryBadInputIsRefusedCountedAndTheRunIsUnharmed) {
       EXPECT_FALSE(o.response.accepted()) << o.response.reason();
       EXPECT_FALSE(o.response.reason().empty());
     }
-    if (o.attack != "garbage") ++expected[o.attack];
+    // "kind/variant": counted under kind.
+    if (o.attack != "garbage") ++expected[o.attack.substr(0, o.attack.find('/'))];
   }
   auto status_of = [&seen](const std::string& attack) {
     for (const Outcome& o : seen) {
@@ -421,6 +429,9 @@ TEST_F(HostileInputs, EveryBadInputIsRefusedCountedAndTheRunIsUnharmed) {
   EXPECT_NE(status_of("incompatible_update").response.reason().find("missing"), std::string::npos)
       << status_of("incompatible_update").response.reason();
   EXPECT_NE(status_of("bad_header").response.reason().find("num_examples"), std::string::npos);
+  EXPECT_NE(status_of("bad_header/deep_metrics").response.reason().find("nested deeper"),
+            std::string::npos)
+      << status_of("bad_header/deep_metrics").response.reason();
 
   // Counted under its kind: summary.json sums the rounds' "refused".
   const nlohmann::json summary =
