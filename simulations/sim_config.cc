@@ -10,6 +10,9 @@
 namespace fedtail::simulation {
 namespace {
 
+// More seeds than this in one simulation is a typo (each is a whole run per strategy).
+constexpr int64_t kMaxSeeds = 1000;
+
 // Federation defaults of a simulation (see the header).
 constexpr double kSimRoundTimeoutS = 86400;
 constexpr int kSimPollTimeoutMs = 5000;
@@ -128,10 +131,9 @@ Result<SimulationPlan> make_plan(const nlohmann::json& config, const PlanFlags& 
     nlohmann::json shared = base_strategy;
     shared.erase("name");
     for (size_t i = 0; i < entries.size(); ++i) {
-      FEDTAIL_ASSIGN_OR_RETURN(
-          StrategyEntry entry,
-          parse_entry(shared, entries[i],
-                      "config.simulation.strategies[" + std::to_string(i) + "]"));
+      FEDTAIL_ASSIGN_OR_RETURN(StrategyEntry entry, parse_entry(shared, entries[i],
+                                                                "config.simulation.strategies[" +
+                                                                    std::to_string(i) + "]"));
       plan.strategies.push_back(std::move(entry));
     }
   }
@@ -189,12 +191,18 @@ Result<SimulationPlan> make_plan(const nlohmann::json& config, const PlanFlags& 
     for (int i = 0; i < flags.seeds; ++i) plan.seeds.push_back(run->seed + i);
   } else if (seeds.is_null()) {
     plan.seeds.push_back(run->seed);
-  } else if (seeds.is_number_integer() && seeds.get<int64_t>() >= 1) {
+  } else if (seeds.is_number_integer() && seeds.get<int64_t>() >= 1 &&
+             seeds.get<int64_t>() <= kMaxSeeds) {
     for (int64_t i = 0; i < seeds.get<int64_t>(); ++i) plan.seeds.push_back(run->seed + i);
   } else if (seeds.is_array() && !seeds.empty()) {
     std::set<uint64_t> seen;
     for (size_t i = 0; i < seeds.size(); ++i) {
-      if (!seeds[i].is_number_integer() || seeds[i].get<int64_t>() < 0) {
+      // Parsed non-negative integers are unsigned (the whole uint64 range is a seed); ones built
+      // in code may be signed.
+      const bool non_negative =
+          seeds[i].is_number_unsigned() ||
+          (seeds[i].is_number_integer() && seeds[i].get<int64_t>() >= 0);
+      if (!non_negative) {
         return Status::InvalidArgument("config.simulation.seeds[" + std::to_string(i) +
                                        "]: expected a non-negative integer (got " +
                                        seeds[i].dump() + ")");
@@ -206,9 +214,9 @@ Result<SimulationPlan> make_plan(const nlohmann::json& config, const PlanFlags& 
       plan.seeds.push_back(seeds[i].get<uint64_t>());
     }
   } else {
-    return Status::InvalidArgument(
-        "config.simulation.seeds: expected a count >= 1 or a non-empty array of seeds (got " +
-        seeds.dump() + ")");
+    return Status::InvalidArgument("config.simulation.seeds: expected a count in [1, " +
+                                   std::to_string(kMaxSeeds) +
+                                   "] or a non-empty array of seeds (got " + seeds.dump() + ")");
   }
   if (flags.workers > 0) plan.workers = flags.workers;
 

@@ -1,8 +1,9 @@
 // The simulation plan: strategies and seeds from a config and the command line, each run's config,
 // and path-named errors before anything starts.
+#include "simulations/sim_config.h"
+
 #include <gtest/gtest.h>
 
-#include "simulations/sim_config.h"
 #include "simulations/worker_pool.h"
 
 namespace fedtail::simulation {
@@ -15,11 +16,12 @@ nlohmann::json base() {
   strategies.push_back({{"name", "fedavg"},
                         {"label", "fedavg-small-lr"},
                         {"overrides", {{"local", {{"lr", 0.001}}}}}});
-  nlohmann::json config = {{"seed", 7},
-                           {"rounds", 4},
-                           {"data", {{"dataset", "fashion-mnist"}, {"clients", 6}, {"partition", "iid"}}},
-                           {"model", {{"arch", "cnn"}}},
-                           {"strategy", {{"fraction_fit", 0.5}}}};
+  nlohmann::json config = {
+      {"seed", 7},
+      {"rounds", 4},
+      {"data", {{"dataset", "fashion-mnist"}, {"clients", 6}, {"partition", "iid"}}},
+      {"model", {{"arch", "cnn"}}},
+      {"strategy", {{"fraction_fit", 0.5}}}};
   config["simulation"] = {{"strategies", strategies}, {"seeds", {7, 8, 9}}};
   return config;
 }
@@ -45,7 +47,8 @@ TEST(SimConfig, StrategiesSeedsAndRunConfigs) {
 
   // The shared strategy options are merged under each entry; label and overrides are not passed.
   const nlohmann::json prox = run_config_for(*plan, plan->strategies[1], 8);
-  EXPECT_EQ(prox["strategy"], nlohmann::json({{"fraction_fit", 0.5}, {"name", "fedprox"}, {"mu", 0.1}}));
+  EXPECT_EQ(prox["strategy"],
+            nlohmann::json({{"fraction_fit", 0.5}, {"name", "fedprox"}, {"mu", 0.1}}));
   EXPECT_EQ(prox["seed"], 8);
   EXPECT_EQ(prox["rounds"], 4);
   EXPECT_FALSE(prox.contains("simulation"));
@@ -115,6 +118,14 @@ TEST(SimConfig, SeedCount) {
   EXPECT_EQ(plan->seeds, (std::vector<uint64_t>{7, 8}));
 }
 
+TEST(SimConfig, SeedsSpanTheWholeUint64Range) {
+  nlohmann::json config = base();
+  config["simulation"]["seeds"] = {uint64_t{18446744073709551615u}};
+  Result<SimulationPlan> plan = make_plan(config, {});
+  ASSERT_TRUE(plan.ok()) << plan.status().to_string();
+  EXPECT_EQ(plan->seeds, (std::vector<uint64_t>{18446744073709551615u}));
+}
+
 TEST(SimConfig, ErrorsNameThePathOrFlag) {
   nlohmann::json config = base();
   config["simulation"]["strategies"][1].erase("name");
@@ -135,6 +146,14 @@ TEST(SimConfig, ErrorsNameThePathOrFlag) {
   config = base();
   config["simulation"]["seeds"] = 0;
   expect_error(config, {}, "config.simulation.seeds");
+
+  config = base();
+  config["simulation"]["seeds"] = int64_t{1000000000000};  // a typo, not 10^12 runs
+  expect_error(config, {}, "expected a count in [1, 1000]");
+
+  config = base();
+  config["simulation"]["seeds"] = {7, -1};
+  expect_error(config, {}, "config.simulation.seeds[1]: expected a non-negative integer");
 
   config = base();
   config["simulation"]["bogus"] = 1;
@@ -166,8 +185,9 @@ TEST(SimConfig, ErrorsNameThePathOrFlag) {
 
   PlanFlags flags;
   flags.strategies = {"fedx"};
-  expect_error(base(), flags, "--strategies: no strategy \"fedx\" in the config (it has fedavg, "
-                              "fedprox, fedavg-small-lr)");
+  expect_error(base(), flags,
+               "--strategies: no strategy \"fedx\" in the config (it has fedavg, "
+               "fedprox, fedavg-small-lr)");
 }
 
 TEST(SimConfig, SplitClientsEvenly) {
