@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <utility>
 
+#include "client/fault_pause.h"
 #include "common/bundle_codec.h"
 #include "common/grpc_status.h"
 
@@ -76,7 +77,8 @@ Result<std::unique_ptr<Connection>> Connection::create(ConnectionOptions options
   }
   grpc::ChannelArguments args;
   // gRPC's own reconnection backoff (up to 120 s by default) would keep the channel failing fast
-  // long after the coordinator is back; keep it in step with ours.
+  // long after the coordinator is back; keep it in step with ours (and wait_before_retry resets it
+  // before each retry).
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS,
               static_cast<int>(options.backoff.base_s * 1000));
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, static_cast<int>(options.backoff.base_s * 1000));
@@ -174,6 +176,12 @@ Status Connection::wait_before_retry(const std::string& what, const grpc::Status
                                seconds_text(down_s) + " (" + reason + "); giving up");
   }
   double delay_s = backoff_.next_delay_s();
+  // The coordinator answered (the channel is up) but refused for now: call again within the
+  // heartbeat interval, so that it does not expire our session (and fail our task) meanwhile.
+  if (heartbeat_interval_ms_ > 0 && !session_token().empty() &&
+      channel_->GetState(/*try_to_connect=*/false) == GRPC_CHANNEL_READY) {
+    delay_s = std::min(delay_s, heartbeat_interval_ms_ / 1000.0);
+  }
   if (options_.retry_timeout_s > 0) {
     delay_s = std::min(delay_s, options_.retry_timeout_s - down_s + 0.05);
   }
@@ -186,6 +194,9 @@ Status Connection::wait_before_retry(const std::string& what, const grpc::Status
   wake_.wait_for(lock, std::chrono::milliseconds(static_cast<int64_t>(delay_s * 1000)),
                  [this] { return stop_.load(); });
   if (stop_.load()) return Status::Unavailable("stopping");
+  // Within gRPC's own reconnection backoff a call fails at once with the last connection error,
+  // even once the network is back: make the retry we waited for try a fresh connection.
+  grpc::experimental::ChannelResetConnectionBackoff(channel_.get());
   return Status::OK();
 }
 
@@ -215,6 +226,7 @@ Result<v1::JoinResponse> Connection::join() {
     if (status.ok()) {
       note_success();
       joined_once_.store(true);
+      heartbeat_interval_ms_ = response.heartbeat_interval_ms();
       JoinCallback callback;
       {
         std::lock_guard<std::mutex> lock(mu_);
@@ -279,6 +291,10 @@ Result<PulledTask> Connection::pull_task(uint32_t poll_timeout_ms) {
             break;
           }
         }
+        if (chunk.bundle().index() == 0 && task.header.kind() == v1::TASK_KIND_FIT) {
+          TEST_fault_pause(FaultPoint::kDownload, task.header.round(),
+                           [this] { return stopping(); });
+        }
       }
     }
     grpc::Status status = reader->Finish();
@@ -330,13 +346,14 @@ Result<PulledTask> Connection::pull_task(uint32_t poll_timeout_ms) {
       if (++rejoins_in_a_row > 1) FEDTAIL_RETURN_IF_ERROR(wait_before_retry("pull task", status));
       continue;
     }
+    rejoins_in_a_row = 0;  // only back-to-back re-Joins wait
     FEDTAIL_RETURN_IF_ERROR(wait_before_retry("pull task", status));
   }
 }
 
 Result<v1::PushResultResponse> Connection::push_result(v1::ResultHeader header,
                                                        const TensorBundle& bundle,
-                                                       uint64_t give_up_unix_ms) {
+                                                       uint64_t give_up_unix_ms, uint64_t round) {
   const uint64_t mib = bundle.payload_bytes() >> 20;
   const int64_t timeout_ms = kPushBaseMs + static_cast<int64_t>(mib) * kPushMsPerMiB;
   // Hash once: a retried upload re-sends the same chunks.
@@ -369,6 +386,9 @@ Result<v1::PushResultResponse> Connection::push_result(v1::ResultHeader header,
         chunk.Clear();
         chunk.mutable_bundle()->Swap(&bundle_chunk);
         open = writer->Write(chunk);
+        if (open && chunk.bundle().index() == 0 && bundle.size() > 0) {  // a fit update
+          TEST_fault_pause(FaultPoint::kUpload, round, [this] { return stopping(); });
+        }
         // Hand the buffer back so its capacity is reused for the next chunk.
         bundle_chunk.Swap(chunk.mutable_bundle());
       }
@@ -402,6 +422,7 @@ Result<v1::PushResultResponse> Connection::push_result(v1::ResultHeader header,
       }
       continue;
     }
+    rejoins_in_a_row = 0;  // only back-to-back re-Joins wait
     FEDTAIL_RETURN_IF_ERROR(wait_before_retry("push result of task " + header.task_id(), status));
   }
 }

@@ -13,6 +13,10 @@
 // call answered FAILED_PRECONDITION, PERMISSION_DENIED, INVALID_ARGUMENT or DATA_LOSS (e.g. a
 // result for a task of another client): the caller gets kFailedPrecondition with the reason.
 // Retrying gives up once the coordinator has been unreachable for `retry_timeout_s` (kUnavailable).
+// While the channel is up and the client holds a session, a refusal "for now" (e.g. UNAVAILABLE "a
+// result is already being received") is retried within the coordinator's heartbeat interval at the
+// latest, whatever the backoff says: the coordinator expires a session silent for its
+// client_timeout_s, and with it the task whose result is being retried.
 // request_stop() makes every call, and every backoff sleep, return kUnavailable("stopping")
 // promptly.
 //
@@ -110,8 +114,9 @@ class Connection {
   // when !header.ok()).
   // Retried with the same task_id until the coordinator answers, `give_up_unix_ms` passes (0 = no
   // limit; kDeadlineExceeded) or stop is requested. The coordinator acknowledges a duplicate once.
+  // `round` is the task's round, used only by the FEDTAIL_FAULT_PAUSE test hook (fault_pause.h).
   Result<v1::PushResultResponse> push_result(v1::ResultHeader header, const TensorBundle& bundle,
-                                             uint64_t give_up_unix_ms);
+                                             uint64_t give_up_unix_ms, uint64_t round = 0);
 
   // One heartbeat for `task_id` (no retry: the next heartbeat is the retry). Returns whether the
   // coordinator wants the task cancelled, or the call's error.
@@ -166,7 +171,8 @@ class Connection {
 
   // Used by the driving thread only.
   Backoff backoff_;
-  int64_t unreachable_since_ms_ = 0;  // steady-clock ms of the first failure in a row; 0 = none
+  int64_t unreachable_since_ms_ = 0;    // steady-clock ms of the first failure in a row; 0 = none
+  uint32_t heartbeat_interval_ms_ = 0;  // from the last JoinResponse; 0 before the first Join
 };
 
 // Milliseconds since the Unix epoch (for task deadlines, which are wall-clock times).

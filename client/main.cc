@@ -11,6 +11,10 @@
 // abandoned and the client leaves); 1 on an error (one line naming the flag, field or file); 2 on
 // bad command-line usage.
 //
+// Test hook: FEDTAIL_FAULT_PAUSE=download|train|upload:<round>[:<seconds>] in the environment makes
+// the client pause once at that point of that round's fit task, logging "fault injection: pausing
+// ...", so that integration tests can kill or freeze it there (client/fault_pause.h).
+//
 // Shutdown order: the signal handler wakes the signal thread, which stops the connection and the
 // runner; the loop returns; Leave is sent; an abandoned task's worker gets a few seconds, after
 // which the process exits without waiting for it (training cannot be interrupted mid-step).

@@ -7,6 +7,7 @@
 #include <exception>
 #include <utility>
 
+#include "client/fault_pause.h"
 #include "common/device.h"
 #include "common/model_options.h"
 #include "common/rng.h"
@@ -376,8 +377,9 @@ Result<TaskOutcome> TaskRunner::push(const v1::TaskHeader& header, bool ok,
   result.set_metrics_json(dump_json(metrics.is_object() ? metrics : nlohmann::json::object()));
   const uint64_t give_up =
       header.deadline_unix_ms() == 0 ? 0 : header.deadline_unix_ms() + kPushGraceMs;
-  FEDTAIL_ASSIGN_OR_RETURN(v1::PushResultResponse response,
-                           connection_->push_result(std::move(result), bundle, give_up));
+  FEDTAIL_ASSIGN_OR_RETURN(
+      v1::PushResultResponse response,
+      connection_->push_result(std::move(result), bundle, give_up, header.round()));
   TaskOutcome outcome;
   outcome.kind = TaskOutcome::Kind::kPushed;
   outcome.ok = ok;
@@ -460,6 +462,10 @@ Result<TaskOutcome> TaskRunner::handle(PulledTask task) {
   const bool completed = run_with_heartbeats(
       header.task_id(),
       [this, job, client_ptr, algorithm_ptr] {
+        if (job->task.header.kind() == v1::TASK_KIND_FIT) {
+          TEST_fault_pause(FaultPoint::kTrain, job->task.header.round(),
+                           [this] { return stop_.load(); });
+        }
         job->result =
             run_task(job->task, *client_ptr, algorithm_ptr, job->task_config, &job->state);
       },

@@ -76,8 +76,12 @@ void RoundEngine::expire_sessions_locked() {
                  reason);
     if (!phase_) continue;
     for (auto& [id, entry] : phase_->tasks) {
-      // An upload in progress ends by itself (complete_push or abandon_push).
-      if (entry.state != TaskEntry::State::kQueued && entry.state != TaskEntry::State::kDelivered) {
+      if (entry.state == TaskEntry::State::kDone) continue;
+      // An upload in progress touches its session with every chunk: one of this session that went
+      // silent is dead (a host gone without a FIN). Failing it now, not at the round's deadline,
+      // lets the round close; complete_push / abandon_push of that stream later find it done.
+      if (entry.state == TaskEntry::State::kReceiving) {
+        if (entry.delivered_to == session.token) fail_locked(entry, reason);
         continue;
       }
       if (std::binary_search(session.client_ids.begin(), session.client_ids.end(),
