@@ -123,14 +123,8 @@ const nlohmann::json* failure_of(const nlohmann::json& fit, const std::string& c
 class ClientFaults : public ::testing::Test {
  protected:
   void SetUp() override {
-    for (const char* name : {"fedtail-coordinator", "fedtail-client"}) {
-      if (!fs::exists(test_support::binary_path(name))) {
-        GTEST_SKIP() << test_support::binary_path(name) << " is not built";
-      }
-    }
-    if (!fs::exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")) {
-      GTEST_SKIP() << "dataset-fashion-mnist is not installed";
-    }
+    const std::string missing = test_support::missing_federation_prerequisite();
+    if (!missing.empty()) GTEST_SKIP() << missing;
     dir_ = test_support::scratch_dir("client_faults");
     state_dir_ = dir_ + "/state";
   }

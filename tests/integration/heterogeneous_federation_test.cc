@@ -79,14 +79,8 @@ nlohmann::json run_config(const std::string& strategy) {
 class HeterogeneousFederation : public ::testing::Test {
  protected:
   void SetUp() override {
-    for (const char* name : {"fedtail-coordinator", "fedtail-client"}) {
-      if (!fs::exists(test_support::binary_path(name))) {
-        GTEST_SKIP() << test_support::binary_path(name) << " is not built";
-      }
-    }
-    if (!fs::exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")) {
-      GTEST_SKIP() << "dataset-fashion-mnist is not installed";
-    }
+    const std::string missing = test_support::missing_federation_prerequisite();
+    if (!missing.empty()) GTEST_SKIP() << missing;
     dir_ = test_support::scratch_dir("heterogeneous_federation");
     state_dir_ = dir_ + "/state";
   }

@@ -36,6 +36,18 @@ inline std::string scratch_dir(const std::string& tag) {
   return dir;
 }
 
+// Why a federation test cannot run here ("" when it can): fedtail-coordinator or fedtail-client
+// not built, or Debian's Fashion-MNIST (dataset-fashion-mnist) not installed. For GTEST_SKIP.
+inline std::string missing_federation_prerequisite() {
+  for (const char* name : {"fedtail-coordinator", "fedtail-client"}) {
+    if (!std::filesystem::exists(binary_path(name))) return binary_path(name) + " is not built";
+  }
+  if (!std::filesystem::exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")) {
+    return "dataset-fashion-mnist is not installed";
+  }
+  return "";
+}
+
 // Runs `binary args` through the shell (args are shell words) and waits for it.
 inline CliRun run_cli(const std::string& binary, const std::string& args) {
   const std::string dir = scratch_dir("cli");
