@@ -178,9 +178,10 @@ Status Connection::wait_before_retry(const std::string& what, const grpc::Status
   double delay_s = backoff_.next_delay_s();
   // The coordinator answered (the channel is up) but refused for now: call again within the
   // heartbeat interval, so that it does not expire our session (and fail our task) meanwhile.
-  if (heartbeat_interval_ms_ > 0 && !session_token().empty() &&
+  const uint32_t heartbeat_ms = heartbeat_interval_ms_.load();
+  if (heartbeat_ms > 0 && !session_token().empty() &&
       channel_->GetState(/*try_to_connect=*/false) == GRPC_CHANNEL_READY) {
-    delay_s = std::min(delay_s, heartbeat_interval_ms_ / 1000.0);
+    delay_s = std::min(delay_s, heartbeat_ms / 1000.0);
   }
   if (options_.retry_timeout_s > 0) {
     delay_s = std::min(delay_s, options_.retry_timeout_s - down_s + 0.05);
@@ -226,7 +227,7 @@ Result<v1::JoinResponse> Connection::join() {
     if (status.ok()) {
       note_success();
       joined_once_.store(true);
-      heartbeat_interval_ms_ = response.heartbeat_interval_ms();
+      heartbeat_interval_ms_.store(response.heartbeat_interval_ms());
       JoinCallback callback;
       {
         std::lock_guard<std::mutex> lock(mu_);

@@ -171,8 +171,10 @@ class Connection {
 
   // Used by the driving thread only.
   Backoff backoff_;
-  int64_t unreachable_since_ms_ = 0;    // steady-clock ms of the first failure in a row; 0 = none
-  uint32_t heartbeat_interval_ms_ = 0;  // from the last JoinResponse; 0 before the first Join
+  int64_t unreachable_since_ms_ = 0;  // steady-clock ms of the first failure in a row; 0 = none
+  // From the last JoinResponse; 0 before the first Join. Written by join(), read by any retrying
+  // thread.
+  std::atomic<uint32_t> heartbeat_interval_ms_{0};
 };
 
 // Milliseconds since the Unix epoch (for task deadlines, which are wall-clock times).
