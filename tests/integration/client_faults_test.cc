@@ -547,6 +547,36 @@ class ClientFaultsNetns : public ClientFaults {
             "120"};
   }
 
+  // Starts the coordinator with `config` and `clients` clients, the victim in its own namespace
+  // with FEDTAIL_FAULT_PAUSE=`victim_pause`, the others beside the coordinator, then cuts the
+  // victim's link once it pauses mid-upload. The processes are in coordinator_ and clients_.
+  void start_and_cut_victim_mid_upload(const nlohmann::json& config, int clients,
+                                       const std::string& victim_pause) {
+    test_support::write_file(dir_ + "/run.json", config.dump(2));
+    coordinator_ = start_in(coordinator_ns_, "fedtail-coordinator",
+                            {"--config", dir_ + "/run.json", "--listen", "0.0.0.0:0", "--insecure",
+                             "--state-dir", state_dir_, "--threads", "1"},
+                            "coordinator.log");
+    port_ = test_support::wait_for_file(state_dir_ + "/port", 120s);
+    ASSERT_FALSE(port_.empty()) << coordinator_->log();
+    clients_.resize(clients);
+    for (int k = 0; k < clients; ++k) {
+      const std::string log = "client-" + std::to_string(k) + ".log";
+      clients_[k] =
+          k == kVictim
+              ? start_in(victim_ns_, "fedtail-client", client_args(k, "10.232.1.1"), log,
+                         {"FEDTAIL_FAULT_PAUSE=" + victim_pause})
+              : start_in(coordinator_ns_, "fedtail-client", client_args(k, "127.0.0.1"), log);
+    }
+    ASSERT_TRUE(
+        clients_[kVictim]->wait_for_log_line("fault injection: pausing during the upload", 240s))
+        << logs();
+    std::string error;
+    ASSERT_TRUE(ip({"-n", victim_ns_, "link", "set", victim_end_, "down"}, &error)) << error;
+  }
+
+  std::unique_ptr<Process> coordinator_;
+  std::vector<std::unique_ptr<Process>> clients_;
   std::string ip_;
   std::string coordinator_ns_;
   std::string victim_ns_;
@@ -575,40 +605,23 @@ TEST_F(ClientFaultsNetns, NetworkCutMidUploadReconnectsWithBackoffAndCountsUpdat
   constexpr int kRounds = 3;
   constexpr int kClients = 3;
   constexpr auto kCutS = 16s;
-  test_support::write_file(dir_ + "/run.json", base_config(kRounds, kClients).dump(2));
-  std::unique_ptr<Process> coordinator =
-      start_in(coordinator_ns_, "fedtail-coordinator",
-               {"--config", dir_ + "/run.json", "--listen", "0.0.0.0:0", "--insecure",
-                "--state-dir", state_dir_, "--threads", "1"},
-               "coordinator.log");
-  port_ = test_support::wait_for_file(state_dir_ + "/port", 120s);
-  ASSERT_FALSE(port_.empty()) << coordinator->log();
-
-  std::vector<std::unique_ptr<Process>> clients(kClients);
-  for (int k = 0; k < kClients; ++k) {
-    const std::string log = "client-" + std::to_string(k) + ".log";
-    clients[k] = k == kVictim ? start_in(victim_ns_, "fedtail-client", client_args(k, "10.232.1.1"),
-                                         log, {"FEDTAIL_FAULT_PAUSE=upload:2:2"})
-                              : start_in(coordinator_ns_, "fedtail-client",
-                                         client_args(k, "127.0.0.1"), log);
-  }
-  Process& victim = *clients[kVictim];
-  ASSERT_TRUE(victim.wait_for_log_line("fault injection: pausing during the upload", 240s))
-      << logs();
-  std::string error;
-  ASSERT_TRUE(ip({"-n", victim_ns_, "link", "set", victim_end_, "down"}, &error)) << error;
+  ASSERT_NO_FATAL_FAILURE(
+      start_and_cut_victim_mid_upload(base_config(kRounds, kClients), kClients, "upload:2:2"));
+  Process& coordinator = *coordinator_;
+  Process& victim = *clients_[kVictim];
   std::this_thread::sleep_for(kCutS);
+  std::string error;
   ASSERT_TRUE(ip({"-n", victim_ns_, "link", "set", victim_end_, "up"}, &error)) << error;
 
-  ASSERT_EQ(coordinator->wait(240s), 0) << logs();
-  for (auto& client : clients) EXPECT_EQ(client->wait(60s), 0) << logs();
+  ASSERT_EQ(coordinator.wait(240s), 0) << logs();
+  for (auto& client : clients_) EXPECT_EQ(client->wait(60s), 0) << logs();
   expect_run_complete(kRounds);
 
   // The coordinator lost the victim during the cut; the victim noticed, retried with backoff,
   // re-joined and re-sent its result.
-  EXPECT_NE(coordinator->log().find("session \"clients-1-1\" (1 client(s)): connection lost"),
+  EXPECT_NE(coordinator.log().find("session \"clients-1-1\" (1 client(s)): connection lost"),
             std::string::npos)
-      << coordinator->log();
+      << coordinator.log();
   const std::string log = victim.log();
   EXPECT_NE(log.find("Network is unreachable"), std::string::npos) << log;
   EXPECT_GE(count_of(log, "; retrying in "), 1) << log;
@@ -621,7 +634,7 @@ TEST_F(ClientFaultsNetns, NetworkCutMidUploadReconnectsWithBackoffAndCountsUpdat
   // Each client's examples per update (its partition's size), from its log.
   std::map<std::string, int64_t> examples;
   const std::regex done("(client-[0-9]+): round [0-9]+ fit done: ([0-9]+) examples");
-  for (const auto& client : clients) {
+  for (const auto& client : clients_) {
     const std::string text = client->log();
     for (std::sregex_iterator it(text.begin(), text.end(), done), end; it != end; ++it) {
       examples[(*it)[1]] = std::stoll((*it)[2]);
@@ -660,27 +673,9 @@ TEST_F(ClientFaultsNetns, ClientLostMidUploadFailsAtClientTimeoutNotAtTheDeadlin
   nlohmann::json config = base_config(kRounds, kClients);
   config["federation"]["min_available_clients"] = 2;
   config["federation"]["round_timeout_s"] = 60;
-  test_support::write_file(dir_ + "/run.json", config.dump(2));
-  std::unique_ptr<Process> coordinator =
-      start_in(coordinator_ns_, "fedtail-coordinator",
-               {"--config", dir_ + "/run.json", "--listen", "0.0.0.0:0", "--insecure",
-                "--state-dir", state_dir_, "--threads", "1"},
-               "coordinator.log");
-  port_ = test_support::wait_for_file(state_dir_ + "/port", 120s);
-  ASSERT_FALSE(port_.empty()) << coordinator->log();
-  std::vector<std::unique_ptr<Process>> clients(kClients);
-  for (int k = 0; k < kClients; ++k) {
-    const std::string log = "client-" + std::to_string(k) + ".log";
-    clients[k] = k == kVictim ? start_in(victim_ns_, "fedtail-client", client_args(k, "10.232.1.1"),
-                                         log, {"FEDTAIL_FAULT_PAUSE=upload:2"})
-                              : start_in(coordinator_ns_, "fedtail-client",
-                                         client_args(k, "127.0.0.1"), log);
-  }
-  Process& victim = *clients[kVictim];
-  ASSERT_TRUE(victim.wait_for_log_line("fault injection: pausing during the upload", 240s))
-      << logs();
-  std::string error;
-  ASSERT_TRUE(ip({"-n", victim_ns_, "link", "set", victim_end_, "down"}, &error)) << error;
+  ASSERT_NO_FATAL_FAILURE(start_and_cut_victim_mid_upload(config, kClients, "upload:2"));
+  Process& coordinator = *coordinator_;
+  Process& victim = *clients_[kVictim];
   victim.kill();  // the link stays down: the coordinator never hears of it
 
   // client_timeout_s is 3 s: round 2 must end long before its 60 s deadline.
@@ -689,7 +684,7 @@ TEST_F(ClientFaultsNetns, ClientLostMidUploadFailsAtClientTimeoutNotAtTheDeadlin
   const nlohmann::json* failure = failure_of(fit2, kVictimId);
   ASSERT_NE(failure, nullptr) << fit2.dump();
   EXPECT_NE(failure->value("reason", "").find("connection lost"), std::string::npos) << fit2.dump();
-  EXPECT_EQ(coordinator->wait(120s), 0) << logs();
+  EXPECT_EQ(coordinator.wait(120s), 0) << logs();
 }
 
 }  // namespace
