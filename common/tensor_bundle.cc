@@ -1,12 +1,12 @@
 #include "common/tensor_bundle.h"
 
-#include <sys/mman.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <limits>
+
+#include "common/buffer_pool.h"
 
 namespace fedtail {
 
@@ -168,11 +168,7 @@ std::string shape_to_string(const std::vector<int64_t>& shape) {
 
 // ---- NamedTensor ----
 
-namespace {
-
-constexpr size_t kHugePageBytes = size_t{2} << 20;
-
-}  // namespace
+void AlignedFree::operator()(uint8_t* p) const { release_pooled_buffer(p, bytes); }
 
 Result<NamedTensor> NamedTensor::allocate(std::string name, DType dtype, std::vector<int64_t> shape,
                                           bool zero) {
@@ -180,35 +176,26 @@ Result<NamedTensor> NamedTensor::allocate(std::string name, DType dtype, std::ve
   Result<int64_t> numel = checked_numel(dtype, shape);
   if (!numel.ok()) return numel.status().with_context("tensor \"" + name + "\"");
   const uint64_t nbytes = static_cast<uint64_t>(*numel) * dtype_size(dtype);
-  // Buffers of 2 MiB or more start on a huge-page boundary, and their whole huge pages are marked
-  // for transparent huge pages: a fresh buffer is then faulted in 2 MiB at a time instead of 4 KiB,
-  // which makes its first write (decoding, aggregation) about 2.5x faster. The tail (under 2 MiB)
-  // keeps small pages, so no physical memory is wasted.
-  const bool huge = nbytes >= kHugePageBytes;
-  const size_t alignment = huge ? kHugePageBytes : kAlignment;
-  // At least one line, so that bytes() is never null.
+  // At least one line, so that bytes() is never null. Large buffers come from the buffer pool's
+  // cache when one of the same size was freed (common/buffer_pool.h: no page faults then).
   const uint64_t size =
       std::max<uint64_t>(kAlignment, (nbytes + kAlignment - 1) & ~(kAlignment - 1));
   if (size < nbytes || size > std::numeric_limits<size_t>::max()) {
     return Status::ResourceExhausted("tensor \"" + name + "\": " + std::to_string(nbytes) +
                                      " bytes cannot be allocated");
   }
-  void* p = nullptr;
-  if (::posix_memalign(&p, alignment, static_cast<size_t>(size)) != 0 || p == nullptr) {
+  void* p = acquire_pooled_buffer(static_cast<size_t>(size));
+  if (p == nullptr) {
     return Status::ResourceExhausted("tensor \"" + name + "\": out of memory allocating " +
                                      std::to_string(nbytes) + " bytes");
   }
-#ifdef MADV_HUGEPAGE
-  // Advisory only: failure (THP disabled) just means small pages.
-  if (huge) (void)::madvise(p, static_cast<size_t>(nbytes & ~(kHugePageBytes - 1)), MADV_HUGEPAGE);
-#endif
   if (zero) std::memset(p, 0, static_cast<size_t>(nbytes));
   NamedTensor t;
   t.name_ = std::move(name);
   t.dtype_ = dtype;
   t.shape_ = std::move(shape);
   t.numel_ = *numel;
-  t.buffer_.reset(static_cast<uint8_t*>(p));
+  t.buffer_ = AlignedBuffer(static_cast<uint8_t*>(p), AlignedFree{static_cast<size_t>(size)});
   return t;
 }
 

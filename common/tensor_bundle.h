@@ -82,9 +82,11 @@ Result<int64_t> checked_numel(DType dtype, const std::vector<int64_t>& shape);
 // "[10,64]"; "[]" for a scalar.
 std::string shape_to_string(const std::vector<int64_t>& shape);
 
-// Owner of a buffer from NamedTensor::release_buffer(); frees it with std::free.
+// Owner of a buffer from NamedTensor::release_buffer(): gives it back to the buffer pool
+// (common/buffer_pool.h), which recycles large buffers. `bytes` is the buffer's allocated size.
 struct AlignedFree {
-  void operator()(uint8_t* p) const { std::free(p); }
+  size_t bytes = 0;
+  void operator()(uint8_t* p) const;
 };
 using AlignedBuffer = std::unique_ptr<uint8_t[], AlignedFree>;
 
@@ -145,8 +147,9 @@ class NamedTensor {
   // Byte-for-byte equality of name, dtype, shape and contents (so NaN payloads compare equal).
   bool bitwise_equal(const NamedTensor& other) const;
 
-  // Gives up the buffer (nbytes() bytes; free it with std::free); the tensor is then moved-from.
-  // For zero-copy hand-over, e.g. to a torch::Tensor (common/torch_bundle.h).
+  // Gives up the buffer (at least nbytes() bytes; its deleter knows the allocated size, and
+  // std::free is also allowed); the tensor is then moved-from. For zero-copy hand-over, e.g. to a
+  // torch::Tensor (common/torch_bundle.h).
   AlignedBuffer release_buffer() &&;
 
  private:

@@ -6,6 +6,8 @@
 #include <unordered_set>
 #include <utility>
 
+#include "common/buffer_pool.h"
+
 namespace fedtail {
 
 torch::Dtype dtype_to_torch(DType dtype) {
@@ -103,8 +105,11 @@ torch::Tensor to_torch(NamedTensor&& tensor) {
   AlignedBuffer buffer = std::move(tensor).release_buffer();
   if (!buffer) return torch::empty(shape, torch::TensorOptions().dtype(dtype));
   uint8_t* data = buffer.get();
+  // The buffer goes back to the pool when torch frees the tensor (common/buffer_pool.h).
+  const size_t bytes = buffer.get_deleter().bytes;
   torch::Tensor out = torch::from_blob(
-      data, shape, [](void* p) { std::free(p); }, torch::TensorOptions().dtype(dtype));
+      data, shape, [bytes](void* p) { release_pooled_buffer(p, bytes); },
+      torch::TensorOptions().dtype(dtype));
   buffer.release();  // now owned by `out`'s deleter
   return out;
 }

@@ -13,8 +13,9 @@
 //     streaming weighted average and of the chunked bundle codec, each beside a memcpy of the same
 //     bytes in the same run; summaries aggregation.ratio_to_memcpy, serialization.ratio_to_memcpy.
 //   "transport" (object; tools/bench/network_sections.h): MB/s of a 1 MB, 100 MB (and 1 GB)
-//     TensorBundle through the real PushResult and PullTask paths on loopback, beside memcpy;
-//     summary transport.mb_per_s_100mb (upload), mb_per_s_100mb_down, memcpy_mb_per_s_100mb.
+//     TensorBundle through the real PushResult and PullTask paths on loopback, beside memcpy, with
+//     the buffer cache off and on; summary transport.mb_per_s_100mb (upload), mb_per_s_100mb_down,
+//     memcpy_mb_per_s_100mb (and per size, and _cache_off).
 //   "coordinator" (object; same header): ms per client per round of the coordinator's service
 //     with 10 and 50 clients that answer at once, and the peak RSS of a real fedtail-coordinator
 //     process with 10 and 50 clients sending ~45 MB updates; summary
@@ -243,8 +244,8 @@ const std::vector<Section>& sections() {
        bench::run_serialization},
       {"transport",
        "Transport (MB/s of a TensorBundle through PushResult / PullTask on loopback, vs memcpy)",
-       {"size_mb", "direction", "mb_per_s", "seconds_each", "memcpy_mb_per_s",
-        "fraction_of_memcpy"},
+       {"size_mb", "direction", "buffer_cache", "mb_per_s", "seconds_each", "seconds_first",
+        "memcpy_mb_per_s", "fraction_of_memcpy"},
        bench::run_transport},
       {"coordinator",
        "Coordinator (overhead per client per round; peak RSS of fedtail-coordinator)",

@@ -10,8 +10,10 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
+#include "common/buffer_pool.h"
 #include "common/subprocess.h"
 #include "tools/bench/data_sections.h"
 #include "tools/bench/loopback_federation.h"
@@ -221,43 +223,59 @@ Result<nlohmann::json> run_transport(const BenchContext& ctx) {
       ctx.quick ? std::vector<int64_t>{1, 100} : std::vector<int64_t>{1, 100, 1000};
   nlohmann::json rows = nlohmann::json::array();
   nlohmann::json section = nlohmann::json::object();
+  const uint64_t cache_limit = buffer_cache_limit();
   for (int64_t size_mb : sizes_mb) {
     const int repeats = size_mb <= 1     ? (ctx.quick ? 5 : 20)
                         : size_mb <= 100 ? (ctx.quick ? 2 : 5)
                                          : 2;
-    LoopbackOptions options;
-    options.rounds = repeats + 1;  // the first is a warm-up
-    options.clients = 1;
-    options.floats = size_mb * static_cast<int64_t>(kMB) / 4;
-    FEDTAIL_ASSIGN_OR_RETURN(LoopbackRun run, run_loopback(options));
-    const ClientTimings& t = run.clients.at(0);
-    if (static_cast<int>(t.push_seconds.size()) != options.rounds) {
-      return Status::Internal("transport: " + std::to_string(t.push_seconds.size()) +
-                              " uploads for " + std::to_string(options.rounds) + " rounds");
-    }
-    const double bytes = static_cast<double>(options.floats) * 4;
-    const double up_s = mean_after(t.push_seconds, 1);
-    const double down_s = mean_after(t.pull_seconds, 1);
+    const double bytes = static_cast<double>(size_mb) * kMB;
     const double memcpy_rate =
         memcpy_bytes_per_s(static_cast<size_t>(bytes), ctx.quick ? 0.2 : 1.0) / kMB;
-    for (const auto& [direction, seconds] :
-         {std::pair<const char*, double>{"up (PushResult)", up_s}, {"down (PullTask)", down_s}}) {
-      const double rate = bytes / seconds / kMB;
-      spdlog::info("transport {} MB {}: {:.1f} MB/s ({:.3f} s each; memcpy {:.0f} MB/s)", size_mb,
-                   direction, rate, seconds, memcpy_rate);
-      rows.push_back({{"size_mb", size_mb},
-                      {"direction", direction},
-                      {"mb_per_s", rate},
-                      {"seconds_each", seconds},
-                      {"repeats", repeats},
-                      {"memcpy_mb_per_s", memcpy_rate},
-                      {"fraction_of_memcpy", rate / memcpy_rate}});
+    // The same transfers with the buffer cache off (every decoded bundle in freshly faulted
+    // memory: the figure before the cache) and on (the default; common/buffer_pool.h).
+    for (const bool cache : {false, true}) {
+      set_buffer_cache_limit(cache ? cache_limit : 0);
+      trim_buffer_cache();
+      LoopbackOptions options;
+      options.rounds = repeats + 1;  // the first is a warm-up
+      options.clients = 1;
+      options.floats = size_mb * static_cast<int64_t>(kMB) / 4;
+      Result<LoopbackRun> run = run_loopback(options);
+      set_buffer_cache_limit(cache_limit);
+      FEDTAIL_RETURN_IF_ERROR(run.status());
+      const ClientTimings& t = run->clients.at(0);
+      if (static_cast<int>(t.push_seconds.size()) != options.rounds) {
+        return Status::Internal("transport: " + std::to_string(t.push_seconds.size()) +
+                                " uploads for " + std::to_string(options.rounds) + " rounds");
+      }
+      const double up_s = mean_after(t.push_seconds, 1);
+      const double down_s = mean_after(t.pull_seconds, 1);
+      for (const auto& [direction, seconds, first] :
+           {std::tuple<const char*, double, double>{"up (PushResult)", up_s, t.push_seconds[0]},
+            {"down (PullTask)", down_s, t.pull_seconds[0]}}) {
+        const double rate = bytes / seconds / kMB;
+        spdlog::info(
+            "transport {} MB {}, buffer cache {}: {:.1f} MB/s ({:.3f} s each, first {:.3f} s; "
+            "memcpy {:.0f} MB/s)",
+            size_mb, direction, cache ? "on" : "off", rate, seconds, first, memcpy_rate);
+        rows.push_back({{"size_mb", size_mb},
+                        {"direction", direction},
+                        {"buffer_cache", cache ? "on" : "off"},
+                        {"mb_per_s", rate},
+                        {"seconds_each", seconds},
+                        {"seconds_first", first},
+                        {"repeats", repeats},
+                        {"memcpy_mb_per_s", memcpy_rate},
+                        {"fraction_of_memcpy", rate / memcpy_rate}});
+      }
+      const std::string suffix = size_mb == 100    ? "100mb"
+                                 : size_mb == 1000 ? "1gb"
+                                                   : std::to_string(size_mb) + "mb";
+      const std::string off = cache ? "" : "_cache_off";
+      section["mb_per_s_" + suffix + off] = bytes / up_s / kMB;
+      section["mb_per_s_" + suffix + "_down" + off] = bytes / down_s / kMB;
     }
-    if (size_mb == 100) {
-      section["mb_per_s_100mb"] = bytes / up_s / kMB;
-      section["mb_per_s_100mb_down"] = bytes / down_s / kMB;
-      section["memcpy_mb_per_s_100mb"] = memcpy_rate;
-    }
+    if (size_mb == 100) section["memcpy_mb_per_s_100mb"] = memcpy_rate;
   }
   section["rows"] = rows;
   return section;

@@ -3,9 +3,13 @@
 //
 //   "transport": a TensorBundle of 1 MB and 100 MB (and 1 GB without --quick) sent through the real
 //     PushResult path, client -> coordinator service on loopback (LoopbackFederation: chunking,
-//     payload digest, decoding, finite check; the strategy only counts the update), and the same bundle
-//     down through PullTask; MB/s (10^6 bytes) against a memcpy of the same bytes in the same run.
-//     Summary: mb_per_s_100mb (upload), mb_per_s_100mb_down, memcpy_mb_per_s.
+//     payload digest, decoding, finite check; the strategy only counts the update), and the same
+//     bundle down through PullTask; MB/s (10^6 bytes) against a memcpy of the same bytes in the
+//     same run. Each size runs twice: buffer cache off (every bundle decoded into freshly faulted
+//     memory), then on (the default, common/buffer_pool.h); the first transfer of each is a
+//     warm-up, left out of the mean and reported as seconds_first. Summary:
+//     mb_per_s_<1mb|100mb|1gb> (upload), mb_per_s_<size>_down, the same with _cache_off,
+//     memcpy_mb_per_s_100mb.
 //   "coordinator": (1) the coordinator's overhead per client per round: the in-process service
 //     with 10, 50 and 1000 clients (200 with --quick; one connection and thread each) that answer
 //     every task at once with a tiny model (25,000 floats), FedAvg's weighted average included; a
