@@ -86,24 +86,8 @@ class BufferCache {
     return limit_;
   }
 
-  void set_limit(uint64_t bytes) {
-    std::list<Cached> evicted;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      limit_ = bytes;
-      evict_locked(limit_, &evicted);
-    }
-    for (const Cached& c : evicted) std::free(c.p);
-  }
-
-  void trim() {
-    std::list<Cached> evicted;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      evict_locked(0, &evicted);
-    }
-    for (const Cached& c : evicted) std::free(c.p);
-  }
+  void set_limit(uint64_t bytes) { shrink_to(bytes, /*new_limit=*/true); }
+  void trim() { shrink_to(0, /*new_limit=*/false); }
 
   BufferCacheStats stats() {
     std::lock_guard<std::mutex> lock(mu_);
@@ -111,6 +95,18 @@ class BufferCache {
   }
 
  private:
+  // Evicts down to `keep` bytes (and makes it the limit when `new_limit`), freeing outside the
+  // lock.
+  void shrink_to(uint64_t keep, bool new_limit) {
+    std::list<Cached> evicted;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (new_limit) limit_ = keep;
+      evict_locked(keep, &evicted);
+    }
+    for (const Cached& c : evicted) std::free(c.p);
+  }
+
   // Moves the least recently released buffers to *evicted until at most `keep` bytes are cached
   // (they are freed outside the lock).
   void evict_locked(uint64_t keep, std::list<Cached>* evicted) {

@@ -8,22 +8,19 @@
 // has exactly the size the next one needs.
 //
 // Contract:
-//   - acquire_pooled_buffer(bytes) returns `bytes` bytes (a multiple of 64, > 0) of uninitialised
-//   memory,
-//     64-byte aligned; buffers of kLargeBufferBytes or more are 2 MiB aligned and marked for
-//     transparent huge pages. nullptr when memory is exhausted.
-//   - release_pooled_buffer(p, bytes) takes it back. A large buffer is kept in the cache when the
-//   cache
-//     has room (evicting the least recently released ones), else freed; a small one is freed.
-//   - A cached buffer is handed out again only for a request of exactly its size, most recently
-//     released first. Its contents are whatever its last owner left.
-//   - The cache holds at most buffer_cache_limit() bytes. Default: $FEDTAIL_BUFFER_CACHE_MB when
-//     set (0 turns caching off), else an eighth of physical memory, at most 4 GiB; 0 under
-//     AddressSanitizer, so that a use after free is still caught. Cached buffers count in the
-//     process's resident memory until reused or evicted.
-//   - Every buffer from acquire_pooled_buffer may also be freed with std::free (it then bypasses
-//   the
-//     cache).
+// - acquire_pooled_buffer(bytes) returns `bytes` bytes (a multiple of 64, > 0) of uninitialised
+//   memory, 64-byte aligned; buffers of kLargeBufferBytes or more are 2 MiB aligned and marked
+//   for transparent huge pages. nullptr when memory is exhausted.
+// - release_pooled_buffer(p, bytes) takes it back. A large buffer is kept in the cache when the
+//   cache has room (evicting the least recently released ones), else freed; a small one is freed.
+// - A cached buffer is handed out again only for a request of exactly its size, most recently
+//   released first. Its contents are whatever its last owner left.
+// - The cache holds at most buffer_cache_limit() bytes. Default: $FEDTAIL_BUFFER_CACHE_MB when
+//   set (0 turns caching off), else an eighth of physical memory, at most 4 GiB; 0 under
+//   AddressSanitizer, so that a use after free is still caught. Cached buffers count in the
+//   process's resident memory until reused or evicted.
+// - Every buffer from acquire_pooled_buffer may also be freed with std::free (it then bypasses
+//   the cache).
 //
 // Thread-safe: all functions may be called from any thread.
 #ifndef FEDTAIL_COMMON_BUFFER_POOL_H_
