@@ -46,6 +46,7 @@
 #include "common/certs.h"
 #include "common/device.h"
 #include "common/logging.h"
+#include "common/malloc_tuning.h"
 #include "common/status.h"
 #include "common/tls.h"
 #include "strategies/registry.h"
@@ -273,6 +274,7 @@ int run(const Flags& flags) {
 }  // namespace fedtail::client
 
 int main(int argc, char** argv) {
+  fedtail::tune_malloc();  // first: before any thread or large allocation
   fedtail::client::Flags flags;
   CLI::App app{
       "fedtail-client: a federated-learning client. Dials out to a fedtail coordinator, long-polls "

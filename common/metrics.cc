@@ -189,13 +189,16 @@ PersonalizedAccuracy personalized_accuracy(const std::vector<ClientAccuracy>& cl
     ++out.clients;
   }
   out.mean = out.clients > 0 ? sum / out.clients : kNaN;
+  out.examples = examples;
   out.weighted = examples > 0 ? static_cast<double>(correct) / static_cast<double>(examples) : kNaN;
   return out;
 }
 
 nlohmann::json PersonalizedAccuracy::to_json() const {
-  return {
-      {"mean", number_or_null(mean)}, {"weighted", number_or_null(weighted)}, {"clients", clients}};
+  return {{"mean", number_or_null(mean)},
+          {"weighted", number_or_null(weighted)},
+          {"clients", clients},
+          {"examples", examples}};
 }
 
 }  // namespace fedtail

@@ -76,9 +76,10 @@ struct ClientAccuracy {
 };
 
 struct PersonalizedAccuracy {
-  double mean = 0;      // plain mean of the per-client accuracies (clients with examples)
-  double weighted = 0;  // total correct / total examples (the sample-weighted mean)
-  int clients = 0;      // clients with at least one example
+  double mean = 0;       // plain mean of the per-client accuracies (clients with examples)
+  double weighted = 0;   // total correct / total examples (the sample-weighted mean)
+  int clients = 0;       // clients with at least one example
+  int64_t examples = 0;  // their examples, all together
   // NaN (null in JSON) when no client has examples.
   nlohmann::json to_json() const;
 };

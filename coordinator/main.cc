@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "common/logging.h"
+#include "common/malloc_tuning.h"
 #include "common/signal_watcher.h"
 #include "coordinator/coordinator.h"
 #include "strategies/registry.h"
@@ -67,6 +68,7 @@ int run(const Flags& flags) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  fedtail::tune_malloc();  // first: before any thread or large allocation
   Flags flags;
   fedtail::coordinator::CoordinatorFlags& c = flags.coordinator;
   CLI::App app{"fedtail coordinator: runs a federated run's rounds for remote clients"};

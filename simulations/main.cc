@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "common/malloc_tuning.h"
 #include "common/signal_watcher.h"
 #include "simulations/simulation.h"
 #include "strategies/registry.h"
@@ -73,6 +74,7 @@ int run(fedtail::simulation::SimulationOptions options) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  fedtail::tune_malloc();  // first: before any thread or large allocation
   fedtail::simulation::SimulationOptions options;
   std::string strategies;
   CLI::App app{

@@ -1,6 +1,7 @@
 // fedtail-bench: throughput benchmarks of fedtail's building blocks.
 //
 //   fedtail-bench [--quick] [--out DIR] [--device cpu|cuda|auto] [--sections a,b] [--models a,b]
+//       [--round-config FILE] [--rounds N]
 //
 // Writes DIR/bench.json ({"<section>": ..., "machine": {...}}) and DIR/bench.md (one table per
 // section). A section's value is an array of rows, or, for sections with summary figures, an
@@ -22,6 +23,14 @@
 //     coordinator.overhead_ms_per_client and coordinator.peak_rss_mb (50 clients; the 10-client
 //     figures beside them). Needs fedtail-coordinator and fedtail-client beside fedtail-bench and
 //     Fashion-MNIST.
+//   "round" (object; tools/bench/round_section.h): a simulated federation through fedtail-sim,
+//     with glibc's malloc defaults and with fedtail's: seconds per round by phase, user/sys CPU and
+//     page faults of the whole process tree, and each phase's images/s against the same model
+//     measured alone (the efficiency); summary seconds_per_round[_untuned], speedup,
+//     efficiency_<phase>.
+//   "pytorch" (object; tools/bench/pytorch_section.h): fedtail's training (batch 8, 32) and
+//     evaluation (batch 512) images/s beside Python PyTorch's for the same model and step;
+//     summary ratio_<model>_<mode>_b<batch>. Skipped (with the reason) without python3-torch.
 // --quick runs fewer steps and smaller sizes (a smoke run, noisier figures).
 //
 // Adding a section: write a `Result<nlohmann::json> run_x(const BenchContext&)` returning an array
@@ -50,11 +59,15 @@
 #include "common/augment.h"
 #include "common/device.h"
 #include "common/logging.h"
+#include "common/malloc_tuning.h"
 #include "common/models.h"
 #include "common/rng.h"
 #include "tools/bench/bench_context.h"
 #include "tools/bench/data_sections.h"
 #include "tools/bench/network_sections.h"
+#include "tools/bench/pytorch_section.h"
+#include "tools/bench/round_section.h"
+#include "tools/bench/throughput.h"
 
 namespace fedtail {
 namespace {
@@ -65,61 +78,16 @@ struct Flags {
   std::string device = "cpu";
   std::vector<std::string> sections;
   std::vector<std::string> models;
+  std::string round_config;
+  int rounds = 0;
 };
 
 using bench::BenchContext;
 
-// How long one measurement runs. Warm-up steps are not timed; then steps run until both minimums
-// are reached.
-struct Timing {
-  int warmup_steps;
-  int min_steps;
-  double min_seconds;
-};
-
-Timing timing_for(const BenchContext& ctx) {
-  return ctx.quick ? Timing{2, 3, 0.3} : Timing{5, 20, 2.0};
-}
-
-struct Measurement {
-  double items_per_s = 0;
-  int64_t steps = 0;
-  double seconds = 0;
-};
-
-void synchronize(torch::Device device) {
-  if (device.is_cuda()) torch::cuda::synchronize(device.index());
-}
-
-// Runs `step` (which processes `items` items) under `timing`.
-Measurement measure(const Timing& timing, torch::Device device, int64_t items,
-                    const std::function<void()>& step) {
-  for (int i = 0; i < timing.warmup_steps; ++i) step();
-  synchronize(device);
-  const auto start = std::chrono::steady_clock::now();
-  Measurement m;
-  for (;;) {
-    step();
-    ++m.steps;
-    if (m.steps < timing.min_steps) continue;
-    synchronize(device);
-    m.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    if (m.seconds >= timing.min_seconds) break;
-  }
-  m.items_per_s = static_cast<double>(m.steps * items) / m.seconds;
-  return m;
-}
-
 // One model/input configuration of the training and evaluation sections.
-struct ModelCase {
-  std::string arch;
-  int channels;
-  int size;
-};
-
-const std::vector<ModelCase>& model_cases() {
-  static const std::vector<ModelCase> kCases = {
-      {"cnn", 1, 28}, {"cnn", 3, 32}, {"resnet8", 3, 32}, {"resnet18", 3, 32}};
+const std::vector<bench::ModelCase>& model_cases() {
+  static const std::vector<bench::ModelCase> kCases = {
+      {"cnn", 1, 28, 10}, {"cnn", 3, 32, 10}, {"resnet8", 3, 32, 10}, {"resnet18", 3, 32, 10}};
   return kCases;
 }
 
@@ -128,38 +96,9 @@ const std::vector<int>& batch_sizes() {
   return kBatches;
 }
 
-std::string input_name(const ModelCase& c) {
-  return std::to_string(c.channels) + "x" + std::to_string(c.size) + "x" + std::to_string(c.size);
-}
-
-// Random uint8 images and labels, from the Rng (deterministic inputs across runs).
-std::pair<torch::Tensor, torch::Tensor> random_batch(const ModelCase& c, int batch, int classes,
-                                                     Rng& rng) {
-  std::vector<uint8_t> pixels(static_cast<size_t>(batch) * c.channels * c.size * c.size);
-  for (auto& p : pixels) p = static_cast<uint8_t>(rng.uniform_int(256));
-  std::vector<int64_t> labels(batch);
-  for (auto& l : labels) l = static_cast<int64_t>(rng.uniform_int(classes));
-  return {torch::tensor(pixels, torch::kUInt8).view({batch, c.channels, c.size, c.size}),
-          torch::tensor(labels, torch::kInt64)};
-}
-
-Result<Model> bench_model(const ModelCase& c, int classes, torch::Device device) {
-  ModelOptions o;
-  o.arch = c.arch;
-  o.in_channels = c.channels;
-  o.image_size = c.size;
-  o.num_classes = classes;
-  Rng rng = Rng::derive(1, "bench.model");
-  FEDTAIL_ASSIGN_OR_RETURN(Model model, make_model(o, rng));
-  model->to(device);
-  return model;
-}
-
 // Rows {"model", "input", "batch", "threads", "images_per_s", "steps", "seconds"} for every model
-// case × batch size × thread count. `train` selects an SGD step (augmentation, forward, backward,
-// update) or a no-grad eval-mode forward + argmax.
-Result<nlohmann::json> run_throughput(const BenchContext& ctx, bool train) {
-  constexpr int kClasses = 10;
+// case × batch size × thread count (tools/bench/throughput.h).
+Result<nlohmann::json> run_throughput(const BenchContext& ctx, bench::StepKind kind) {
   nlohmann::json rows = nlohmann::json::array();
   for (const auto& c : model_cases()) {
     if (!ctx.models.empty() &&
@@ -168,44 +107,18 @@ Result<nlohmann::json> run_throughput(const BenchContext& ctx, bool train) {
     }
     for (int batch : batch_sizes()) {
       for (int threads : ctx.thread_counts) {
-        set_num_threads(threads);
-        FEDTAIL_ASSIGN_OR_RETURN(Model model, bench_model(c, kClasses, ctx.device));
-        FEDTAIL_ASSIGN_OR_RETURN(Augmenter augmenter,
-                                 Augmenter::create(AugmentOptions{}, c.channels, ctx.device));
-        Rng rng = Rng::derive(1, "bench.data", {static_cast<uint64_t>(batch)});
-        auto [images, labels] = random_batch(c, batch, kClasses, rng);
-        labels = labels.to(ctx.device);
-        Measurement m;
-        try {
-          if (train) {
-            model->train();
-            torch::optim::SGD sgd(model->parameters(),
-                                  torch::optim::SGDOptions(0.01).momentum(0.9).weight_decay(5e-4));
-            m = measure(timing_for(ctx), ctx.device, batch, [&] {
-              auto x = augmenter.train_batch(images, rng);
-              sgd.zero_grad();
-              auto loss = torch::nn::functional::cross_entropy(model->forward(x), labels);
-              loss.backward();
-              sgd.step();
-            });
-          } else {
-            model->eval();
-            torch::NoGradGuard no_grad;
-            m = measure(timing_for(ctx), ctx.device, batch, [&] {
-              auto predictions = model->forward(augmenter.eval_batch(images)).argmax(1);
-              (void)predictions;
-            });
-          }
-        } catch (const c10::Error& e) {
-          return Status::Internal(c.arch + ": " + e.what_without_backtrace());
-        }
-        spdlog::info("{} {} {} batch {} threads {}: {:.1f} images/s", train ? "train" : "eval",
-                     c.arch, input_name(c), batch, threads, m.items_per_s);
+        FEDTAIL_ASSIGN_OR_RETURN(
+            bench::Throughput m,
+            bench::measure_throughput(c, kind, batch, threads, bench::step_timing(ctx.quick),
+                                      ctx.device));
+        spdlog::info("{} {} {} batch {} threads {}: {:.1f} images/s",
+                     kind == bench::StepKind::kTrain ? "train" : "eval", c.arch,
+                     bench::input_name(c), batch, threads, m.images_per_s);
         rows.push_back({{"model", c.arch},
-                        {"input", input_name(c)},
+                        {"input", bench::input_name(c)},
                         {"batch", batch},
                         {"threads", threads},
-                        {"images_per_s", m.items_per_s},
+                        {"images_per_s", m.images_per_s},
                         {"steps", m.steps},
                         {"seconds", m.seconds}});
       }
@@ -226,11 +139,11 @@ const std::vector<Section>& sections() {
       {"training",
        "Training throughput (images/s: augmentation + forward + backward + SGD step)",
        {"model", "input", "batch", "threads", "images_per_s"},
-       [](const BenchContext& ctx) { return run_throughput(ctx, /*train=*/true); }},
+       [](const BenchContext& ctx) { return run_throughput(ctx, bench::StepKind::kTrain); }},
       {"evaluation",
        "Evaluation throughput (images/s: normalisation + no-grad forward + argmax)",
        {"model", "input", "batch", "threads", "images_per_s"},
-       [](const BenchContext& ctx) { return run_throughput(ctx, /*train=*/false); }},
+       [](const BenchContext& ctx) { return run_throughput(ctx, bench::StepKind::kEval); }},
       {"aggregation",
        "Aggregation (GB/s of update bytes folded by FedAvg's streaming weighted average, vs "
        "memcpy)",
@@ -252,6 +165,17 @@ const std::vector<Section>& sections() {
        {"measure", "clients", "rounds", "model_mb", "round_s", "ms_per_client_per_round",
         "peak_rss_mb"},
        bench::run_coordinator},
+      {"round",
+       "Round (a simulated federation through fedtail-sim: seconds per round by phase, CPU and "
+       "page faults of the process tree, images/s against the same model measured alone)",
+       {"malloc", "phase", "s_per_round", "images_per_round", "images_per_s",
+        "standalone_images_per_s", "efficiency", "user_s", "sys_s", "minor_faults", "major_faults"},
+       bench::run_round},
+      {"pytorch",
+       "PyTorch reference (images/s of the same model and step in Python PyTorch, same run)",
+       {"model", "input", "mode", "batch", "threads", "fedtail_images_per_s",
+        "pytorch_images_per_s", "ratio"},
+       bench::run_pytorch},
   };
   return kSections;
 }
@@ -365,6 +289,8 @@ Status run(const Flags& flags) {
   ctx.quick = flags.quick;
   ctx.device = device;
   ctx.models = flags.models;
+  ctx.round_config = flags.round_config;
+  ctx.rounds = flags.rounds;
   for (const auto& m : flags.models) {
     bool known = false;
     for (const auto& c : model_cases()) known = known || c.arch == m;
@@ -417,6 +343,7 @@ Status run(const Flags& flags) {
 }  // namespace fedtail
 
 int main(int argc, char** argv) {
+  fedtail::tune_malloc();  // first: before any thread or large allocation
   fedtail::Flags flags;
   CLI::App app{"fedtail-bench: throughput benchmarks; writes DIR/bench.json and DIR/bench.md"};
   app.set_version_flag("--version", FEDTAIL_VERSION);
@@ -429,6 +356,12 @@ int main(int argc, char** argv) {
                  "comma-separated architectures of the training/evaluation sections (default: "
                  "cnn,resnet8,resnet18)")
       ->delimiter(',');
+  app.add_option("--round-config", flags.round_config,
+                 "simulation config of the round section (default: a built-in Fashion-MNIST-LT "
+                 "federation of 40 clients, ResNet-8)")
+      ->check(CLI::ExistingFile);
+  app.add_option("--rounds", flags.rounds, "rounds of the round section (default 5, --quick 2)")
+      ->check(CLI::PositiveNumber);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -19,6 +19,7 @@
 #include "common/federated_data.h"
 #include "common/logging.h"
 #include "common/long_tail.h"
+#include "common/malloc_tuning.h"
 #include "common/partition.h"
 
 namespace fedtail {
@@ -156,6 +157,7 @@ int run(const Flags& flags) {
 }  // namespace fedtail
 
 int main(int argc, char** argv) {
+  fedtail::tune_malloc();  // first: before any thread or large allocation
   fedtail::Flags flags;
   CLI::App app{
       "fedtail-data: per-class counts of a long-tailed training set and its client partition"};

@@ -18,6 +18,7 @@
 #include "common/device.h"
 #include "common/federated_data.h"
 #include "common/logging.h"
+#include "common/malloc_tuning.h"
 #include "common/metrics.h"
 #include "common/model_options.h"
 #include "common/models.h"
@@ -176,6 +177,7 @@ Status run(const Flags& flags) {
 }  // namespace fedtail
 
 int main(int argc, char** argv) {
+  fedtail::tune_malloc();  // first: before any thread or large allocation
   fedtail::Flags flags;
   CLI::App app{"fedtail-train: train one model locally on a (long-tailed) data set and report "
                "accuracy overall and by Many/Medium/Few class group"};

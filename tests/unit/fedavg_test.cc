@@ -315,6 +315,7 @@ TEST_F(FedAvgTest, ClientEvaluationAndPersonalizedAccuracy) {
   auto agg = s->aggregate_evaluate(2, reports, {{"client-9", "left"}});
   ASSERT_TRUE(agg.ok());
   EXPECT_EQ((*agg)["personalized"]["clients"], 3);
+  EXPECT_EQ((*agg)["personalized"]["examples"], 72);  // the bogus report is left out
   int64_t correct = 0;
   for (size_t k = 0; k < 3; ++k) correct += reports[k].metrics["correct"].get<int64_t>();
   EXPECT_DOUBLE_EQ((*agg)["personalized"]["weighted"].get<double>(), correct / 72.0);

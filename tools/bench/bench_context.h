@@ -15,6 +15,8 @@ struct BenchContext {
   std::vector<int> thread_counts;   // intra-op thread counts to try, e.g. {1, 16}
   std::vector<std::string> models;  // architectures to run; empty = all
   std::string bin_dir;              // where fedtail-bench (and its sibling binaries) live
+  std::string round_config;  // --round-config: the "round" section's federation; "" = built-in
+  int rounds = 0;            // --rounds: rounds of the "round" section; 0 = its default
 };
 
 }  // namespace fedtail::bench
