@@ -142,6 +142,7 @@ Status TaskRunner::prepare(const v1::JoinResponse& join) {
       client.arch = client_model_options(model_options, c.partition).arch;
       client.train = data.client_train_set(c.partition);
       client.test = data.client_test_set(c.partition);
+      client.test_rows = data.client_test[c.partition];
       if (models.count(client.arch) == 0) {
         // One model per architecture, shared by the virtual clients that use it. The initial
         // weights do not matter (every task loads its bundle or the client's state first), but
@@ -169,6 +170,7 @@ Status TaskRunner::prepare(const v1::JoinResponse& join) {
   data_ = std::move(data);
   clients_ = std::move(clients);
   models_ = std::move(models);
+  test_features_ = clients_.size() > 1 ? std::make_unique<FeatureCache>(&data_.test) : nullptr;
   device_ = *device;
   poll_timeout_ms_ = poll_timeout_ms;
   heartbeat_interval_ms_ = join.heartbeat_interval_ms() > 0 ? join.heartbeat_interval_ms() : 5000;
@@ -337,6 +339,8 @@ TaskRunner::WorkResult TaskRunner::run_task(const PulledTask& task, Client& clie
     context.rng = &rng;
     context.state = state;
     context.model = &model->second;
+    context.test_rows = &client.test_rows;
+    context.test_features = test_features_.get();
 
     if (header.kind() == v1::TASK_KIND_FIT) {
       Result<strategies::FitOutput> output = algorithm->fit(context, task.bundle);

@@ -37,6 +37,7 @@
 #include "client/connection.h"
 #include "client/state_store.h"
 #include "common/dataset.h"
+#include "common/feature_cache.h"
 #include "common/federated_data.h"
 #include "common/models.h"
 #include "common/run_config.h"
@@ -124,6 +125,7 @@ class TaskRunner {
     std::string arch;  // its model's architecture (config.model.arch or its group's)
     Dataset train;
     Dataset test;
+    std::vector<int64_t> test_rows;  // `test` as rows of the run's balanced test set
   };
 
   // What the worker thread produces.
@@ -162,6 +164,9 @@ class TaskRunner {
   FederatedData data_;
   std::map<std::string, Client> clients_;  // by id
   std::map<std::string, Model> models_;    // by architecture
+  // Backbone features of data_.test shared by the hosted clients' evaluations (null for one
+  // client).
+  std::unique_ptr<FeatureCache> test_features_;
   std::map<std::string, std::unique_ptr<strategies::ClientAlgorithm>> algorithms_;  // by strategy
   torch::Device device_ = torch::kCPU;
   uint32_t poll_timeout_ms_ = 20000;

@@ -53,12 +53,12 @@ Result<torch::Tensor> map_batches(
     std::vector<torch::Tensor> outputs;
     BatchOptions batches;
     batches.batch_size = batch_size;
-    Status status =
-        for_each_batch(data, batches, augmenter, /*rng=*/nullptr,
-                       [&](const torch::Tensor& x, const torch::Tensor&) -> Status {
-                         outputs.push_back(per_batch(x));  // stays on the device: no sync here
-                         return Status::OK();
-                       });
+    Status status = for_each_batch(data, batches, augmenter, /*rng=*/nullptr,
+                                   [&](const torch::Tensor& x, const torch::Tensor&) -> Status {
+                                     // Stays on the device: no sync here.
+                                     outputs.push_back(apply_padded(x, per_batch));
+                                     return Status::OK();
+                                   });
     if (!status.ok()) return status.with_context(where);
     return torch::cat(outputs, /*dim=*/0).to(torch::kCPU);
   } catch (const std::exception& e) {
@@ -67,6 +67,16 @@ Result<torch::Tensor> map_batches(
 }
 
 }  // namespace
+
+torch::Tensor apply_padded(const torch::Tensor& x,
+                           const std::function<torch::Tensor(const torch::Tensor&)>& fn) {
+  const int64_t rows = x.size(0);
+  if (rows == 0 || rows >= kMinInferenceRows) return fn(x);
+  const torch::Tensor last = x.narrow(0, rows - 1, 1);
+  std::vector<int64_t> repeats(static_cast<size_t>(x.dim()), 1);
+  repeats[0] = kMinInferenceRows - rows;
+  return fn(torch::cat({x, last.repeat(repeats)}, /*dim=*/0)).narrow(0, 0, rows);
+}
 
 Status for_each_batch(const Dataset& data, const BatchOptions& options, const Augmenter& augmenter,
                       Rng* rng, const BatchFn& fn) {

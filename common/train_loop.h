@@ -82,6 +82,18 @@ Result<TrainStats> train_local(Model& model, const Dataset& data, const LocalTra
 // Maps backbone features (N×feature_dim, on the device) to logits (N×K).
 using LogitsFn = std::function<torch::Tensor(const torch::Tensor& features)>;
 
+// Inference (predict*, extract_features, FeatureCache) runs every batch with at least this many
+// rows: a smaller batch (a data set's last) is padded by repeating its last row, and the padding's
+// outputs are dropped. LibTorch's CPU kernels take other code paths for a handful of rows, whose
+// results differ in the last bits from the same rows in a larger batch; the padding keeps every
+// batch on the main path, so that features computed in different batches agree (FeatureCache
+// relies on it).
+constexpr int64_t kMinInferenceRows = 16;
+
+// fn(x with rows repeated up to kMinInferenceRows), cut back to x.size(0) rows along dim 0.
+torch::Tensor apply_padded(const torch::Tensor& x,
+                           const std::function<torch::Tensor(const torch::Tensor&)>& fn);
+
 // Logits of `logits_fn` on every example of `data`, in dataset order, as float N×K on the CPU.
 // Moves the model to `device`. Runs under NoGradGuard with the model in eval mode (its previous
 // mode is restored), in batches of `batch_size`, with inputs normalised by `input` (the training

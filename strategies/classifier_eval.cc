@@ -5,6 +5,7 @@
 #include <exception>
 #include <string>
 
+#include "common/feature_cache.h"
 #include "common/metrics.h"
 #include "common/torch_bundle.h"
 #include "common/train_loop.h"
@@ -107,7 +108,8 @@ Result<nlohmann::json> evaluate_classifier(const ModelOptions& model_options,
   return nlohmann::json{{"generic", share.to_json()}, {"generic_by_count_rule", count.to_json()}};
 }
 
-Result<nlohmann::json> evaluate_classifier_on_client(const ClientContext& context, Model& model) {
+Result<nlohmann::json> evaluate_classifier_on_client(const ClientContext& context, Model& model,
+                                                     const PayloadDigest* backbone_version) {
   if (context.config == nullptr) {
     return Status::InvalidArgument("evaluate_classifier_on_client: no run config");
   }
@@ -131,9 +133,16 @@ Result<nlohmann::json> evaluate_classifier_on_client(const ClientContext& contex
     torch::Tensor logits = m->head(kClassifierHead)->forward(features);
     return masked ? mask_absent_classes(logits, train_counts) : logits;
   };
-  FEDTAIL_ASSIGN_OR_RETURN(torch::Tensor predictions,
-                           predict_with(model, test, logits_fn, config.local.augment,
-                                        context.device, config.eval.batch_size));
+  const bool shared = backbone_version != nullptr && context.test_features != nullptr &&
+                      context.test_rows != nullptr &&
+                      static_cast<int64_t>(context.test_rows->size()) == test.size();
+  FEDTAIL_ASSIGN_OR_RETURN(
+      torch::Tensor predictions,
+      shared ? context.test_features->predict_with(model, *backbone_version, *context.test_rows,
+                                                   logits_fn, config.local.augment, context.device,
+                                                   config.eval.batch_size)
+             : predict_with(model, test, logits_fn, config.local.augment, context.device,
+                            config.eval.batch_size));
   try {
     torch::Tensor labels = test.labels.to(torch::kCPU);
     torch::Tensor hits = predictions.to(torch::kCPU).eq(labels);

@@ -17,6 +17,7 @@
 #include "common/augment.h"
 #include "common/model_options.h"
 #include "common/models.h"
+#include "common/payload_digest.h"
 #include "common/status.h"
 #include "common/tensor_bundle.h"
 #include "strategies/strategy.h"
@@ -53,7 +54,12 @@ Result<nlohmann::json> evaluate_classifier(const ModelOptions& model_options,
 // context.train are -inf. Returns {"correct", "examples", "per_class_correct": [K],
 // "per_class_examples": [K], "masked": bool}; an empty or null test set gives zero counts.
 // kInvalidArgument when context.config is null.
-Result<nlohmann::json> evaluate_classifier_on_client(const ClientContext& context, Model& model);
+// `backbone_version`: the digest of the bundle whose backbone `model` holds unchanged (e.g. the
+// task's global bundle), or null. With it, and where the host offers a feature cache
+// (context.test_features), the backbone's features are shared with the worker's other clients
+// that evaluate the same version; the result is the same bit for bit.
+Result<nlohmann::json> evaluate_classifier_on_client(
+    const ClientContext& context, Model& model, const PayloadDigest* backbone_version = nullptr);
 
 // Combines the clients' evaluate_classifier_on_client reports into
 // {"personalized": {"mean", "weighted", "clients"}, "masked": bool (any report masked),

@@ -2,26 +2,28 @@
 //
 // A strategy is a pair registered under one name (strategies/registry.h):
 //   - a ServerStrategy, driven by the coordinator's round engine: it picks clients and instructions
-//     for each round, folds their updates in as they arrive (Aggregation: O(model) memory whatever the
-//     number of clients), evaluates the global model, and saves/loads its whole state for exact resume;
+//     for each round, folds their updates in as they arrive (Aggregation: O(model) memory whatever
+//     the number of clients), evaluates the global model, and saves/loads its whole state for exact
+//     resume;
 //   - a ClientAlgorithm, run by each client for each task: local training (fit) and evaluation.
-// Data flow of one round (DESIGN.md): configure_fit -> tasks -> ClientAlgorithm::fit on each client ->
-// Aggregation::add per update as it arrives -> Aggregation::finish -> checkpoint.
+// Data flow of one round (DESIGN.md): configure_fit -> tasks -> ClientAlgorithm::fit on each client
+// -> Aggregation::add per update as it arrives -> Aggregation::finish -> checkpoint.
 //
 // Threading: the round engine calls a ServerStrategy (and its Aggregations) from one thread at a
 // time; a ClientAlgorithm is called by one thread at a time. Neither may throw: errors are Status
 // values (LibTorch exceptions are caught inside, at the strategy's boundary).
-// Randomness: every hook that chooses gets an Rng derived from the run seed, the round and the client.
+// Randomness: every hook that chooses gets an Rng derived from the run seed, the round and the
+// client.
 #ifndef FEDTAIL_STRATEGIES_STRATEGY_H_
 #define FEDTAIL_STRATEGIES_STRATEGY_H_
 
+#include <torch/types.h>
+
 #include <cstdint>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
-#include <torch/types.h>
 
 #include "common/dataset.h"
 #include "common/models.h"
@@ -29,6 +31,10 @@
 #include "common/run_config.h"
 #include "common/status.h"
 #include "common/tensor_bundle.h"
+
+namespace fedtail {
+class FeatureCache;  // common/feature_cache.h
+}  // namespace fedtail
 
 namespace fedtail::strategies {
 
@@ -38,16 +44,16 @@ namespace fedtail::strategies {
 // What the coordinator knows of one available client (sorted by id when handed to a strategy).
 struct ClientInfo {
   std::string id;
-  int64_t num_examples = 0;   // local training examples, as the client reported at Join
-  std::string model_family;   // its model architecture (heterogeneous federations)
+  int64_t num_examples = 0;  // local training examples, as the client reported at Join
+  std::string model_family;  // its model architecture (heterogeneous federations)
 };
 
 // The run, constant for its whole length. Borrowed: valid for the strategy's lifetime.
 struct RunContext {
-  const RunConfig* config = nullptr;   // data, model, local, eval sections
-  nlohmann::json strategy_config;      // config.strategy: the strategy's own options (an object)
-  int total_rounds = 0;                // rounds planned (rounds count from 1)
-  int num_classes = 0;                 // classes of the data set
+  const RunConfig* config = nullptr;  // data, model, local, eval sections
+  nlohmann::json strategy_config;     // config.strategy: the strategy's own options (an object)
+  int total_rounds = 0;               // rounds planned (rounds count from 1)
+  int num_classes = 0;                // classes of the data set
   std::vector<int64_t> train_class_counts;  // global long-tailed training counts (may be empty)
 };
 
@@ -96,8 +102,8 @@ class Aggregation {
 
 // What server-side evaluation gets: the coordinator's own test set (the balanced one).
 struct ServerEvalContext {
-  const Dataset* test = nullptr;                 // never null when evaluate() is called
-  std::vector<int64_t> train_class_counts;       // for the Many/Medium/Few groups
+  const Dataset* test = nullptr;            // never null when evaluate() is called
+  std::vector<int64_t> train_class_counts;  // for the Many/Medium/Few groups
   torch::Device device = torch::kCPU;
   int batch_size = 512;
 };
@@ -128,7 +134,8 @@ class ServerStrategy {
                                                            Rng& rng) = 0;
 
   // Combines the clients' evaluation reports into metrics (e.g. personalised accuracy).
-  virtual Result<nlohmann::json> aggregate_evaluate(int round, const std::vector<EvalReport>& reports,
+  virtual Result<nlohmann::json> aggregate_evaluate(int round,
+                                                    const std::vector<EvalReport>& reports,
                                                     const std::vector<ClientFailure>& failures) = 0;
 
   // Evaluates the global model(s) on the coordinator's test set; returns metrics such as
@@ -150,32 +157,38 @@ class ServerStrategy {
 // A client's persistent state: survives rounds and restarts (the client runtime stores it after
 // every task, atomically). Keep it compact: a simulation worker holds one per virtual client.
 struct ClientState {
-  TensorBundle tensors;                                  // e.g. FedLoGe's local head φ_k
-  nlohmann::json values = nlohmann::json::object();      // e.g. FedSA's previous local gap
+  TensorBundle tensors;                              // e.g. FedLoGe's local head φ_k
+  nlohmann::json values = nlohmann::json::object();  // e.g. FedSA's previous local gap
 };
 
 // Everything a ClientAlgorithm call may use. Borrowed for the duration of one call.
 struct ClientContext {
   std::string client_id;
   int round = 0;
-  const RunConfig* config = nullptr;                   // the run's config (from the coordinator)
+  const RunConfig* config = nullptr;  // the run's config (from the coordinator)
   nlohmann::json strategy_config = nlohmann::json::object();  // config.strategy
   nlohmann::json task_config = nlohmann::json::object();      // the TaskSpec's config
-  const Dataset* train = nullptr;                      // local training data
-  const Dataset* test = nullptr;                       // personalised test data (may be empty)
-  std::vector<int64_t> global_train_counts;            // global counts, for class groups
+  const Dataset* train = nullptr;                             // local training data
+  const Dataset* test = nullptr;             // personalised test data (may be empty)
+  std::vector<int64_t> global_train_counts;  // global counts, for class groups
   torch::Device device = torch::kCPU;
-  Rng* rng = nullptr;                                  // derived from (seed, client, round, task)
-  ClientState* state = nullptr;                        // this client's persistent state
+  Rng* rng = nullptr;            // derived from (seed, client, round, task)
+  ClientState* state = nullptr;  // this client's persistent state
   // A model of this client's architecture, on `device`. Its weights on entry are unspecified (it is
   // shared between the virtual clients of a worker): load what you need from the task's bundle.
   Model* model = nullptr;
+  // Where the host offers it (a worker of several virtual clients): `test` as rows of the run's
+  // balanced test set, and a cache of backbone features over that set shared by the worker's
+  // clients (common/feature_cache.h). Evaluation that runs the global backbone unchanged passes
+  // the global bundle's digest as the version; both null otherwise.
+  const std::vector<int64_t>* test_rows = nullptr;
+  FeatureCache* test_features = nullptr;
 };
 
 struct FitOutput {
-  TensorBundle update;                                 // what goes back to the coordinator
-  int64_t num_examples = 0;                            // examples trained on (aggregation weight)
-  nlohmann::json metrics = nlohmann::json::object();   // e.g. {"loss": 0.42}
+  TensorBundle update;                                // what goes back to the coordinator
+  int64_t num_examples = 0;                           // examples trained on (aggregation weight)
+  nlohmann::json metrics = nlohmann::json::object();  // e.g. {"loss": 0.42}
 };
 
 class ClientAlgorithm {

@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/bundle_codec.h"
 #include "common/models.h"
 #include "common/torch_bundle.h"
 #include "strategies/classifier_eval.h"
@@ -313,7 +314,9 @@ Result<nlohmann::json> FedAvgClient::evaluate(ClientContext& context, const Tens
   try {
     FEDTAIL_RETURN_IF_ERROR(
         load_module_state(**context.model, global, /*strict=*/true).with_context("global model"));
-    return evaluate_classifier_on_client(context, *context.model);
+    // The global model unchanged: the worker's clients can share its backbone's features.
+    const PayloadDigest version = payload_digest(global);
+    return evaluate_classifier_on_client(context, *context.model, &version);
   } catch (const std::exception& e) {
     return Status::Internal("fedavg client evaluate: " + std::string(e.what()));
   }

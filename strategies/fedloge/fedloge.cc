@@ -11,6 +11,7 @@
 #include <string>
 #include <utility>
 
+#include "common/bundle_codec.h"
 #include "common/json_reader.h"
 #include "common/metrics.h"
 #include "common/models.h"
@@ -557,7 +558,9 @@ Result<nlohmann::json> FedLoGeClient::evaluate(ClientContext& context, const Ten
       slot->weight.copy_(weight);
       slot->bias.copy_(bias);
     }
-    return evaluate_classifier_on_client(context, model);
+    // The backbone is the global one unchanged (only the head is the client's).
+    const PayloadDigest version = payload_digest(global);
+    return evaluate_classifier_on_client(context, model, &version);
   } catch (const std::exception& e) {
     return torch_failure("fedloge client evaluate", e);
   }
