@@ -43,6 +43,7 @@ Result<DataOptions> parse_data_options(const nlohmann::json& j, const std::strin
   r.read("clients", &o.clients);
   r.read("min_client_size", &o.min_client_size);
   r.read("max_examples_per_class", &o.max_examples_per_class);
+  r.read("validation_per_class", &o.validation_per_class);
 
   r.check(std::isfinite(o.imbalance_factor) && o.imbalance_factor >= 1.0, "imbalance_factor",
           "must be >= 1 (got " + format_number(o.imbalance_factor) + ")");
@@ -59,6 +60,8 @@ Result<DataOptions> parse_data_options(const nlohmann::json& j, const std::strin
           "must be >= 0 (got " + std::to_string(o.min_client_size) + ")");
   r.check(o.max_examples_per_class >= 0, "max_examples_per_class",
           "must be >= 0 (got " + std::to_string(o.max_examples_per_class) + ")");
+  r.check(o.validation_per_class >= 0, "validation_per_class",
+          "must be >= 0 (got " + std::to_string(o.validation_per_class) + ")");
   r.check(o.dataset != "folder" || !o.root.empty(), "root", "required for dataset \"folder\"");
   FEDTAIL_RETURN_IF_ERROR(r.finish());
   return o;
@@ -73,7 +76,8 @@ nlohmann::json data_options_to_json(const DataOptions& o) {
                         {"classes_per_client", o.classes_per_client},
                         {"clients", o.clients},
                         {"min_client_size", o.min_client_size},
-                        {"max_examples_per_class", o.max_examples_per_class}};
+                        {"max_examples_per_class", o.max_examples_per_class},
+                        {"validation_per_class", o.validation_per_class}};
 }
 
 }  // namespace fedtail

@@ -42,6 +42,12 @@ struct DataOptions {
   // max_examples_per_class examples (file order), before long-tailing; the test set is untouched.
   // Keeps tests and smoke runs small.
   int64_t max_examples_per_class = 0;
+  // 0 (default) evaluates on the dataset's test split. Otherwise the last validation_per_class
+  // examples of each TRAIN class (file order) are held out first, before trimming and
+  // long-tailing, and take the test split's place everywhere (server evaluation, personalised
+  // test sets): a balanced validation set for choosing settings without looking at the test set.
+  // Every class needs more than validation_per_class training examples.
+  int64_t validation_per_class = 0;
 };
 
 // The datasets DataOptions::dataset accepts.

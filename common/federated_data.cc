@@ -24,6 +24,30 @@ std::vector<int64_t> trim_per_class(const std::vector<int64_t>& labels, int num_
   return kept;
 }
 
+// Splits off the last `per_class` examples of each class (file order): {kept, held out}.
+// kInvalidArgument naming the smallest class when a class has no more than `per_class` examples.
+Result<std::pair<std::vector<int64_t>, std::vector<int64_t>>> hold_out_per_class(
+    const std::vector<int64_t>& labels, int num_classes, int64_t per_class) {
+  std::vector<int64_t> total(num_classes, 0);
+  for (int64_t label : labels) ++total[label];
+  for (int c = 0; c < num_classes; ++c) {
+    if (total[c] <= per_class) {
+      return Status::InvalidArgument("data.validation_per_class: class " + std::to_string(c) +
+                                     " has " + std::to_string(total[c]) +
+                                     " training examples; holding out " +
+                                     std::to_string(per_class) + " would leave none");
+    }
+  }
+  std::pair<std::vector<int64_t>, std::vector<int64_t>> out;
+  std::vector<int64_t> seen(num_classes, 0);
+  for (size_t i = 0; i < labels.size(); ++i) {
+    const int64_t label = labels[i];
+    (seen[label]++ < total[label] - per_class ? out.first : out.second)
+        .push_back(static_cast<int64_t>(i));
+  }
+  return out;
+}
+
 }  // namespace
 
 Dataset FederatedData::client_train_set(int k) const { return train.subset(client_train.at(k)); }
@@ -51,6 +75,13 @@ Result<FederatedData> build_federated_data(const DataOptions& options, uint64_t 
   const int num_classes = train.num_classes;
 
   std::vector<int64_t> labels = train.label_vector();
+  if (options.validation_per_class > 0) {
+    FEDTAIL_ASSIGN_OR_RETURN(auto split,
+                             hold_out_per_class(labels, num_classes, options.validation_per_class));
+    fd.test = train.subset(split.second);
+    train = train.subset(split.first);
+    labels = train.label_vector();
+  }
   if (options.max_examples_per_class > 0) {
     train = train.subset(trim_per_class(labels, num_classes, options.max_examples_per_class));
     labels = train.label_vector();

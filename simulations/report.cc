@@ -181,6 +181,10 @@ std::string describe_config(const nlohmann::json& config) {
   if (data.contains("imbalance_factor")) out << ", imbalance factor " << data["imbalance_factor"];
   out << ", " << data.value("partition", std::string("dirichlet")) << " partition";
   if (data.contains("alpha")) out << " (α " << data["alpha"] << ")";
+  if (data.value("validation_per_class", 0) > 0) {
+    out << ", evaluated on a validation set of " << data["validation_per_class"]
+        << " held-out training examples per class (not the test set)";
+  }
   out << ", " << data.value("clients", 0) << " clients; model "
       << model.value("arch", std::string("cnn"));
   if (local.is_object() && !local.empty()) {

@@ -44,7 +44,8 @@ TEST(DataOptions, ReadsEveryField) {
                   {"classes_per_client", 20},
                   {"clients", 40},
                   {"min_client_size", 8},
-                  {"max_examples_per_class", 100}};
+                  {"max_examples_per_class", 100},
+                  {"validation_per_class", 500}};
   auto o = parse_data_options(j, "config.data");
   ASSERT_TRUE(o.ok()) << o.status().to_string();
   EXPECT_EQ(o->dataset, "cifar100");
@@ -55,6 +56,7 @@ TEST(DataOptions, ReadsEveryField) {
   EXPECT_EQ(o->clients, 40);
   EXPECT_EQ(o->min_client_size, 8);
   EXPECT_EQ(o->max_examples_per_class, 100);
+  EXPECT_EQ(o->validation_per_class, 500);
   // The JSON form reads back to the same options.
   auto back = parse_data_options(data_options_to_json(*o), "config.data");
   ASSERT_TRUE(back.ok()) << back.status().to_string();
@@ -75,6 +77,8 @@ TEST(DataOptions, AbsurdValuesNameTheField) {
             "config.data.min_client_size: must be >= 0 (got -2)");
   EXPECT_EQ(error_of({{"max_examples_per_class", -1}}),
             "config.data.max_examples_per_class: must be >= 0 (got -1)");
+  EXPECT_EQ(error_of({{"validation_per_class", -1}}),
+            "config.data.validation_per_class: must be >= 0 (got -1)");
   EXPECT_EQ(error_of({{"dataset", "folder"}}), "config.data.root: required for dataset \"folder\"");
   // cifar100 allows up to 100 classes per client.
   EXPECT_EQ(error_of({{"dataset", "cifar100"}, {"classes_per_client", 100}}), "");

@@ -87,5 +87,34 @@ TEST(FederatedData, ReportsPartitionErrorsWithTheField) {
   EXPECT_EQ(fd.status().message().rfind("data.partition: ", 0), 0u) << fd.status().message();
 }
 
+TEST(FederatedData, ValidationReplacesTheTestSetWithHeldOutTrainingExamples) {
+  if (!have_fashion_mnist()) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  DataOptions o = small_options();
+  o.validation_per_class = 50;
+  auto fd = build_federated_data(o, 1);
+  auto plain = build_federated_data(small_options(), 1);
+  ASSERT_TRUE(fd.ok()) << fd.status().to_string();
+  ASSERT_TRUE(plain.ok());
+  // A balanced validation set of 50 per class in place of the 10,000 test images.
+  EXPECT_EQ(fd->test.size(), 500);
+  EXPECT_EQ(fd->test.class_counts(), std::vector<int64_t>(10, 50));
+  // Held out before trimming: the training profile is the same as without validation.
+  EXPECT_EQ(fd->train_class_counts, long_tail_counts(300, 10, 10));
+  // No validation image is a training image (the first 300 of each class are kept, the last 50
+  // held out, from 6000 per class): the first validation image of class 0 is not in train.
+  for (int64_t i = 0; i < fd->train.size(); ++i) {
+    ASSERT_FALSE(torch::equal(fd->train.images[i], fd->test.images[0])) << "train row " << i;
+  }
+  // Personalised test sets are drawn from the validation set.
+  for (int k = 0; k < fd->num_clients(); ++k) {
+    for (int64_t row : fd->client_test[k]) EXPECT_LT(row, 500);
+  }
+  o.validation_per_class = 6000;  // every class has exactly 6000
+  auto too_many = build_federated_data(o, 1);
+  ASSERT_FALSE(too_many.ok());
+  EXPECT_EQ(too_many.status().message().rfind("data.validation_per_class: class 0 has 6000", 0), 0u)
+      << too_many.status().message();
+}
+
 }  // namespace
 }  // namespace fedtail
