@@ -262,6 +262,10 @@ nlohmann::json make_report(const ReportInfo& info, const std::vector<RunResult>&
       {"wall_seconds", info.wall_seconds},
       {"workers", info.workers},
       {"setting", describe_config(info.config)},
+      {"validation_per_class",
+       info.config.is_object()
+           ? info.config.value("data", nlohmann::json::object()).value("validation_per_class", 0)
+           : 0},
       {"mask_absent_classes",
        info.config.is_object() &&
            info.config.value("eval", nlohmann::json::object()).value("mask_absent_classes", false)},
@@ -293,8 +297,9 @@ std::string report_markdown(const nlohmann::json& report) {
   md << "Accuracies in %, " << (n_seeds > 1 ? "mean ± std over seeds" : "one seed")
      << ", at each run's last evaluated round.\n\n";
 
-  md << "## Generic accuracy (balanced test set)\n\n"
-        "Many / Medium / Few: classes sorted by training count; Many holds the first 75% of the "
+  const bool validation = report.value("validation_per_class", 0) > 0;
+  md << "## Generic accuracy (balanced " << (validation ? "validation" : "test") << " set)\n\n"
+     << "Many / Medium / Few: classes sorted by training count; Many holds the first 75% of the "
         "training samples, Medium the next 20%, Few the rest.\n\n"
         "| strategy | model | all | many | medium | few |\n|---|---|---|---|---|---|\n";
   for (const nlohmann::json& row : table["generic"]) {

@@ -21,12 +21,12 @@ namespace fedtail::simulation {
 
 // One finished (or failed) run.
 struct RunResult {
-  std::string label;      // the strategy entry's label
-  std::string strategy;   // its registered name
+  std::string label;     // the strategy entry's label
+  std::string strategy;  // its registered name
   uint64_t seed = 0;
-  std::string run_dir;    // relative to the output directory
-  std::string status = "completed";  // or "failed: <why>"
-  nlohmann::json summary;            // the run's summary.json (null when it has none)
+  std::string run_dir;                // relative to the output directory
+  std::string status = "completed";   // or "failed: <why>"
+  nlohmann::json summary;             // the run's summary.json (null when it has none)
   std::vector<nlohmann::json> lines;  // its metrics.jsonl
   nlohmann::json worker_failures = nlohmann::json::array();  // workers lost during the run
 };
@@ -39,7 +39,8 @@ struct ReportInfo {
   int workers = 0;
 };
 
-// summary.json of the whole simulation: {"config", "wall_seconds", "workers", "seeds",
+// summary.json of the whole simulation: {"config", "wall_seconds", "workers", "setting",
+// "validation_per_class" (config.data's; > 0: accuracies are on a validation set), "seeds",
 // "strategies", "runs": [per run: label, strategy, seed, run_dir, status, rounds_completed,
 // wall_seconds, final (DESIGN.md keys), models {generic, personalized}, bytes_per_round {down, up},
 // seconds_per_round {total, fit_s, fit_compute_s, fit_upload_s, aggregate_s, evaluate_s,
