@@ -10,13 +10,7 @@
 #include <list>
 #include <mutex>
 
-#if defined(__SANITIZE_ADDRESS__)
-#define FEDTAIL_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define FEDTAIL_ASAN 1
-#endif
-#endif
+#include "common/sanitizers.h"
 
 namespace fedtail {
 namespace {
@@ -25,7 +19,7 @@ constexpr size_t kSmallAlignment = 64;
 constexpr uint64_t kMaxDefaultLimit = uint64_t{4} << 30;
 
 uint64_t default_limit() {
-#ifdef FEDTAIL_ASAN
+#ifdef FEDTAIL_SANITIZER_ALLOCATOR
   constexpr bool kAsan = true;
 #else
   constexpr bool kAsan = false;

@@ -11,14 +11,7 @@
 #include <malloc.h>
 #endif
 
-#if defined(__SANITIZE_ADDRESS__)
-#define FEDTAIL_MALLOC_REPLACED 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(memory_sanitizer) || \
-    __has_feature(thread_sanitizer)
-#define FEDTAIL_MALLOC_REPLACED 1
-#endif
-#endif
+#include "common/sanitizers.h"
 
 namespace fedtail {
 namespace {
@@ -61,7 +54,7 @@ MallocTuning tune_malloc() {
       keep = mb << 20;
     }
   }
-#if defined(FEDTAIL_MALLOC_REPLACED)
+#if defined(FEDTAIL_SANITIZER_ALLOCATOR)
   t.note = "a sanitizer's allocator replaces malloc";
 #elif !defined(__GLIBC__)
   t.note = "not glibc";

@@ -262,17 +262,20 @@ nlohmann::json machine_info(const Flags& flags, const BenchContext& ctx) {
   std::tm utc{};
   gmtime_r(&now, &utc);
   std::strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &utc);
-  return {{"hostname", host},
-          {"cpu", cpu_model()},
-          {"hardware_threads", hardware_threads()},
-          {"device", device_name(ctx.device)},
-          {"cuda_devices", torch::cuda::is_available() ? torch::cuda::device_count() : 0},
-          {"torch_version", TORCH_VERSION},
-          {"fedtail_version", FEDTAIL_VERSION},
-          {"quick", flags.quick},
-          {"load_average_1min", load_average()},
-          {"omp_wait_policy", omp_wait_policy()},
-          {"utc_time", when}};
+  return {
+      {"hostname", host},
+      {"cpu", cpu_model()},
+      {"hardware_threads", hardware_threads()},
+      {"device", device_name(ctx.device)},
+      {"cuda_devices", torch::cuda::is_available() ? torch::cuda::device_count() : 0},
+      {"torch_version", TORCH_VERSION},
+      {"fedtail_version", FEDTAIL_VERSION},
+      {"quick", flags.quick},
+      {"load_average_1min", load_average()},
+      {"omp_wait_policy", omp_wait_policy()},
+      {"malloc_keep_mb", malloc_tuning().applied ? nlohmann::json(malloc_tuning().keep_bytes >> 20)
+                                                 : nlohmann::json(malloc_tuning().note)},
+      {"utc_time", when}};
 }
 
 Status write_file(const std::filesystem::path& path, const std::string& text) {
