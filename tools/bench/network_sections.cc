@@ -17,6 +17,7 @@
 #include "common/subprocess.h"
 #include "tools/bench/data_sections.h"
 #include "tools/bench/loopback_federation.h"
+#include "tools/bench/scratch.h"
 
 namespace fedtail::bench {
 namespace {
@@ -83,17 +84,6 @@ int64_t peak_rss_kb(pid_t pid) {
     if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6));
   }
   return -1;
-}
-
-std::string read_text(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-std::string tail(const std::string& text, size_t bytes = 2000) {
-  return text.size() <= bytes ? text : text.substr(text.size() - bytes);
 }
 
 struct ProcessRun {

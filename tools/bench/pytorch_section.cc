@@ -13,6 +13,7 @@
 #include "common/device.h"
 #include "common/json_reader.h"
 #include "common/subprocess.h"
+#include "tools/bench/scratch.h"
 #include "tools/bench/throughput.h"
 
 #ifndef FEDTAIL_SOURCE_DIR
@@ -44,11 +45,6 @@ std::string env_or(const char* name, const std::string& fallback) {
   return v != nullptr && *v != '\0' ? v : fallback;
 }
 
-std::string read_text(const fs::path& path) {
-  std::ifstream in(path);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
-
 struct Reference {
   std::string python;
   std::string script;
@@ -65,9 +61,8 @@ Result<std::string> run_to_end(const std::vector<std::string>& argv, const fs::p
   const int code = child->wait();
   std::string output = read_text(log);
   if (code != 0) {
-    const std::string tail = output.size() > 2000 ? output.substr(output.size() - 2000) : output;
     return Status::Internal(argv[0] + " " + (argv.size() > 1 ? argv[1] : "") + ": " +
-                            child->describe_exit() + ": " + tail);
+                            child->describe_exit() + ": " + tail(output));
   }
   return output;
 }
@@ -123,18 +118,8 @@ Result<nlohmann::json> run_pytorch(const BenchContext& ctx) {
   ref.python = env_or("FEDTAIL_PYTHON", "/usr/bin/python3");
   ref.script = env_or("FEDTAIL_PYTORCH_REFERENCE",
                       std::string(FEDTAIL_SOURCE_DIR) + "/tools/bench/pytorch_reference.py");
-  ref.work_dir =
-      fs::temp_directory_path() / ("fedtail-bench-pytorch." + std::to_string(::getpid()));
-  std::error_code ec;
-  fs::create_directories(ref.work_dir, ec);
-  if (ec) return Status::IOError(ref.work_dir.string() + ": " + ec.message());
-  struct Cleanup {
-    fs::path dir;
-    ~Cleanup() {
-      std::error_code ignored;
-      fs::remove_all(dir, ignored);
-    }
-  } cleanup{ref.work_dir};
+  FEDTAIL_ASSIGN_OR_RETURN(ScratchDir scratch, ScratchDir::create("pytorch"));
+  ref.work_dir = scratch.path();
 
   if (!fs::exists(ref.script)) {
     section["skipped"] = ref.script + " not found (set FEDTAIL_PYTORCH_REFERENCE)";

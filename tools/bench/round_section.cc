@@ -17,6 +17,7 @@
 #include "common/device.h"
 #include "common/json_reader.h"
 #include "common/subprocess.h"
+#include "tools/bench/scratch.h"
 #include "tools/bench/throughput.h"
 
 namespace fedtail::bench {
@@ -58,11 +59,6 @@ Usage children_usage() {
   u.minor_faults = r.ru_minflt;
   u.major_faults = r.ru_majflt;
   return u;
-}
-
-std::string read_text(const fs::path& path) {
-  std::ifstream in(path);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
 }
 
 std::optional<double> number_at(const nlohmann::json& j, std::initializer_list<const char*> path) {
@@ -132,10 +128,8 @@ Result<SimRun> run_simulation(const BenchContext& ctx, const fs::path& config_pa
   SimRun run;
   run.wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (code != 0) {
-    std::string text = read_text(log);
-    if (text.size() > 3000) text = text.substr(text.size() - 3000);
     return Status::Internal("fedtail-sim " + config_path.string() + ": " + sim->describe_exit() +
-                            ": " + text);
+                            ": " + tail(read_text(log), 3000));
   }
   run.usage.user_s = (after.user_s - before.user_s) / rounds;
   run.usage.sys_s = (after.sys_s - before.sys_s) / rounds;
@@ -181,18 +175,8 @@ Result<nlohmann::json> run_round(const BenchContext& ctx) {
   if (!fs::exists(sim)) {
     return Status::NotFound(sim.string() + ": fedtail-sim is not beside fedtail-bench");
   }
-  const fs::path dir =
-      fs::temp_directory_path() / ("fedtail-bench-round." + std::to_string(::getpid()));
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  if (ec) return Status::IOError(dir.string() + ": " + ec.message());
-  struct Cleanup {
-    fs::path dir;
-    ~Cleanup() {
-      std::error_code ignored;
-      fs::remove_all(dir, ignored);
-    }
-  } cleanup{dir};
+  FEDTAIL_ASSIGN_OR_RETURN(ScratchDir scratch, ScratchDir::create("round"));
+  const fs::path& dir = scratch.path();
 
   nlohmann::json config;
   fs::path config_path = ctx.round_config;
