@@ -313,7 +313,12 @@ Status run(const Flags& flags) {
   for (const auto& name : flags.sections) {
     bool known = false;
     for (const auto& s : sections()) known = known || s.name == name;
-    if (!known) return Status::InvalidArgument("--sections: unknown section \"" + name + "\"");
+    if (!known) {
+      std::string names;
+      for (const auto& s : sections()) names += (names.empty() ? "" : ", ") + s.name;
+      return Status::InvalidArgument("--sections: unknown section \"" + name +
+                                     "\" (known: " + names + ")");
+    }
   }
 
   std::filesystem::create_directories(flags.out, ec);
@@ -353,7 +358,9 @@ int main(int argc, char** argv) {
   app.add_flag("--quick", flags.quick, "fewer steps per measurement (a smoke run)");
   app.add_option("--out", flags.out, "output directory")->capture_default_str();
   app.add_option("--device", flags.device, "auto, cpu, cuda or cuda:<i>")->capture_default_str();
-  app.add_option("--sections", flags.sections, "comma-separated sections (default: all)")
+  app.add_option("--sections", flags.sections,
+                 "comma-separated sections (default: all): training, evaluation, aggregation, "
+                 "serialization, transport, coordinator, round, pytorch")
       ->delimiter(',');
   app.add_option("--models", flags.models,
                  "comma-separated architectures of the training/evaluation sections (default: "
