@@ -8,8 +8,6 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
-#include <initializer_list>
-#include <optional>
 #include <string>
 #include <vector>
 
@@ -59,16 +57,6 @@ Usage children_usage() {
   u.minor_faults = r.ru_minflt;
   u.major_faults = r.ru_majflt;
   return u;
-}
-
-std::optional<double> number_at(const nlohmann::json& j, std::initializer_list<const char*> path) {
-  const nlohmann::json* at = &j;
-  for (const char* key : path) {
-    if (!at->is_object() || !at->contains(key)) return std::nullopt;
-    at = &(*at)[key];
-  }
-  if (!at->is_number()) return std::nullopt;
-  return at->get<double>();
 }
 
 // What one fedtail-sim run measured.
@@ -150,11 +138,11 @@ Result<SimRun> run_simulation(const BenchContext& ctx, const fs::path& config_pa
     Result<nlohmann::json> parsed = parse_json_text(line);
     if (!parsed.ok()) continue;
     ++lines;
-    run.train_images += number_at(*parsed, {"fit", "metrics", "examples"}).value_or(0);
-    run.client_eval_images +=
-        number_at(*parsed, {"evaluate", "metrics", "personalized", "examples"}).value_or(0);
-    run.server_eval_images +=
-        number_at(*parsed, {"server_eval", "generic", "examples"}).value_or(0);
+    // Absent keys (a round without evaluation) count as 0.
+    using Ptr = nlohmann::json::json_pointer;
+    run.train_images += parsed->value(Ptr("/fit/metrics/examples"), 0.0);
+    run.client_eval_images += parsed->value(Ptr("/evaluate/metrics/personalized/examples"), 0.0);
+    run.server_eval_images += parsed->value(Ptr("/server_eval/generic/examples"), 0.0);
   }
   if (lines > 0) {
     run.train_images /= lines;
