@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "common/crypto.h"
+#include "common/security/crypto.h"
 
 namespace fedtail::client {
 

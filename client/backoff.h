@@ -10,7 +10,7 @@
 
 #include <string>
 
-#include "common/rng.h"
+#include "common/base/rng.h"
 
 namespace fedtail::client {
 

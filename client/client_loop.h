@@ -11,7 +11,7 @@
 
 #include "client/connection.h"
 #include "client/task_runner.h"
-#include "common/status.h"
+#include "common/base/status.h"
 
 namespace fedtail::client {
 

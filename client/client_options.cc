@@ -4,7 +4,7 @@
 #include <charconv>
 #include <limits>
 
-#include "common/json_reader.h"
+#include "common/base/json_reader.h"
 
 namespace fedtail::client {
 

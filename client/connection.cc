@@ -9,8 +9,8 @@
 #include <utility>
 
 #include "client/fault_pause.h"
-#include "common/bundle_codec.h"
-#include "common/grpc_status.h"
+#include "common/wire/bundle_codec.h"
+#include "common/wire/grpc_status.h"
 
 namespace fedtail::client {
 

@@ -39,9 +39,9 @@
 #include <vector>
 
 #include "client/backoff.h"
-#include "common/status.h"
-#include "common/tensor_bundle.h"
-#include "common/tls.h"
+#include "common/base/status.h"
+#include "common/wire/tensor_bundle.h"
+#include "common/security/tls.h"
 #include "fedtail/v1/federation.grpc.pb.h"
 
 namespace grpc {

@@ -43,12 +43,12 @@
 #include "client/connection.h"
 #include "client/state_store.h"
 #include "client/task_runner.h"
-#include "common/certs.h"
-#include "common/device.h"
-#include "common/logging.h"
-#include "common/malloc_tuning.h"
-#include "common/status.h"
-#include "common/tls.h"
+#include "common/security/certs.h"
+#include "common/learning/device.h"
+#include "common/base/logging.h"
+#include "common/base/malloc_tuning.h"
+#include "common/base/status.h"
+#include "common/security/tls.h"
 #include "strategies/registry.h"
 
 namespace fedtail::client {

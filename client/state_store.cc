@@ -9,7 +9,7 @@
 #include <string_view>
 #include <utility>
 
-#include "common/bundle_file.h"
+#include "common/wire/bundle_file.h"
 
 namespace fedtail::client {
 

@@ -1,5 +1,5 @@
 // StateStore: the persistent per-client state (strategies::ClientState) of the clients a process
-// hosts, one file per client: <dir>/<client-id>.state, a bundle file (common/bundle_file.h) written
+// hosts, one file per client: <dir>/<client-id>.state, a bundle file (common/wire/bundle_file.h) written
 // atomically after every completed task, so that the state survives client restarts and crashes.
 //
 // Besides the state itself, a record keeps the state the last task started from and that task's
@@ -23,7 +23,7 @@
 #include <set>
 #include <string>
 
-#include "common/status.h"
+#include "common/base/status.h"
 #include "strategies/strategy.h"
 
 namespace fedtail::client {

@@ -8,11 +8,11 @@
 #include <utility>
 
 #include "client/fault_pause.h"
-#include "common/device.h"
-#include "common/model_options.h"
-#include "common/rng.h"
-#include "common/tensor_bundle.h"
-#include "common/tls.h"
+#include "common/learning/device.h"
+#include "common/learning/model_options.h"
+#include "common/base/rng.h"
+#include "common/wire/tensor_bundle.h"
+#include "common/security/tls.h"
 #include "strategies/registry.h"
 
 namespace fedtail::client {

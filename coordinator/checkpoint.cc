@@ -10,8 +10,8 @@
 #include <fstream>
 #include <sstream>
 
-#include "common/bundle_file.h"
-#include "common/crypto.h"
+#include "common/wire/bundle_file.h"
+#include "common/security/crypto.h"
 
 namespace fedtail::coordinator {
 namespace {

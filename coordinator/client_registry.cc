@@ -6,7 +6,7 @@
 #include <cstdio>
 #include <set>
 
-#include "common/crypto.h"
+#include "common/security/crypto.h"
 
 namespace fedtail::coordinator {
 

@@ -29,7 +29,7 @@
 #include <string>
 #include <vector>
 
-#include "common/status.h"
+#include "common/base/status.h"
 #include "strategies/strategy.h"
 
 namespace fedtail::coordinator {

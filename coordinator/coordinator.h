@@ -18,10 +18,10 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
-#include "common/federated_data.h"
-#include "common/run_config.h"
-#include "common/status.h"
-#include "common/tls.h"
+#include "common/data/federated_data.h"
+#include "common/learning/run_config.h"
+#include "common/base/status.h"
+#include "common/security/tls.h"
 #include "coordinator/client_registry.h"
 #include "coordinator/options.h"
 #include "coordinator/round_engine.h"

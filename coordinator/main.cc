@@ -17,9 +17,9 @@
 #include <string>
 #include <vector>
 
-#include "common/logging.h"
-#include "common/malloc_tuning.h"
-#include "common/signal_watcher.h"
+#include "common/base/logging.h"
+#include "common/base/malloc_tuning.h"
+#include "common/base/signal_watcher.h"
 #include "coordinator/coordinator.h"
 #include "strategies/registry.h"
 

@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <sstream>
 
-#include "common/json_reader.h"
+#include "common/base/json_reader.h"
 
 namespace fedtail::coordinator {
 namespace {

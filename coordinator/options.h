@@ -15,7 +15,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
-#include "common/status.h"
+#include "common/base/status.h"
 
 namespace fedtail::coordinator {
 

@@ -10,7 +10,7 @@
 #include <exception>
 #include <set>
 
-#include "common/rng.h"
+#include "common/base/rng.h"
 
 namespace fedtail::coordinator {
 namespace {

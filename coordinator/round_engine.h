@@ -49,10 +49,10 @@
 #include <thread>
 #include <vector>
 
-#include "common/bundle_codec.h"
-#include "common/dataset.h"
-#include "common/run_config.h"
-#include "common/status.h"
+#include "common/wire/bundle_codec.h"
+#include "common/data/dataset.h"
+#include "common/learning/run_config.h"
+#include "common/base/status.h"
 #include "coordinator/client_registry.h"
 #include "coordinator/options.h"
 #include "coordinator/poll_waiters.h"

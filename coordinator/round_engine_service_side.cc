@@ -6,7 +6,7 @@
 #include <algorithm>
 #include <exception>
 
-#include "common/json_reader.h"
+#include "common/base/json_reader.h"
 #include "coordinator/round_engine.h"
 
 namespace fedtail::coordinator {

@@ -6,8 +6,8 @@
 #include <memory>
 #include <string>
 
-#include "common/payload_digest.h"
-#include "common/tensor_bundle.h"
+#include "common/wire/payload_digest.h"
+#include "common/wire/tensor_bundle.h"
 
 namespace fedtail::coordinator {
 

@@ -1,6 +1,6 @@
 #include "coordinator/upload_gate.h"
 
-#include "common/status.h"
+#include "common/base/status.h"
 
 namespace fedtail::coordinator {
 

@@ -19,8 +19,8 @@
 #include <string>
 #include <vector>
 
-#include "common/malloc_tuning.h"
-#include "common/signal_watcher.h"
+#include "common/base/malloc_tuning.h"
+#include "common/base/signal_watcher.h"
 #include "simulations/simulation.h"
 #include "strategies/registry.h"
 

@@ -8,7 +8,7 @@
 #include <map>
 #include <sstream>
 
-#include "common/subprocess.h"
+#include "common/base/subprocess.h"
 
 namespace fedtail::simulation {
 namespace {

@@ -3,8 +3,8 @@
 #include <algorithm>
 #include <set>
 
-#include "common/json_reader.h"
-#include "common/run_config.h"
+#include "common/base/json_reader.h"
+#include "common/learning/run_config.h"
 #include "coordinator/options.h"
 
 namespace fedtail::simulation {

@@ -1,6 +1,6 @@
 // The simulation plan: which runs a fedtail-sim config asks for, and the run config of each.
 //
-// A simulation config is a run config (common/run_config.h, coordinator/options.h) with an optional
+// A simulation config is a run config (common/learning/run_config.h, coordinator/options.h) with an optional
 // "simulation" section:
 //
 //   "strategy": {"fraction_fit": 0.2},          // options every strategy shares (no "name" needed)
@@ -28,7 +28,7 @@
 #include <string>
 #include <vector>
 
-#include "common/status.h"
+#include "common/base/status.h"
 
 namespace fedtail::simulation {
 

@@ -8,8 +8,8 @@
 #include <filesystem>
 #include <fstream>
 
-#include "common/device.h"
-#include "common/json_reader.h"
+#include "common/learning/device.h"
+#include "common/base/json_reader.h"
 #include "coordinator/checkpoint.h"
 #include "coordinator/coordinator.h"
 #include "simulations/worker_pool.h"

@@ -25,7 +25,7 @@
 #include <string>
 #include <vector>
 
-#include "common/status.h"
+#include "common/base/status.h"
 #include "simulations/progress.h"
 #include "simulations/report.h"
 #include "simulations/sim_config.h"

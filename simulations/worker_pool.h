@@ -14,8 +14,8 @@
 #include <string>
 #include <vector>
 
-#include "common/status.h"
-#include "common/subprocess.h"
+#include "common/base/status.h"
+#include "common/base/subprocess.h"
 
 namespace fedtail::simulation {
 

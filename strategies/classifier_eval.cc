@@ -5,10 +5,10 @@
 #include <exception>
 #include <string>
 
-#include "common/feature_cache.h"
-#include "common/metrics.h"
-#include "common/torch_bundle.h"
-#include "common/train_loop.h"
+#include "common/learning/feature_cache.h"
+#include "common/learning/metrics.h"
+#include "common/learning/torch_bundle.h"
+#include "common/learning/train_loop.h"
 
 namespace fedtail::strategies {
 namespace {

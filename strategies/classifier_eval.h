@@ -14,12 +14,12 @@
 #include <nlohmann/json.hpp>
 #include <vector>
 
-#include "common/augment.h"
-#include "common/model_options.h"
-#include "common/models.h"
-#include "common/payload_digest.h"
-#include "common/status.h"
-#include "common/tensor_bundle.h"
+#include "common/data/augment.h"
+#include "common/learning/model_options.h"
+#include "common/learning/models.h"
+#include "common/wire/payload_digest.h"
+#include "common/base/status.h"
+#include "common/wire/tensor_bundle.h"
 #include "strategies/strategy.h"
 
 namespace fedtail::strategies {

@@ -22,7 +22,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "common/status.h"
+#include "common/base/status.h"
 #include "strategies/strategy.h"
 
 namespace fedtail::strategies {

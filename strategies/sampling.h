@@ -7,9 +7,9 @@
 #include <nlohmann/json.hpp>
 #include <vector>
 
-#include "common/json_reader.h"
-#include "common/rng.h"
-#include "common/status.h"
+#include "common/base/json_reader.h"
+#include "common/base/rng.h"
+#include "common/base/status.h"
 #include "strategies/strategy.h"
 
 namespace fedtail::strategies {

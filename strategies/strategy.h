@@ -25,15 +25,15 @@
 #include <string>
 #include <vector>
 
-#include "common/dataset.h"
-#include "common/models.h"
-#include "common/rng.h"
-#include "common/run_config.h"
-#include "common/status.h"
-#include "common/tensor_bundle.h"
+#include "common/data/dataset.h"
+#include "common/learning/models.h"
+#include "common/base/rng.h"
+#include "common/learning/run_config.h"
+#include "common/base/status.h"
+#include "common/wire/tensor_bundle.h"
 
 namespace fedtail {
-class FeatureCache;  // common/feature_cache.h
+class FeatureCache;  // common/learning/feature_cache.h
 }  // namespace fedtail
 
 namespace fedtail::strategies {
@@ -179,7 +179,7 @@ struct ClientContext {
   Model* model = nullptr;
   // Where the host offers it (a worker of several virtual clients): `test` as rows of the run's
   // balanced test set, and a cache of backbone features over that set shared by the worker's
-  // clients (common/feature_cache.h). Evaluation that runs the global backbone unchanged passes
+  // clients (common/learning/feature_cache.h). Evaluation that runs the global backbone unchanged passes
   // the global bundle's digest as the version; both null otherwise.
   const std::vector<int64_t>* test_rows = nullptr;
   FeatureCache* test_features = nullptr;

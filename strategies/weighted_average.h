@@ -27,8 +27,8 @@
 #include <memory>
 #include <vector>
 
-#include "common/status.h"
-#include "common/tensor_bundle.h"
+#include "common/base/status.h"
+#include "common/wire/tensor_bundle.h"
 
 namespace fedtail::strategies {
 

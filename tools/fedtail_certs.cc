@@ -18,10 +18,10 @@
 #include <string>
 #include <vector>
 
-#include "common/certs.h"
-#include "common/logging.h"
-#include "common/status.h"
-#include "common/tls.h"
+#include "common/security/certs.h"
+#include "common/base/logging.h"
+#include "common/base/status.h"
+#include "common/security/tls.h"
 
 namespace {
 

@@ -15,12 +15,12 @@
 #include <string>
 #include <vector>
 
-#include "common/data_options.h"
-#include "common/federated_data.h"
-#include "common/logging.h"
-#include "common/long_tail.h"
-#include "common/malloc_tuning.h"
-#include "common/partition.h"
+#include "common/data/data_options.h"
+#include "common/data/federated_data.h"
+#include "common/base/logging.h"
+#include "common/data/long_tail.h"
+#include "common/base/malloc_tuning.h"
+#include "common/data/partition.h"
 
 namespace fedtail {
 namespace {

@@ -15,15 +15,15 @@
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
 
-#include "common/device.h"
-#include "common/federated_data.h"
-#include "common/logging.h"
-#include "common/malloc_tuning.h"
-#include "common/metrics.h"
-#include "common/model_options.h"
-#include "common/models.h"
-#include "common/run_config.h"
-#include "common/train_loop.h"
+#include "common/learning/device.h"
+#include "common/data/federated_data.h"
+#include "common/base/logging.h"
+#include "common/base/malloc_tuning.h"
+#include "common/learning/metrics.h"
+#include "common/learning/model_options.h"
+#include "common/learning/models.h"
+#include "common/learning/run_config.h"
+#include "common/learning/train_loop.h"
 
 namespace fedtail {
 namespace {

@@ -9,9 +9,9 @@
 #include <utility>
 #include <vector>
 
-#include "common/bundle_codec.h"
-#include "common/models.h"
-#include "common/torch_bundle.h"
+#include "common/wire/bundle_codec.h"
+#include "common/learning/models.h"
+#include "common/learning/torch_bundle.h"
 #include "strategies/classifier_eval.h"
 
 namespace fedtail::strategies {

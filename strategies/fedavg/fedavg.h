@@ -18,11 +18,11 @@
 #include <string>
 #include <vector>
 
-#include "common/augment.h"
-#include "common/model_options.h"
-#include "common/status.h"
-#include "common/tensor_bundle.h"
-#include "common/train_loop.h"
+#include "common/data/augment.h"
+#include "common/learning/model_options.h"
+#include "common/base/status.h"
+#include "common/wire/tensor_bundle.h"
+#include "common/learning/train_loop.h"
 #include "strategies/registry.h"
 #include "strategies/sampling.h"
 #include "strategies/strategy.h"

@@ -11,12 +11,12 @@
 #include <string>
 #include <utility>
 
-#include "common/bundle_codec.h"
-#include "common/json_reader.h"
-#include "common/metrics.h"
-#include "common/models.h"
-#include "common/torch_bundle.h"
-#include "common/train_loop.h"
+#include "common/wire/bundle_codec.h"
+#include "common/base/json_reader.h"
+#include "common/learning/metrics.h"
+#include "common/learning/models.h"
+#include "common/learning/torch_bundle.h"
+#include "common/learning/train_loop.h"
 #include "strategies/classifier_eval.h"
 
 namespace fedtail::strategies {

@@ -47,10 +47,10 @@
 #include <utility>
 #include <vector>
 
-#include "common/augment.h"
-#include "common/model_options.h"
-#include "common/status.h"
-#include "common/tensor_bundle.h"
+#include "common/data/augment.h"
+#include "common/learning/model_options.h"
+#include "common/base/status.h"
+#include "common/wire/tensor_bundle.h"
 #include "strategies/fedavg/fedavg.h"
 #include "strategies/fedloge/sse_c.h"
 #include "strategies/registry.h"

@@ -36,8 +36,8 @@
 #include <nlohmann/json.hpp>
 #include <vector>
 
-#include "common/rng.h"
-#include "common/status.h"
+#include "common/base/rng.h"
+#include "common/base/status.h"
 
 namespace fedtail::strategies {
 

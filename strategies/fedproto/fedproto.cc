@@ -5,7 +5,7 @@
 #include <cmath>
 #include <utility>
 
-#include "common/json_reader.h"
+#include "common/base/json_reader.h"
 #include "strategies/sampling.h"
 
 namespace fedtail::strategies {

@@ -28,7 +28,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 
-#include "common/status.h"
+#include "common/base/status.h"
 #include "strategies/prototypes/prototype_client.h"
 #include "strategies/prototypes/prototype_server.h"
 #include "strategies/registry.h"

@@ -8,8 +8,8 @@
 #include <utility>
 #include <vector>
 
-#include "common/json_reader.h"
-#include "common/train_loop.h"
+#include "common/base/json_reader.h"
+#include "common/learning/train_loop.h"
 
 namespace fedtail::strategies {
 

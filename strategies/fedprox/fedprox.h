@@ -14,7 +14,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 
-#include "common/status.h"
+#include "common/base/status.h"
 #include "strategies/fedavg/fedavg.h"
 #include "strategies/registry.h"
 #include "strategies/sampling.h"

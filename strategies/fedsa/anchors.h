@@ -17,8 +17,8 @@
 #include <cstdint>
 #include <vector>
 
-#include "common/rng.h"
-#include "common/status.h"
+#include "common/base/rng.h"
+#include "common/base/status.h"
 #include "strategies/prototypes/prototype_set.h"
 
 namespace fedtail::strategies {

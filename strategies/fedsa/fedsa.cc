@@ -8,7 +8,7 @@
 #include <limits>
 #include <utility>
 
-#include "common/json_reader.h"
+#include "common/base/json_reader.h"
 #include "strategies/sampling.h"
 
 namespace fedtail::strategies {

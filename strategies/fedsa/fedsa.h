@@ -43,7 +43,7 @@
 #include <string>
 #include <vector>
 
-#include "common/status.h"
+#include "common/base/status.h"
 #include "strategies/fedsa/anchors.h"
 #include "strategies/fedsa/fedsa_loss.h"
 #include "strategies/prototypes/prototype_client.h"

@@ -16,7 +16,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "common/status.h"
+#include "common/base/status.h"
 #include "strategies/prototypes/prototype_set.h"
 
 namespace fedtail::strategies {

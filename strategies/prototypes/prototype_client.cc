@@ -8,10 +8,10 @@
 #include <limits>
 #include <utility>
 
-#include "common/augment.h"
-#include "common/metrics.h"
-#include "common/torch_bundle.h"
-#include "common/train_loop.h"
+#include "common/data/augment.h"
+#include "common/learning/metrics.h"
+#include "common/learning/torch_bundle.h"
+#include "common/learning/train_loop.h"
 
 namespace fedtail::strategies {
 namespace {

@@ -35,12 +35,12 @@
 #include <string>
 #include <vector>
 
-#include "common/dataset.h"
-#include "common/models.h"
-#include "common/rng.h"
-#include "common/status.h"
-#include "common/tensor_bundle.h"
-#include "common/train_options.h"
+#include "common/data/dataset.h"
+#include "common/learning/models.h"
+#include "common/base/rng.h"
+#include "common/base/status.h"
+#include "common/wire/tensor_bundle.h"
+#include "common/learning/train_options.h"
 #include "strategies/prototypes/prototype_set.h"
 #include "strategies/strategy.h"
 

@@ -5,7 +5,7 @@
 #include <set>
 #include <utility>
 
-#include "common/model_options.h"
+#include "common/learning/model_options.h"
 #include "strategies/classifier_eval.h"
 #include "strategies/prototypes/prototype_average.h"
 

@@ -27,8 +27,8 @@
 #include <string>
 #include <vector>
 
-#include "common/status.h"
-#include "common/tensor_bundle.h"
+#include "common/base/status.h"
+#include "common/wire/tensor_bundle.h"
 #include "strategies/prototypes/prototype_set.h"
 #include "strategies/sampling.h"
 #include "strategies/strategy.h"

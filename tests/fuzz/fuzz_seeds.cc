@@ -15,8 +15,8 @@
 #include <string>
 #include <vector>
 
-#include "common/bundle_file.h"
-#include "common/tensor_bundle.h"
+#include "common/wire/bundle_file.h"
+#include "common/wire/tensor_bundle.h"
 #include "tests/fuzz/fuzz_targets.h"
 
 namespace fedtail::fuzz {

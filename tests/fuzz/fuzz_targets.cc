@@ -14,10 +14,10 @@
 #include <utility>
 #include <vector>
 
-#include "common/bundle_file.h"
-#include "common/data_options.h"
-#include "common/json_reader.h"
-#include "common/payload_digest.h"
+#include "common/wire/bundle_file.h"
+#include "common/data/data_options.h"
+#include "common/base/json_reader.h"
+#include "common/wire/payload_digest.h"
 
 namespace fedtail::fuzz {
 namespace {

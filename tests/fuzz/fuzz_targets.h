@@ -17,8 +17,8 @@
 #include <cstdint>
 #include <string>
 
-#include "common/bundle_codec.h"
-#include "common/tensor_bundle.h"
+#include "common/wire/bundle_codec.h"
+#include "common/wire/tensor_bundle.h"
 
 namespace fedtail::fuzz {
 
@@ -48,7 +48,7 @@ int fuzz_bundle_stream(const uint8_t* data, size_t size);
 // `flags` as its first byte.
 std::string bundle_stream_input(const TensorBundle& bundle, size_t chunk_bytes, uint8_t flags);
 
-// ---- bundle_file: the bytes of a bundle file (common/bundle_file.h) ----
+// ---- bundle_file: the bytes of a bundle file (common/wire/bundle_file.h) ----
 //
 // Input: the whole file. It is written to a memfd and read back with read_bundle_file(), the code
 // path of checkpoints and initial models. Invariant: a bundle read successfully round-trips through

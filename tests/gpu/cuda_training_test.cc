@@ -4,14 +4,14 @@
 
 #include <gtest/gtest.h>
 
-#include "common/dataset.h"
-#include "common/device.h"
-#include "common/model_options.h"
-#include "common/models.h"
-#include "common/rng.h"
-#include "common/torch_bundle.h"
-#include "common/train_loop.h"
-#include "common/train_options.h"
+#include "common/data/dataset.h"
+#include "common/learning/device.h"
+#include "common/learning/model_options.h"
+#include "common/learning/models.h"
+#include "common/base/rng.h"
+#include "common/learning/torch_bundle.h"
+#include "common/learning/train_loop.h"
+#include "common/learning/train_options.h"
 
 namespace fedtail {
 namespace {

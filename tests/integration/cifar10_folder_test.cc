@@ -12,7 +12,7 @@
 #include <fstream>
 #include <string>
 
-#include "common/dataset_readers.h"
+#include "common/data/dataset_readers.h"
 
 namespace fedtail {
 namespace {

@@ -17,7 +17,7 @@
 #include <string>
 #include <vector>
 
-#include "common/certs.h"
+#include "common/security/certs.h"
 #include "tests/support/process.h"
 
 namespace fedtail {

@@ -14,7 +14,7 @@
 #include <thread>
 #include <vector>
 
-#include "common/subprocess.h"
+#include "common/base/subprocess.h"
 #include "tests/support/cli.h"
 #include "tests/support/process.h"
 

@@ -15,7 +15,7 @@
 #include <thread>
 #include <vector>
 
-#include "common/subprocess.h"
+#include "common/base/subprocess.h"
 #include "tests/support/cli.h"
 
 namespace fedtail {

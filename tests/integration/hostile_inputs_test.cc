@@ -33,8 +33,8 @@
 #include <utility>
 #include <vector>
 
-#include "common/bundle_codec.h"
-#include "common/bundle_file.h"
+#include "common/wire/bundle_codec.h"
+#include "common/wire/bundle_file.h"
 #include "fedtail/v1/federation.grpc.pb.h"
 #include "tests/support/cli.h"
 #include "tests/support/process.h"

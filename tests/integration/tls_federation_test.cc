@@ -17,8 +17,8 @@
 #include <string>
 #include <vector>
 
-#include "common/certs.h"
-#include "common/tls.h"
+#include "common/security/certs.h"
+#include "common/security/tls.h"
 #include "tests/support/process.h"
 
 namespace fedtail {

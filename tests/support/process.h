@@ -1,5 +1,5 @@
 // Test support: a real child process (a fedtail binary) whose stdout and stderr go to a log file,
-// over common/subprocess.h's Subprocess, with the waits integration tests need: for the process
+// over common/base/subprocess.h's Subprocess, with the waits integration tests need: for the process
 // to end, for a file to appear (the coordinator's port file), for a line in the log.
 // Header-only; used by the integration tests.
 //
@@ -20,7 +20,7 @@
 #include <utility>
 #include <vector>
 
-#include "common/subprocess.h"
+#include "common/base/subprocess.h"
 
 namespace fedtail::test_support {
 

@@ -1,4 +1,4 @@
-#include "common/augment.h"
+#include "common/data/augment.h"
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>

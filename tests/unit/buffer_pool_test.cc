@@ -1,11 +1,11 @@
-#include "common/buffer_pool.h"
+#include "common/base/buffer_pool.h"
 
 #include <gtest/gtest.h>
 
 #include <cstdint>
 #include <cstring>
 
-#include "common/tensor_bundle.h"
+#include "common/wire/tensor_bundle.h"
 
 namespace fedtail {
 namespace {

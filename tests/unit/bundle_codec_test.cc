@@ -1,4 +1,4 @@
-#include "common/bundle_codec.h"
+#include "common/wire/bundle_codec.h"
 
 #include <google/protobuf/stubs/logging.h>
 #include <gtest/gtest.h>
@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "common/rng.h"
+#include "common/base/rng.h"
 
 namespace fedtail {
 namespace {

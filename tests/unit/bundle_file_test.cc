@@ -1,4 +1,4 @@
-#include "common/bundle_file.h"
+#include "common/wire/bundle_file.h"
 
 #include <gtest/gtest.h>
 #include <signal.h>

@@ -1,4 +1,4 @@
-#include "common/certs.h"
+#include "common/security/certs.h"
 
 #include <gtest/gtest.h>
 #include <sys/stat.h>
@@ -7,7 +7,7 @@
 #include <fstream>
 #include <sstream>
 
-#include "common/tls.h"
+#include "common/security/tls.h"
 
 namespace fedtail::certs {
 namespace {

@@ -4,7 +4,7 @@
 
 #include <cmath>
 
-#include "common/dataset.h"
+#include "common/data/dataset.h"
 
 namespace fedtail {
 namespace {

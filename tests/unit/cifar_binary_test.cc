@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "common/dataset_readers.h"
+#include "common/data/dataset_readers.h"
 
 namespace fedtail {
 namespace {

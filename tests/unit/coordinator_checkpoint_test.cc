@@ -3,7 +3,7 @@
 #include <filesystem>
 #include <fstream>
 
-#include "common/bundle_file.h"
+#include "common/wire/bundle_file.h"
 #include "coordinator/checkpoint.h"
 #include "coordinator/summary.h"
 

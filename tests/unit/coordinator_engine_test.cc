@@ -8,7 +8,7 @@
 #include <limits>
 #include <thread>
 
-#include "common/bundle_codec.h"
+#include "common/wire/bundle_codec.h"
 #include "coordinator/round_engine.h"
 #include "coordinator_test_strategy.h"
 

@@ -11,8 +11,8 @@
 #include <functional>
 #include <thread>
 
-#include "common/bundle_codec.h"
-#include "common/bundle_file.h"
+#include "common/wire/bundle_codec.h"
+#include "common/wire/bundle_file.h"
 #include "coordinator/checkpoint.h"
 #include "coordinator/coordinator.h"
 #include "fedtail/v1/federation.grpc.pb.h"

@@ -5,8 +5,8 @@
 
 #include <thread>
 
-#include "common/bundle_codec.h"
-#include "common/tls.h"
+#include "common/wire/bundle_codec.h"
+#include "common/security/tls.h"
 #include "coordinator/service.h"
 #include "coordinator_test_strategy.h"
 

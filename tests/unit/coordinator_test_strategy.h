@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "common/tensor_bundle.h"
+#include "common/wire/tensor_bundle.h"
 #include "strategies/strategy.h"
 
 namespace fedtail::coordinator::testing {

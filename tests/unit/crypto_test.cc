@@ -1,4 +1,4 @@
-#include "common/crypto.h"
+#include "common/security/crypto.h"
 
 #include <gtest/gtest.h>
 

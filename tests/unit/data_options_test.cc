@@ -1,5 +1,5 @@
 // Tests for parsing and validating DataOptions from JSON.
-#include "common/data_options.h"
+#include "common/data/data_options.h"
 
 #include <gtest/gtest.h>
 

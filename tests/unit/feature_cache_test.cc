@@ -1,6 +1,6 @@
-// FeatureCache (common/feature_cache.h): shared backbone features give the same predictions, bit
+// FeatureCache (common/learning/feature_cache.h): shared backbone features give the same predictions, bit
 // for bit, as evaluating each client's test set on its own, and compute each row once per version.
-#include "common/feature_cache.h"
+#include "common/learning/feature_cache.h"
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -9,11 +9,11 @@
 #include <string>
 #include <vector>
 
-#include "common/bundle_codec.h"
-#include "common/models.h"
-#include "common/rng.h"
-#include "common/torch_bundle.h"
-#include "common/train_loop.h"
+#include "common/wire/bundle_codec.h"
+#include "common/learning/models.h"
+#include "common/base/rng.h"
+#include "common/learning/torch_bundle.h"
+#include "common/learning/train_loop.h"
 #include "strategies/classifier_eval.h"
 #include "strategies/fedavg/fedavg.h"
 #include "tests/unit/strategy_test_util.h"

@@ -1,5 +1,5 @@
 // Tests for build_federated_data() on a small slice of Fashion-MNIST.
-#include "common/federated_data.h"
+#include "common/data/federated_data.h"
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -8,7 +8,7 @@
 #include <numeric>
 #include <vector>
 
-#include "common/long_tail.h"
+#include "common/data/long_tail.h"
 
 namespace fedtail {
 namespace {

@@ -7,7 +7,7 @@
 #include <cmath>
 #include <iostream>
 
-#include "common/torch_bundle.h"
+#include "common/learning/torch_bundle.h"
 #include "strategies/fedloge/sse_c.h"
 #include "strategies/registry.h"
 #include "tests/unit/strategy_test_util.h"

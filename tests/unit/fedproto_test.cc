@@ -8,8 +8,8 @@
 #include <string>
 #include <vector>
 
-#include "common/torch_bundle.h"
-#include "common/train_loop.h"
+#include "common/learning/torch_bundle.h"
+#include "common/learning/train_loop.h"
 #include "strategies/prototypes/prototype_average.h"
 #include "strategies/registry.h"
 #include "tests/unit/prototype_test_util.h"

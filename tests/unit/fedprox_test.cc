@@ -3,7 +3,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
-#include "common/torch_bundle.h"
+#include "common/learning/torch_bundle.h"
 #include "strategies/registry.h"
 #include "tests/unit/strategy_test_util.h"
 

@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "common/torch_bundle.h"
+#include "common/learning/torch_bundle.h"
 #include "strategies/registry.h"
 #include "tests/unit/prototype_test_util.h"
 

@@ -12,8 +12,8 @@
 #include <string>
 #include <vector>
 
-#include "common/json_reader.h"
-#include "common/run_config.h"
+#include "common/base/json_reader.h"
+#include "common/learning/run_config.h"
 #include "tests/fuzz/fuzz_targets.cc"
 
 namespace fedtail::fuzz {

@@ -2,7 +2,7 @@
 //
 // libstb already exports the stb_image_write functions, so this file includes the header without
 // STB_IMAGE_WRITE_IMPLEMENTATION.
-#include "common/image_folder.h"
+#include "common/data/image_folder.h"
 
 #include <gtest/gtest.h>
 #include <stb/stb_image_write.h>
@@ -14,7 +14,7 @@
 #include <string>
 #include <vector>
 
-#include "common/dataset_readers.h"
+#include "common/data/dataset_readers.h"
 
 namespace fedtail {
 namespace {

@@ -1,5 +1,5 @@
 // Tests for the long-tail profile, the choice of kept examples and the Many/Medium/Few groups.
-#include "common/long_tail.h"
+#include "common/data/long_tail.h"
 
 #include <gtest/gtest.h>
 

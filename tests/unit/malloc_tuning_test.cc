@@ -1,6 +1,6 @@
-// tune_malloc (common/malloc_tuning.h). CTest runs every test in a process of its own, so each
+// tune_malloc (common/base/malloc_tuning.h). CTest runs every test in a process of its own, so each
 // starts from glibc's defaults.
-#include "common/malloc_tuning.h"
+#include "common/base/malloc_tuning.h"
 
 #include <gtest/gtest.h>
 #include <sys/resource.h>

@@ -1,4 +1,4 @@
-#include "common/metrics.h"
+#include "common/learning/metrics.h"
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>

@@ -5,7 +5,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
-#include "common/model_options.h"
+#include "common/learning/model_options.h"
 #include "strategies/registry.h"
 #include "tests/unit/strategy_test_util.h"
 

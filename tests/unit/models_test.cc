@@ -1,4 +1,4 @@
-#include "common/models.h"
+#include "common/learning/models.h"
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>

@@ -4,10 +4,10 @@
 
 #include <nlohmann/json.hpp>
 
-#include "common/dataset.h"
-#include "common/device.h"
-#include "common/model_options.h"
-#include "common/train_options.h"
+#include "common/data/dataset.h"
+#include "common/learning/device.h"
+#include "common/learning/model_options.h"
+#include "common/learning/train_options.h"
 
 namespace fedtail {
 namespace {

@@ -1,5 +1,5 @@
 // Tests for the Dirichlet, pathological and IID partitions and the personalised test sets.
-#include "common/partition.h"
+#include "common/data/partition.h"
 
 #include <gtest/gtest.h>
 

@@ -1,10 +1,10 @@
-#include "common/payload_digest.h"
+#include "common/wire/payload_digest.h"
 
 #include <gtest/gtest.h>
 
 #include <string>
 
-#include "common/crypto.h"
+#include "common/security/crypto.h"
 
 namespace fedtail {
 namespace {

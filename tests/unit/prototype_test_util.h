@@ -10,9 +10,9 @@
 #include <string>
 #include <vector>
 
-#include "common/model_options.h"
-#include "common/models.h"
-#include "common/torch_bundle.h"
+#include "common/learning/model_options.h"
+#include "common/learning/models.h"
+#include "common/learning/torch_bundle.h"
 #include "strategies/prototypes/prototype_set.h"
 #include "strategies/strategy.h"
 #include "tests/unit/strategy_test_util.h"

@@ -11,9 +11,9 @@
 #include <string>
 #include <vector>
 
-#include "common/models.h"
-#include "common/rng.h"
-#include "common/run_config.h"
+#include "common/learning/models.h"
+#include "common/base/rng.h"
+#include "common/learning/run_config.h"
 #include "strategies/strategy.h"
 
 namespace fedtail::strategies::testing {

@@ -1,4 +1,4 @@
-#include "common/tensor_bundle.h"
+#include "common/wire/tensor_bundle.h"
 
 #include <gtest/gtest.h>
 

@@ -1,6 +1,6 @@
-// Transport-security helpers (common/tls.h) and the Status <-> grpc::Status mapping
-// (common/grpc_status.h).
-#include "common/tls.h"
+// Transport-security helpers (common/security/tls.h) and the Status <-> grpc::Status mapping
+// (common/wire/grpc_status.h).
+#include "common/security/tls.h"
 
 #include <grpcpp/security/credentials.h>
 #include <grpcpp/security/server_credentials.h>
@@ -9,8 +9,8 @@
 #include <filesystem>
 #include <fstream>
 
-#include "common/crypto.h"
-#include "common/grpc_status.h"
+#include "common/security/crypto.h"
+#include "common/wire/grpc_status.h"
 
 namespace fedtail {
 namespace {

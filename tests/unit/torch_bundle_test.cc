@@ -1,4 +1,4 @@
-#include "common/torch_bundle.h"
+#include "common/learning/torch_bundle.h"
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -6,8 +6,8 @@
 #include <string>
 #include <vector>
 
-#include "common/bundle_codec.h"
-#include "common/rng.h"
+#include "common/wire/bundle_codec.h"
+#include "common/base/rng.h"
 
 namespace fedtail {
 namespace {

@@ -1,4 +1,4 @@
-#include "common/train_loop.h"
+#include "common/learning/train_loop.h"
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>

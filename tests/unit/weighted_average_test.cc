@@ -6,7 +6,7 @@
 #include <memory>
 #include <vector>
 
-#include "common/rng.h"
+#include "common/base/rng.h"
 
 namespace fedtail::strategies {
 namespace {

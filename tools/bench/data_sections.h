@@ -24,7 +24,7 @@
 #include <cstddef>
 #include <nlohmann/json.hpp>
 
-#include "common/status.h"
+#include "common/base/status.h"
 #include "tools/bench/bench_context.h"
 
 namespace fedtail::bench {

@@ -5,7 +5,7 @@
 #include <utility>
 
 #include "client/connection.h"
-#include "common/tensor_bundle.h"
+#include "common/wire/tensor_bundle.h"
 #include "strategies/strategy.h"
 #include "strategies/weighted_average.h"
 

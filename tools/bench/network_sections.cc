@@ -13,8 +13,8 @@
 #include <tuple>
 #include <vector>
 
-#include "common/buffer_pool.h"
-#include "common/subprocess.h"
+#include "common/base/buffer_pool.h"
+#include "common/base/subprocess.h"
 #include "tools/bench/data_sections.h"
 #include "tools/bench/loopback_federation.h"
 #include "tools/bench/scratch.h"
@@ -222,7 +222,7 @@ Result<nlohmann::json> run_transport(const BenchContext& ctx) {
     const double memcpy_rate =
         memcpy_bytes_per_s(static_cast<size_t>(bytes), ctx.quick ? 0.2 : 1.0) / kMB;
     // The same transfers with the buffer cache off (every decoded bundle in freshly faulted
-    // memory: the figure before the cache) and on (the default; common/buffer_pool.h).
+    // memory: the figure before the cache) and on (the default; common/base/buffer_pool.h).
     for (const bool cache : {false, true}) {
       set_buffer_cache_limit(cache ? cache_limit : 0);
       trim_buffer_cache();

@@ -6,7 +6,7 @@
 //     payload digest, decoding, finite check; the strategy only counts the update), and the same
 //     bundle down through PullTask; MB/s (10^6 bytes) against a memcpy of the same bytes in the
 //     same run. Each size runs twice: buffer cache off (every bundle decoded into freshly faulted
-//     memory), then on (the default, common/buffer_pool.h); the first transfer of each is a
+//     memory), then on (the default, common/base/buffer_pool.h); the first transfer of each is a
 //     warm-up, left out of the mean and reported as seconds_first. Summary:
 //     mb_per_s_<1mb|100mb|1gb> (upload), mb_per_s_<size>_down, the same with _cache_off,
 //     memcpy_mb_per_s_100mb.
@@ -28,7 +28,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "common/status.h"
+#include "common/base/status.h"
 #include "tools/bench/bench_context.h"
 
 namespace fedtail::bench {

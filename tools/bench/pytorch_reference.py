@@ -1,7 +1,7 @@
 """PyTorch reference for fedtail-bench's "pytorch" section: PyTorch's images/s for the same work
 as fedtail-bench's "training" and "evaluation" sections (tools/fedtail_bench.cc, run_throughput
-and measure), to compare the two as a ratio. Same model definitions as common/models.cc (same
-parameter names, shapes and order), same augmentation as common/augment.cc with the default
+and measure), to compare the two as a ratio. Same model definitions as common/learning/models.cc (same
+parameter names, shapes and order), same augmentation as common/data/augment.cc with the default
 AugmentOptions{}, same step:
   train: augment (random crop, pad 4, + flip, normalise) -> zero_grad -> cross_entropy -> backward
          -> SGD(lr 0.01, momentum 0.9, weight_decay 5e-4) step, model.train()
@@ -135,7 +135,7 @@ def make_model(arch, channels, classes, seed):
 
 
 class Augmenter:
-    """common/augment.cc with AugmentOptions{}: crop_padding 4, horizontal_flip, mean = std = 0.5."""
+    """common/data/augment.cc with AugmentOptions{}: crop_padding 4, horizontal_flip, mean = std = 0.5."""
 
     def __init__(self, channels, seed, pad=4, mean=0.5, std=0.5):
         self.pad = pad

@@ -20,7 +20,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "common/status.h"
+#include "common/base/status.h"
 #include "tools/bench/bench_context.h"
 
 namespace fedtail::bench {

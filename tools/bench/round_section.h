@@ -6,7 +6,7 @@
 // round, 1 local epoch at batch 8, federated evaluation of every client and server evaluation
 // after every round; --round-config FILE runs another simulation config (its first strategy and
 // seed) — for `rounds` rounds (--rounds, default 5, 2 with --quick), twice: with glibc's default
-// malloc settings (FEDTAIL_MALLOC_KEEP_MB=0) and with fedtail's (common/malloc_tuning.h).
+// malloc settings (FEDTAIL_MALLOC_KEEP_MB=0) and with fedtail's (common/base/malloc_tuning.h).
 //
 // For each it reports, per round: seconds and their split by phase (training, client evaluation,
 // server evaluation, uploads, aggregation, other; from summary.json's seconds_per_round), the
@@ -24,7 +24,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "common/status.h"
+#include "common/base/status.h"
 #include "tools/bench/bench_context.h"
 
 namespace fedtail::bench {

@@ -10,7 +10,7 @@
 #include <iterator>
 #include <string>
 
-#include "common/status.h"
+#include "common/base/status.h"
 
 namespace fedtail::bench {
 

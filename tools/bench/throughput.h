@@ -18,8 +18,8 @@
 #include <cstdint>
 #include <string>
 
-#include "common/augment.h"
-#include "common/status.h"
+#include "common/data/augment.h"
+#include "common/base/status.h"
 
 namespace fedtail::bench {
 

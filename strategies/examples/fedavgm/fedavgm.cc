@@ -1,14 +1,14 @@
 // The fedavgm plugin: FedAvgMServer (below) + the host's FedAvgClient, registered through
 // FEDTAIL_STRATEGY_PLUGIN. Links nothing of fedtail: FedAvgServer, WeightedAverage, TensorBundle
 // and the training code are the host binary's own (it exports its symbols).
-#include "strategies/examples/fedavgm/fedavgm.h"
+#include "fedavgm.h"
 
 #include <algorithm>
 #include <cmath>
 #include <string>
 #include <utility>
 
-#include "common/json_reader.h"
+#include "common/base/json_reader.h"
 #include "strategies/registry.h"
 
 namespace fedtail::strategies {

@@ -20,8 +20,8 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 
-#include "common/status.h"
-#include "common/tensor_bundle.h"
+#include "common/base/status.h"
+#include "common/wire/tensor_bundle.h"
 #include "strategies/fedavg/fedavg.h"
 #include "strategies/sampling.h"
 
