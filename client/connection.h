@@ -40,8 +40,8 @@
 
 #include "client/backoff.h"
 #include "common/base/status.h"
-#include "common/wire/tensor_bundle.h"
 #include "common/security/tls.h"
+#include "common/wire/tensor_bundle.h"
 #include "fedtail/v1/federation.grpc.pb.h"
 
 namespace grpc {

@@ -43,11 +43,11 @@
 #include "client/connection.h"
 #include "client/state_store.h"
 #include "client/task_runner.h"
-#include "common/security/certs.h"
-#include "common/learning/device.h"
 #include "common/base/logging.h"
 #include "common/base/malloc_tuning.h"
 #include "common/base/status.h"
+#include "common/learning/device.h"
+#include "common/security/certs.h"
 #include "common/security/tls.h"
 #include "strategies/registry.h"
 

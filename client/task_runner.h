@@ -36,12 +36,12 @@
 
 #include "client/connection.h"
 #include "client/state_store.h"
+#include "common/base/status.h"
 #include "common/data/dataset.h"
-#include "common/learning/feature_cache.h"
 #include "common/data/federated_data.h"
+#include "common/learning/feature_cache.h"
 #include "common/learning/models.h"
 #include "common/learning/run_config.h"
-#include "common/base/status.h"
 #include "fedtail/v1/federation.pb.h"
 #include "strategies/strategy.h"
 

@@ -10,8 +10,8 @@
 #include <fstream>
 #include <sstream>
 
-#include "common/wire/bundle_file.h"
 #include "common/security/crypto.h"
+#include "common/wire/bundle_file.h"
 
 namespace fedtail::coordinator {
 namespace {

@@ -5,9 +5,9 @@
 #include <algorithm>
 #include <filesystem>
 
-#include "common/wire/bundle_file.h"
-#include "common/learning/device.h"
 #include "common/base/json_reader.h"
+#include "common/learning/device.h"
+#include "common/wire/bundle_file.h"
 #include "coordinator/checkpoint.h"
 #include "coordinator/summary.h"
 #include "strategies/registry.h"

@@ -18,9 +18,9 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "common/base/status.h"
 #include "common/data/federated_data.h"
 #include "common/learning/run_config.h"
-#include "common/base/status.h"
 #include "common/security/tls.h"
 #include "coordinator/client_registry.h"
 #include "coordinator/options.h"

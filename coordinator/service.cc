@@ -8,9 +8,9 @@
 #include <mutex>
 #include <utility>
 
+#include "common/security/tls.h"
 #include "common/wire/bundle_codec.h"
 #include "common/wire/grpc_status.h"
-#include "common/security/tls.h"
 
 namespace fedtail::coordinator {
 namespace {

@@ -56,12 +56,12 @@
 #include <string>
 #include <vector>
 
-#include "common/data/augment.h"
-#include "common/learning/device.h"
 #include "common/base/logging.h"
 #include "common/base/malloc_tuning.h"
-#include "common/learning/models.h"
 #include "common/base/rng.h"
+#include "common/data/augment.h"
+#include "common/learning/device.h"
+#include "common/learning/models.h"
 #include "tools/bench/bench_context.h"
 #include "tools/bench/data_sections.h"
 #include "tools/bench/network_sections.h"

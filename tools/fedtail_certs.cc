@@ -18,9 +18,9 @@
 #include <string>
 #include <vector>
 
-#include "common/security/certs.h"
 #include "common/base/logging.h"
 #include "common/base/status.h"
+#include "common/security/certs.h"
 #include "common/security/tls.h"
 
 namespace {

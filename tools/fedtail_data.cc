@@ -15,11 +15,11 @@
 #include <string>
 #include <vector>
 
+#include "common/base/logging.h"
+#include "common/base/malloc_tuning.h"
 #include "common/data/data_options.h"
 #include "common/data/federated_data.h"
-#include "common/base/logging.h"
 #include "common/data/long_tail.h"
-#include "common/base/malloc_tuning.h"
 #include "common/data/partition.h"
 
 namespace fedtail {

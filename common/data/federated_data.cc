@@ -4,10 +4,10 @@
 
 #include <string>
 
+#include "common/base/rng.h"
 #include "common/data/dataset_readers.h"
 #include "common/data/long_tail.h"
 #include "common/data/partition.h"
-#include "common/base/rng.h"
 
 namespace fedtail {
 namespace {

@@ -11,9 +11,9 @@
 #include <cstdint>
 #include <vector>
 
+#include "common/base/status.h"
 #include "common/data/data_options.h"
 #include "common/data/dataset.h"
-#include "common/base/status.h"
 
 namespace fedtail {
 

@@ -23,8 +23,8 @@
 #include <string>
 #include <vector>
 
-#include "common/data/dataset.h"
 #include "common/base/status.h"
+#include "common/data/dataset.h"
 
 namespace fedtail {
 

@@ -12,9 +12,9 @@
 #include <cstdint>
 #include <vector>
 
-#include "common/data/data_options.h"
 #include "common/base/rng.h"
 #include "common/base/status.h"
+#include "common/data/data_options.h"
 
 namespace fedtail {
 

@@ -3,8 +3,8 @@
 #include <algorithm>
 #include <nlohmann/json.hpp>
 
-#include "common/data/dataset.h"
 #include "common/base/json_reader.h"
+#include "common/data/dataset.h"
 
 namespace fedtail {
 

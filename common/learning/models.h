@@ -28,9 +28,9 @@
 #include <utility>
 #include <vector>
 
-#include "common/learning/model_options.h"
 #include "common/base/rng.h"
 #include "common/base/status.h"
+#include "common/learning/model_options.h"
 
 namespace fedtail {
 

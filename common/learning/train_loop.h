@@ -18,12 +18,12 @@
 #include <string>
 #include <vector>
 
+#include "common/base/rng.h"
+#include "common/base/status.h"
 #include "common/data/augment.h"
 #include "common/data/dataset.h"
 #include "common/learning/metrics.h"
 #include "common/learning/models.h"
-#include "common/base/rng.h"
-#include "common/base/status.h"
 #include "common/learning/train_options.h"
 
 namespace fedtail {

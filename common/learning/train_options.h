@@ -6,8 +6,8 @@
 #include <nlohmann/json_fwd.hpp>
 #include <string>
 
-#include "common/data/augment.h"
 #include "common/base/status.h"
+#include "common/data/augment.h"
 
 namespace fedtail {
 

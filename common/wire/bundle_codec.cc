@@ -7,8 +7,8 @@
 #include <unordered_set>
 #include <utility>
 
-#include "common/security/crypto.h"
 #include "common/base/json_reader.h"
+#include "common/security/crypto.h"
 
 namespace fedtail {
 

@@ -45,8 +45,8 @@
 #include <thread>
 #include <vector>
 
-#include "common/wire/bundle_file.h"
 #include "common/security/crypto.h"
+#include "common/wire/bundle_file.h"
 #include "coordinator/checkpoint.h"
 #include "tests/support/cli.h"
 #include "tests/support/process.h"

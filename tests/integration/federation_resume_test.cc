@@ -20,8 +20,8 @@
 #include <string>
 #include <vector>
 
-#include "common/wire/bundle_file.h"
 #include "common/security/crypto.h"
+#include "common/wire/bundle_file.h"
 #include "tests/support/cli.h"
 #include "tests/support/process.h"
 

@@ -5,8 +5,8 @@
 
 #include <thread>
 
-#include "common/wire/bundle_codec.h"
 #include "common/security/tls.h"
+#include "common/wire/bundle_codec.h"
 #include "coordinator/service.h"
 #include "coordinator_test_strategy.h"
 

@@ -11,8 +11,8 @@
 #include <string>
 #include <vector>
 
-#include "common/learning/models.h"
 #include "common/base/rng.h"
+#include "common/learning/models.h"
 #include "common/learning/run_config.h"
 #include "strategies/strategy.h"
 

@@ -6,8 +6,8 @@
 #include <string>
 #include <vector>
 
-#include "common/wire/bundle_codec.h"
 #include "common/base/rng.h"
+#include "common/wire/bundle_codec.h"
 
 namespace fedtail {
 namespace {

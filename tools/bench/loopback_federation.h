@@ -25,8 +25,8 @@
 #include <string>
 #include <vector>
 
-#include "common/learning/run_config.h"
 #include "common/base/status.h"
+#include "common/learning/run_config.h"
 #include "coordinator/client_registry.h"
 #include "coordinator/round_engine.h"
 #include "coordinator/service.h"

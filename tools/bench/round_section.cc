@@ -11,10 +11,10 @@
 #include <string>
 #include <vector>
 
-#include "common/data/augment.h"
-#include "common/learning/device.h"
 #include "common/base/json_reader.h"
 #include "common/base/subprocess.h"
+#include "common/data/augment.h"
+#include "common/learning/device.h"
 #include "tools/bench/scratch.h"
 #include "tools/bench/throughput.h"
 

@@ -6,10 +6,10 @@
 #include <functional>
 #include <vector>
 
+#include "common/base/rng.h"
 #include "common/learning/device.h"
 #include "common/learning/model_options.h"
 #include "common/learning/models.h"
-#include "common/base/rng.h"
 
 namespace fedtail::bench {
 namespace {

@@ -18,8 +18,8 @@
 #include <cstdint>
 #include <string>
 
-#include "common/data/augment.h"
 #include "common/base/status.h"
+#include "common/data/augment.h"
 
 namespace fedtail::bench {
 
