@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "common/base/status.h"
+#include "common/wire/bundle_checks.h"
 
 namespace fedtail::coordinator {
 

@@ -7,6 +7,8 @@
 #include <string>
 #include <utility>
 
+#include "common/wire/bundle_checks.h"
+
 namespace fedtail::strategies {
 namespace {
 

@@ -15,8 +15,8 @@
 //   - Integer and bool tensors (e.g. BatchNorm's int64 num_batches_tracked) are averaged too,
 //     exactly: Σ n_k·w_k is kept in 128-bit integers (no rounding, so fully order-independent) and
 //     the mean is rounded to the nearest integer, ties away from zero (bool: a weighted majority,
-//     ties to true). This matches averaging "every state_dict key" (FedLoGe, research/fedloge.md
-//     §1.3) better than taking the max, and keeps the value within the clients' range.
+//     ties to true). This matches averaging "every state_dict key" (the FedLoGe
+//     authors' code) better than taking the max, and keeps the value within the clients' range.
 //
 // Thread-compatible: one thread at a time (the round engine's contract for an Aggregation).
 #ifndef FEDTAIL_STRATEGIES_WEIGHTED_AVERAGE_H_
@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "common/base/status.h"
+#include "common/wire/bundle_checks.h"
 #include "common/wire/tensor_bundle.h"
 
 namespace fedtail::strategies {

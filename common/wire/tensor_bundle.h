@@ -2,9 +2,9 @@
 // between coordinator and clients (global models, updates, prototypes) and that checkpoints hold.
 //
 // Torch-free on purpose: the coordinator validates and aggregates bundles without LibTorch on its
-// hot paths (common/learning/torch_bundle.h converts to and from torch::Tensor). A NamedTensor owns one
-// contiguous, 64-byte-aligned, little-endian, row-major byte buffer; typed views are plain pointers
-// into it.
+// hot paths (common/learning/torch_bundle.h converts to and from torch::Tensor). A NamedTensor owns
+// one contiguous, 64-byte-aligned, little-endian, row-major byte buffer; typed views are plain
+// pointers into it.
 //
 // Both classes are move-only values: moves are O(1) and never copy tensor bytes; clone() is the
 // explicit deep copy. Thread-compatible: distinct objects may be used from distinct threads, and
@@ -24,66 +24,13 @@
 #include <vector>
 
 #include "common/base/status.h"
+#include "common/wire/dtype.h"
 
 namespace fedtail {
 
-// Element types a bundle can carry. The wire enum (fedtail.v1.DType) maps one to one.
-enum class DType : uint8_t {
-  kFloat32,
-  kFloat64,
-  kFloat16,
-  kBFloat16,
-  kInt64,
-  kInt32,
-  kUInt8,
-  kBool
-};
-
-// Bytes per element: 4, 8, 2, 2, 8, 4, 1, 1.
-size_t dtype_size(DType dtype);
-// "float32", "float64", "float16", "bfloat16", "int64", "int32", "uint8", "bool".
-const char* dtype_name(DType dtype);
-// The inverse of dtype_name; kInvalidArgument naming `name` when it is not one of them.
-Result<DType> dtype_from_name(std::string_view name);
-// True for the four floating-point types.
-bool dtype_is_floating(DType dtype);
-
-// The C++ element types that may view each dtype through NamedTensor::data<T>(). float16 and
-// bfloat16 have no C++ type: view them as uint16_t bit patterns and convert with the helpers below.
-template <typename T>
-bool dtype_matches(DType dtype) {
-  if constexpr (std::is_same_v<T, float>) return dtype == DType::kFloat32;
-  if constexpr (std::is_same_v<T, double>) return dtype == DType::kFloat64;
-  if constexpr (std::is_same_v<T, uint16_t>) {
-    return dtype == DType::kFloat16 || dtype == DType::kBFloat16;
-  }
-  if constexpr (std::is_same_v<T, int64_t>) return dtype == DType::kInt64;
-  if constexpr (std::is_same_v<T, int32_t>) return dtype == DType::kInt32;
-  if constexpr (std::is_same_v<T, uint8_t>) return dtype == DType::kUInt8 || dtype == DType::kBool;
-  if constexpr (std::is_same_v<T, bool>) return dtype == DType::kBool;
-  return false;
-}
-
-// IEEE half and bfloat16 conversions. To-float is exact; from-float rounds to nearest even and
-// keeps NaN a NaN and ±Inf infinite (values beyond the half range become ±Inf).
-float half_to_float(uint16_t bits);
-uint16_t float_to_half(float value);
-float bfloat16_to_float(uint16_t bits);
-uint16_t float_to_bfloat16(float value);
-
-// Largest rank a tensor may have (LibTorch's own limit is 64 as well).
-constexpr size_t kMaxTensorRank = 64;
-
-// Number of elements of `shape` (1 for a scalar, shape {}). kInvalidArgument when a dimension is
-// negative, the rank exceeds kMaxTensorRank, or the count or its byte size (numel × dtype_size)
-// overflows int64. Used by everything that sizes a buffer from untrusted input.
-Result<int64_t> checked_numel(DType dtype, const std::vector<int64_t>& shape);
-
-// "[10,64]"; "[]" for a scalar.
-std::string shape_to_string(const std::vector<int64_t>& shape);
-
 // Owner of a buffer from NamedTensor::release_buffer(): gives it back to the buffer pool
-// (common/base/buffer_pool.h), which recycles large buffers. `bytes` is the buffer's allocated size.
+// (common/base/buffer_pool.h), which recycles large buffers. `bytes` is the buffer's allocated
+// size.
 struct AlignedFree {
   size_t bytes = 0;
   void operator()(uint8_t* p) const;
@@ -225,23 +172,6 @@ class TensorBundle {
   std::unordered_map<std::string, size_t> index_;
   nlohmann::json metadata_ = nlohmann::json::object();
 };
-
-// Checks that `update` has exactly the tensors of `reference` (by name; order may differ) with the
-// same dtypes and shapes. OK, or kInvalidArgument naming the first offending tensor, e.g.
-//   tensor "heads.classifier.weight": shape [10,64] != expected [10,128]
-//   tensor "fc.bias": dtype float16 != expected float32
-//   tensor "fc.bias": missing (expected float32 [10])
-//   tensor "extra": not in the reference
-// Tensors are checked in the reference's order, then unexpected ones in the update's order.
-Status check_compatible(const TensorBundle& update, const TensorBundle& reference);
-
-// Checks every floating-point tensor (float32/64, float16, bfloat16) for NaN and ±Inf. OK, or
-// kCorruption naming the tensor, the first bad flat index and the value, e.g.
-//   tensor "fc.weight": non-finite value nan at index 17
-// Integer and bool tensors are not inspected. Runs at memory bandwidth (a blocked scan).
-Status check_finite(const TensorBundle& bundle);
-// The same check for one tensor.
-Status check_finite(const NamedTensor& tensor);
 
 // ---- Implementation details below ----
 

@@ -9,9 +9,10 @@
 #include <utility>
 #include <vector>
 
-#include "common/wire/bundle_codec.h"
 #include "common/learning/models.h"
 #include "common/learning/torch_bundle.h"
+#include "common/wire/bundle_checks.h"
+#include "common/wire/bundle_codec.h"
 #include "strategies/classifier_eval.h"
 
 namespace fedtail::strategies {

@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "common/base/json_reader.h"
+#include "common/wire/bundle_checks.h"
 #include "strategies/sampling.h"
 
 namespace fedtail::strategies {

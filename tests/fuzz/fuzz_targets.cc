@@ -14,9 +14,10 @@
 #include <utility>
 #include <vector>
 
-#include "common/wire/bundle_file.h"
-#include "common/data/data_options.h"
 #include "common/base/json_reader.h"
+#include "common/data/data_options.h"
+#include "common/wire/bundle_checks.h"
+#include "common/wire/bundle_file.h"
 #include "common/wire/payload_digest.h"
 
 namespace fedtail::fuzz {

@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <string>
 
+#include "common/wire/bundle_checks.h"
 #include "common/wire/bundle_codec.h"
 #include "common/wire/tensor_bundle.h"
 

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "common/wire/bundle_checks.h"
 #include "common/wire/tensor_bundle.h"
 #include "strategies/strategy.h"
 

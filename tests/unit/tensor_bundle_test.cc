@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "common/wire/bundle_checks.h"
+
 namespace fedtail {
 namespace {
 
