@@ -8,14 +8,11 @@
 #include "common/learning/feature_cache.h"
 #include "common/learning/metrics.h"
 #include "common/learning/torch_bundle.h"
+#include "common/learning/torch_status.h"
 #include "common/learning/train_loop.h"
 
 namespace fedtail::strategies {
 namespace {
-
-Status torch_failure(const char* where, const std::exception& e) {
-  return Status::Internal(std::string(where) + ": LibTorch failed: " + e.what());
-}
 
 // Adds to `model` every head "heads.<name>" that `bundle` has and the model lacks, so that a
 // strict load succeeds for global models with extra heads.

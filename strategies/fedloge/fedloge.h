@@ -1,6 +1,6 @@
 // FedLoGe (Xiao et al., ICLR 2024): a shared backbone trained against a fixed sparse equiangular
 // classifier (SSE-C), an auxiliary global head ψ and a local head φ_k per client, realigned after
-// training by their norms (GLA-FR). As the authors' code does it (research/fedloge.md §1):
+// training by their norms (GLA-FR). As the authors' code does it:
 //
 //   - SSE-C (strategies/fedloge/sse_c.h): built once by the server in initialize() from its Rng,
 //     frozen for the whole run (weight and bias never trained), sent in every task bundle as
@@ -47,9 +47,9 @@
 #include <utility>
 #include <vector>
 
+#include "common/base/status.h"
 #include "common/data/augment.h"
 #include "common/learning/model_options.h"
-#include "common/base/status.h"
 #include "common/wire/tensor_bundle.h"
 #include "strategies/fedavg/fedavg.h"
 #include "strategies/fedloge/sse_c.h"

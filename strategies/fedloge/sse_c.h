@@ -1,5 +1,5 @@
-// SSE-C: FedLoGe's Static Sparse Equiangular Classifier (research/fedloge.md §1.1), the fixed head
-// the shared backbone is trained against.
+// SSE-C: FedLoGe's Static Sparse Equiangular Classifier, as the FedLoGe authors' code builds it:
+// the fixed head the shared backbone is trained against.
 //
 // Construction, as the reference code's ETF_Classifier + gen_sparse_ETF does it:
 //   1. P = the Q factor of a d×K matrix of uniform [0, 1) draws (PᵀP = I_K; needs d >= K);

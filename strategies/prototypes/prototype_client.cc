@@ -11,17 +11,11 @@
 #include "common/data/augment.h"
 #include "common/learning/metrics.h"
 #include "common/learning/torch_bundle.h"
+#include "common/learning/torch_status.h"
 #include "common/learning/train_loop.h"
 
 namespace fedtail::strategies {
 namespace {
-
-Status torch_failure(const std::string& where, const std::exception& e) {
-  if (const auto* c10 = dynamic_cast<const c10::Error*>(&e)) {
-    return Status::Internal(where + ": LibTorch failed: " + c10->what_without_backtrace());
-  }
-  return Status::Internal(where + ": LibTorch failed: " + e.what());
-}
 
 Status require_context(const ClientContext& context, const std::string& what, bool for_fit) {
   if (context.model == nullptr || context.config == nullptr || context.state == nullptr ||
