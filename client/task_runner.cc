@@ -1,3 +1,7 @@
+// TaskRunner's execution half: handle() runs one task end to end (checks, the client's state
+// loaded, fit or evaluate on the worker thread with heartbeats meanwhile, the state saved, the
+// result pushed), and request_stop()/wait_for_worker() abandon it. Setting the run up (prepare(),
+// join_request(), the strategy's ClientAlgorithm) is in task_preparation.cc.
 #include "client/task_runner.h"
 
 #include <spdlog/spdlog.h>
@@ -8,12 +12,10 @@
 #include <utility>
 
 #include "client/fault_pause.h"
-#include "common/learning/device.h"
-#include "common/learning/model_options.h"
+#include "client/task_runner_detail.h"
 #include "common/base/rng.h"
+#include "common/wire/bundle_checks.h"
 #include "common/wire/tensor_bundle.h"
-#include "common/security/tls.h"
-#include "strategies/registry.h"
 
 namespace fedtail::client {
 
@@ -22,14 +24,6 @@ namespace {
 // A late result is still offered this long after the task's deadline: the coordinator's clock
 // decides, and clocks of distinct machines differ.
 constexpr uint64_t kPushGraceMs = 60'000;
-
-double seconds_since(std::chrono::steady_clock::time_point start) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-}
-
-std::string dump_json(const nlohmann::json& j) {
-  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-}
 
 const char* kind_name(v1::TaskKind kind) {
   switch (kind) {
@@ -62,183 +56,6 @@ TaskRunner::TaskRunner(TaskRunnerOptions options, Connection* connection, StateS
 
 TaskRunner::~TaskRunner() {
   if (worker_.joinable()) worker_.join();
-}
-
-Status TaskRunner::prepare(const v1::JoinResponse& join) {
-  if (config_ && join.run_id() == run_id_ && join.run_config_json() == run_config_json_) {
-    return Status::OK();
-  }
-  if (config_) {
-    spdlog::info("the coordinator runs a new run ({}; was {}): setting up again", join.run_id(),
-                 run_id_);
-  }
-  config_.reset();
-  clients_.clear();
-  models_.clear();
-  algorithms_.clear();
-
-  nlohmann::json json;
-  try {
-    json = nlohmann::json::parse(join.run_config_json());
-  } catch (const nlohmann::json::exception& e) {
-    return Status::InvalidArgument(
-        std::string("the run config sent by the coordinator is not valid "
-                    "JSON: ") +
-        e.what());
-  }
-  FEDTAIL_ASSIGN_OR_RETURN(RunConfig config,
-                           parse_run_config(json, {"rounds", "strategy", "federation"}));
-
-  // config.strategy: {"name": ..., options...}; the factories get it without "name".
-  const nlohmann::json strategy = config.extra.value("strategy", nlohmann::json::object());
-  if (!strategy.is_object() || !strategy.contains("name") || !strategy["name"].is_string()) {
-    return Status::InvalidArgument(
-        "config.strategy.name: missing (the run config names no strategy)");
-  }
-  std::string strategy_name = strategy["name"].get<std::string>();
-  nlohmann::json strategy_config = strategy;
-  strategy_config.erase("name");
-
-  uint32_t poll_timeout_ms = 20000;
-  const nlohmann::json federation = config.extra.value("federation", nlohmann::json::object());
-  if (federation.is_object() && federation.contains("poll_timeout_ms") &&
-      federation["poll_timeout_ms"].is_number_unsigned()) {
-    poll_timeout_ms = federation["poll_timeout_ms"].get<uint32_t>();
-  }
-
-  if (!options_.data_root.empty()) config.data.root = options_.data_root;
-  for (const HostedClient& c : options_.clients) {
-    if (c.partition >= config.data.clients) {
-      return Status::InvalidArgument(
-          c.id + ": partition " + std::to_string(c.partition) + " is out of range: the run has " +
-          std::to_string(config.data.clients) + " clients (config.data.clients), partitions 0.." +
-          std::to_string(config.data.clients - 1));
-    }
-  }
-
-  const std::string device_spec = options_.device.empty() ? config.device : options_.device;
-  Result<torch::Device> device = parse_device(device_spec);
-  if (!device.ok()) {
-    return device.status().with_context(options_.device.empty() ? "config.device" : "--device");
-  }
-  set_num_threads(options_.threads > 0 ? options_.threads : config.threads);
-
-  const auto start = std::chrono::steady_clock::now();
-  FEDTAIL_ASSIGN_OR_RETURN(FederatedData data, build_federated_data(config.data, config.seed));
-  spdlog::info("data ready: {} {} training examples over {} clients, {} classes ({:.1f} s)",
-               config.data.dataset, data.train.size(), data.num_clients(), data.num_classes(),
-               seconds_since(start));
-
-  std::map<std::string, Client> clients;
-  std::map<std::string, Model> models;
-  try {
-    ModelOptions model_options = config.model;
-    FEDTAIL_RETURN_IF_ERROR(fill_model_options_from_data(data.train, &model_options));
-    FEDTAIL_RETURN_IF_ERROR(validate_model_options(model_options).with_context("config"));
-    for (const HostedClient& c : options_.clients) {
-      Client client;
-      client.hosted = c;
-      // Heterogeneous federations (config.model.groups): partition k uses groups[k % size].
-      client.arch = client_model_options(model_options, c.partition).arch;
-      client.train = data.client_train_set(c.partition);
-      client.test = data.client_test_set(c.partition);
-      client.test_rows = data.client_test[c.partition];
-      if (models.count(client.arch) == 0) {
-        // One model per architecture, shared by the virtual clients that use it. The initial
-        // weights do not matter (every task loads its bundle or the client's state first), but
-        // they are deterministic all the same.
-        Rng rng = model_options.groups.empty()
-                      ? Rng::derive(config.seed, "client_model")
-                      : Rng::derive(config.seed, "client_model." + client.arch);
-        FEDTAIL_ASSIGN_OR_RETURN(Model model,
-                                 make_model(client_model_options(model_options, c.partition), rng));
-        model->to(*device);
-        models.emplace(client.arch, model);
-      }
-      clients.emplace(c.id, std::move(client));
-    }
-  } catch (const std::exception& e) {
-    return Status::Internal(std::string("setting up the clients' data and model failed: ") +
-                            e.what());
-  }
-
-  run_id_ = join.run_id();
-  run_config_json_ = join.run_config_json();
-  config_ = std::make_unique<RunConfig>(std::move(config));
-  strategy_name_ = std::move(strategy_name);
-  strategy_config_ = std::move(strategy_config);
-  data_ = std::move(data);
-  clients_ = std::move(clients);
-  models_ = std::move(models);
-  test_features_ = clients_.size() > 1 ? std::make_unique<FeatureCache>(&data_.test) : nullptr;
-  device_ = *device;
-  poll_timeout_ms_ = poll_timeout_ms;
-  heartbeat_interval_ms_ = join.heartbeat_interval_ms() > 0 ? join.heartbeat_interval_ms() : 5000;
-  max_update_bytes_ = join.max_update_bytes();
-
-  // Fail now, not at the first task, when the strategy is unknown or its options are bad.
-  Result<strategies::ClientAlgorithm*> algorithm = algorithm_for(strategy_name_);
-  if (!algorithm.ok()) {
-    config_.reset();
-    return algorithm.status();
-  }
-  int64_t examples = 0;
-  for (const auto& [id, client] : clients_) examples += client.train.size();
-  std::string archs;
-  for (const auto& [arch, model] : models_) archs += (archs.empty() ? "" : ", ") + arch;
-  const HostedClient& first = options_.clients.front();
-  const HostedClient& last = options_.clients.back();
-  spdlog::info("{}{}: partition{} {}{}, {} training examples, model{} {} on {}, strategy {}",
-               first.id, clients_.size() > 1 ? " .. " + last.id : "",
-               clients_.size() > 1 ? "s" : "", first.partition,
-               clients_.size() > 1 ? ".." + std::to_string(last.partition) : "", examples,
-               models_.size() > 1 ? "s" : "", archs, device_name(device_), strategy_name_);
-  return Status::OK();
-}
-
-v1::JoinRequest TaskRunner::join_request() const {
-  v1::JoinRequest request;
-  auto examples = [&](const std::string& id) -> int64_t {
-    auto it = clients_.find(id);
-    return it == clients_.end() ? 0 : it->second.train.size();
-  };
-  // Each client's own architecture (config.model.groups), "" before prepare().
-  auto family = [&](const std::string& id) -> std::string {
-    auto it = clients_.find(id);
-    return it == clients_.end() ? "" : it->second.arch;
-  };
-  nlohmann::json properties = {{"device", options_.device.empty() ? "auto" : options_.device},
-                               {"fedtail_version", FEDTAIL_VERSION}};
-  if (options_.virtual_clients) {
-    for (const HostedClient& c : options_.clients) {
-      v1::VirtualClient* v = request.add_virtual_clients();
-      v->set_client_id(c.id);
-      v->set_num_examples(examples(c.id));
-      v->set_model_family(family(c.id));
-      if (!options_.token_secret.empty())
-        v->set_join_token(join_token(options_.token_secret, c.id));
-    }
-    properties["partitions"] = {options_.clients.front().partition,
-                                options_.clients.back().partition};
-  } else {
-    const HostedClient& c = options_.clients.front();
-    request.set_num_examples(examples(c.id));
-    request.set_model_family(family(c.id));
-    properties["partition"] = c.partition;
-  }
-  request.set_properties_json(dump_json(properties));
-  return request;
-}
-
-Result<strategies::ClientAlgorithm*> TaskRunner::algorithm_for(const std::string& strategy) {
-  auto it = algorithms_.find(strategy);
-  if (it != algorithms_.end()) return it->second.get();
-  Result<std::unique_ptr<strategies::ClientAlgorithm>> algorithm =
-      strategies::make_client_algorithm(strategy, strategy_config_);
-  if (!algorithm.ok()) return algorithm.status().with_context("config.strategy");
-  strategies::ClientAlgorithm* raw = algorithm->get();
-  algorithms_.emplace(strategy, std::move(algorithm).value());
-  return raw;
 }
 
 void TaskRunner::request_stop() {
@@ -364,7 +181,7 @@ TaskRunner::WorkResult TaskRunner::run_task(const PulledTask& task, Client& clie
     result.status =
         Status::Internal(std::string(kind_name(header.kind())) + " threw a non-standard exception");
   }
-  result.seconds = seconds_since(start);
+  result.seconds = detail::seconds_since(start);
   return result;
 }
 
@@ -378,7 +195,8 @@ Result<TaskOutcome> TaskRunner::push(const v1::TaskHeader& header, bool ok,
   result.set_ok(ok);
   result.set_error(error);
   result.set_num_examples(num_examples);
-  result.set_metrics_json(dump_json(metrics.is_object() ? metrics : nlohmann::json::object()));
+  result.set_metrics_json(
+      detail::dump_json(metrics.is_object() ? metrics : nlohmann::json::object()));
   const uint64_t give_up =
       header.deadline_unix_ms() == 0 ? 0 : header.deadline_unix_ms() + kPushGraceMs;
   FEDTAIL_ASSIGN_OR_RETURN(

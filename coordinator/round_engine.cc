@@ -1,5 +1,6 @@
-// The engine thread: rounds, phases, evaluation, the metrics line. The service-facing methods
-// (pull, push, heartbeat, joins) are in round_engine_service_side.cc.
+// The engine thread: rounds, phases, evaluation, the metrics line (its formatting helpers are in
+// metrics_line.cc). The service-facing methods (pull, push, heartbeat, joins) and PendingUpload are
+// in round_engine_service_side.cc.
 #include "coordinator/round_engine.h"
 
 #include <spdlog/spdlog.h>
@@ -11,6 +12,7 @@
 #include <set>
 
 #include "common/base/rng.h"
+#include "coordinator/metrics_line.h"
 
 namespace fedtail::coordinator {
 namespace {
@@ -32,52 +34,11 @@ uint64_t unix_ms_after(double seconds) {
       std::chrono::duration_cast<std::chrono::milliseconds>(at.time_since_epoch()).count());
 }
 
-nlohmann::json failures_json(const std::vector<strategies::ClientFailure>& failures) {
-  nlohmann::json list = nlohmann::json::array();
-  for (const auto& f : failures) list.push_back({{"client_id", f.client_id}, {"reason", f.reason}});
-  return list;
-}
-
-// A number at `path` in `json`, if there is one.
-std::optional<double> number_at(const nlohmann::json& json,
-                                std::initializer_list<const char*> path) {
-  const nlohmann::json* node = &json;
-  for (const char* key : path) {
-    if (!node->is_object()) return std::nullopt;
-    auto it = node->find(key);
-    if (it == node->end()) return std::nullopt;
-    node = &*it;
-  }
-  if (!node->is_number()) return std::nullopt;
-  return node->get<double>();
-}
-
-std::string format_number(std::optional<double> value, const char* format) {
-  if (!value) return "-";
-  char text[32];
-  std::snprintf(text, sizeof(text), format, *value);
-  return text;
-}
-
 std::shared_ptr<const PayloadDigest> digest_of(const TensorBundle& bundle) {
   return std::make_shared<const PayloadDigest>(payload_digest(bundle));
 }
 
 }  // namespace
-
-PendingUpload::PendingUpload(std::shared_ptr<const Task> task, std::string session_token,
-                             int64_t num_examples, nlohmann::json metrics,
-                             const DecodeLimits& limits)
-    : task_(std::move(task)),
-      session_token_(std::move(session_token)),
-      num_examples_(num_examples),
-      metrics_(std::move(metrics)),
-      decoder_(limits) {}
-
-Status PendingUpload::add(const v1::BundleChunk& chunk) {
-  ++chunks_;
-  return decoder_.add(chunk);
-}
 
 RoundEngine::RoundEngine(EngineConfig config, strategies::ServerStrategy* strategy,
                          ClientRegistry* registry)

@@ -1,7 +1,7 @@
 // RoundEngine: runs a federated run's rounds on its own thread, and is what the gRPC service calls
 // to hand out tasks and take in results.
 //
-// One round (DESIGN.md):
+// One round (docs/architecture.md):
 //   1. wait until federation.min_available_clients clients are live (logging "waiting for
 //      clients: 1/3 connected" every few seconds; the thread sleeps on a condition variable);
 //   2. strategy->configure_fit(round, live clients sorted by id, Rng::derive(seed, "fit",
@@ -49,10 +49,10 @@
 #include <thread>
 #include <vector>
 
-#include "common/wire/bundle_codec.h"
+#include "common/base/status.h"
 #include "common/data/dataset.h"
 #include "common/learning/run_config.h"
-#include "common/base/status.h"
+#include "common/wire/bundle_codec.h"
 #include "coordinator/client_registry.h"
 #include "coordinator/options.h"
 #include "coordinator/poll_waiters.h"
@@ -85,8 +85,6 @@ struct EngineConfig {
       on_round_end;
 };
 
-// A result upload being received: the task it answers and the decoder its chunks go to. Made by
-// begin_push, consumed by complete_push or abandon_push. Not thread-safe (one stream feeds it).
 // Where a phase's time went, summed over its accepted results (seconds).
 struct PhaseTiming {
   double compute_s = 0;    // the clients' own training/evaluation time ("compute_s" they report)
@@ -94,6 +92,8 @@ struct PhaseTiming {
   double aggregate_s = 0;  // inside Aggregation::add (the strategy's fold)
 };
 
+// A result upload being received: the task it answers and the decoder its chunks go to. Made by
+// begin_push, consumed by complete_push or abandon_push. Not thread-safe (one stream feeds it).
 class PendingUpload {
  public:
   // Feeds one bundle chunk to the decoder; the first error is kept (sticky) and returned.

@@ -1,12 +1,13 @@
-// RoundEngine's service-facing half: handing out tasks (pull), taking in results (push),
-// heartbeats, and the effect of clients joining, leaving and going silent. See round_engine.h for
-// the contract.
+// RoundEngine's service-facing half: handing out tasks (pull), taking in results (push, and the
+// PendingUpload a result's bundle is read into), heartbeats, and the effect of clients joining,
+// leaving and going silent. See round_engine.h for the contract.
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <exception>
 
 #include "common/base/json_reader.h"
+#include "common/wire/bundle_checks.h"
 #include "coordinator/round_engine.h"
 
 namespace fedtail::coordinator {
@@ -26,6 +27,22 @@ v1::PushResultResponse make_response(bool accepted, bool duplicate, const std::s
 }
 
 }  // namespace
+
+// ---- PendingUpload ----
+
+PendingUpload::PendingUpload(std::shared_ptr<const Task> task, std::string session_token,
+                             int64_t num_examples, nlohmann::json metrics,
+                             const DecodeLimits& limits)
+    : task_(std::move(task)),
+      session_token_(std::move(session_token)),
+      num_examples_(num_examples),
+      metrics_(std::move(metrics)),
+      decoder_(limits) {}
+
+Status PendingUpload::add(const v1::BundleChunk& chunk) {
+  ++chunks_;
+  return decoder_.add(chunk);
+}
 
 // ---- Helpers, with mu_ held ----
 
