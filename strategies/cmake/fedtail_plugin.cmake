@@ -1,8 +1,9 @@
 # fedtail_add_strategy_plugin(<name> <source>...)
 #
 # Builds a strategy plugin: the shared library libfedtail_<name>.so, which fedtail-coordinator,
-# fedtail-client and fedtail-sim load with --plugin. Its sources register the strategy from a static
-# initialiser (strategies/registry.h). A plugin links nothing of fedtail: the binary that loads it
+# fedtail-client and fedtail-sim load with --plugin. Its sources define the entry point with
+# FEDTAIL_STRATEGY_PLUGIN (strategies/registry.h), which registers the strategy when the library is
+# loaded. A plugin links nothing of fedtail: the binary that loads it
 # provides fedtail's symbols. It compiles against fedtail's headers (fedtail::plugin_api: fedtail,
 # LibTorch, nlohmann/json, spdlog). The same function serves the in-tree examples and, after
 # find_package(fedtail), a strategy in its own repository.

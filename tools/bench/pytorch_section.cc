@@ -10,9 +10,9 @@
 #include <string>
 #include <vector>
 
-#include "common/learning/device.h"
 #include "common/base/json_reader.h"
 #include "common/base/subprocess.h"
+#include "common/learning/device.h"
 #include "tools/bench/scratch.h"
 #include "tools/bench/throughput.h"
 
@@ -106,6 +106,19 @@ Result<nlohmann::json> reference_figure(const Reference& ref, const ModelCase& c
   return Status::Internal(ref.script + " printed no measurement: " + output.substr(0, 2000));
 }
 
+// The reference script: the installed copy when this binary runs from an installed prefix
+// (<prefix>/bin/fedtail-bench -> <prefix>/share/fedtail/bench/), else the source tree's.
+std::string default_reference_script() {
+  std::error_code ec;
+  const fs::path self = fs::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    const fs::path installed =
+        self.parent_path().parent_path() / "share/fedtail/bench/pytorch_reference.py";
+    if (fs::exists(installed, ec)) return installed.string();
+  }
+  return std::string(FEDTAIL_SOURCE_DIR) + "/tools/bench/pytorch_reference.py";
+}
+
 }  // namespace
 
 Result<nlohmann::json> run_pytorch(const BenchContext& ctx) {
@@ -116,8 +129,7 @@ Result<nlohmann::json> run_pytorch(const BenchContext& ctx) {
   }
   Reference ref;
   ref.python = env_or("FEDTAIL_PYTHON", "/usr/bin/python3");
-  ref.script = env_or("FEDTAIL_PYTORCH_REFERENCE",
-                      std::string(FEDTAIL_SOURCE_DIR) + "/tools/bench/pytorch_reference.py");
+  ref.script = env_or("FEDTAIL_PYTORCH_REFERENCE", default_reference_script());
   FEDTAIL_ASSIGN_OR_RETURN(ScratchDir scratch, ScratchDir::create("pytorch"));
   ref.work_dir = scratch.path();
 
