@@ -1,6 +1,7 @@
 // StateStore: the persistent per-client state (strategies::ClientState) of the clients a process
-// hosts, one file per client: <dir>/<client-id>.state, a bundle file (common/wire/bundle_file.h) written
-// atomically after every completed task, so that the state survives client restarts and crashes.
+// hosts, one file per client: <dir>/<client-id>.state, a bundle file (common/wire/bundle_file.h)
+// written atomically after every completed task, so that the state survives client restarts and
+// crashes.
 //
 // Besides the state itself, a record keeps the state the last task started from and that task's
 // (run, round, kind). When the same (round, kind) arrives again — a coordinator resumed from its

@@ -1,4 +1,4 @@
-// fedtail-coordinator: runs one federated run (DESIGN.md "Binaries and files").
+// fedtail-coordinator: runs one federated run (docs/architecture.md, "The binaries' contract").
 //
 //   fedtail-coordinator --config run.json [--listen HOST:PORT] [--tls-cert F --tls-key F
 //       [--tls-client-ca F]] [--token-secret-file F] [--state-dir D] [--resume] [--insecure]
@@ -32,7 +32,6 @@ struct Flags {
   std::vector<std::string> plugins;
   std::string log_level = "info";
 };
-
 
 int run(const Flags& flags) {
   fedtail::strategies::register_builtin_strategies();

@@ -1,8 +1,9 @@
-// FederationService: the gRPC face of the coordinator (common/wire/proto/fedtail/v1/federation.proto).
+// FederationService: the gRPC face of the coordinator
+// (common/wire/proto/fedtail/v1/federation.proto).
 //
 // Thin handlers: each decodes its request, calls the ClientRegistry / RoundEngine, and encodes the
-// answer; fedtail Status values map to gRPC codes through common/wire/grpc_status.h. Every call but Join
-// presents a session token (UNAUTHENTICATED when unknown: never issued, left, expired or taken
+// answer; fedtail Status values map to gRPC codes through common/wire/grpc_status.h. Every call but
+// Join presents a session token (UNAUTHENTICATED when unknown: never issued, left, expired or taken
 // over).
 //   - Join: protocol version (FAILED_PRECONDITION), identity (below), admission (ALREADY_EXISTS
 //     while a live session hosts the id), then the run's config, heartbeat interval and update size

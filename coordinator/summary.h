@@ -1,5 +1,5 @@
-// summary.json: the one-file result of a run (DESIGN.md "Binaries and files"), built from the
-// metrics lines of metrics.jsonl.
+// summary.json: the one-file result of a run (docs/architecture.md, "The binaries' contract"),
+// built from the metrics lines of metrics.jsonl.
 #ifndef FEDTAIL_COORDINATOR_SUMMARY_H_
 #define FEDTAIL_COORDINATOR_SUMMARY_H_
 

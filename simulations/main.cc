@@ -1,5 +1,6 @@
 // fedtail-sim: a whole federation on one machine, one or more strategies and seeds, with a
-// comparison table and curves (DESIGN.md "Binaries and files"; simulations/simulation.h).
+// comparison table and curves (docs/architecture.md, "The binaries' contract";
+// simulations/simulation.h).
 //
 //   fedtail-sim CONFIG.json [--out DIR] [--workers N] [--device D] [--rounds N]
 //       [--strategies a,b] [--seeds N] [--resume | --overwrite] [--threads N] [--plugin LIB.so]...
@@ -82,8 +83,9 @@ int main(int argc, char** argv) {
       "processes over loopback) for each strategy and seed of CONFIG, and writes a comparison "
       "table (summary.md, summary.json), metrics.jsonl and accuracy curves (PNG)"};
   app.set_version_flag("--version", FEDTAIL_VERSION);
-  app.add_option("config", options.config_path, "simulation config (JSON): a run config with an "
-                                                "optional \"simulation\" section")
+  app.add_option("config", options.config_path,
+                 "simulation config (JSON): a run config with an "
+                 "optional \"simulation\" section")
       ->required();
   app.add_option("--out", options.out_dir,
                  "output directory (default: sim-out/<config name>-<date-time>)");

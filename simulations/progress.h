@@ -45,14 +45,14 @@ class Progress {
   const std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
 
   mutable std::mutex mu_;
-  int done_rounds_ = 0;       // guarded by mu_; of every run
-  int rounds_this_session_ = 0;  // guarded by mu_; for the rate
-  std::string run_;           // guarded by mu_
-  int run_rounds_ = 0;        // guarded by mu_
-  int run_round_ = 0;         // guarded by mu_; the last finished round of the run
+  int done_rounds_ = 0;                 // guarded by mu_; of every run
+  int rounds_this_session_ = 0;         // guarded by mu_; for the rate
+  std::string run_;                     // guarded by mu_
+  int run_rounds_ = 0;                  // guarded by mu_
+  int run_round_ = 0;                   // guarded by mu_; the last finished round of the run
   std::optional<double> accuracy_;      // guarded by mu_
   std::optional<double> personalized_;  // guarded by mu_
-  bool drawn_ = false;        // guarded by mu_; a bar is on the screen
+  bool drawn_ = false;                  // guarded by mu_; a bar is on the screen
 };
 
 // Logging for fedtail-sim: the default logger writes every line at `level` and above to

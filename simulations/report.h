@@ -42,11 +42,11 @@ struct ReportInfo {
 // summary.json of the whole simulation: {"config", "wall_seconds", "workers", "setting",
 // "validation_per_class" (config.data's; > 0: accuracies are on a validation set), "seeds",
 // "strategies", "runs": [per run: label, strategy, seed, run_dir, status, rounds_completed,
-// wall_seconds, final (DESIGN.md keys), models {generic, personalized}, bytes_per_round {down, up},
-// seconds_per_round {total, fit_s, fit_compute_s, fit_upload_s, aggregate_s, evaluate_s,
-// evaluate_compute_s, evaluate_upload_s, server_eval_s, other_s} (means over rounds of the metrics
-// lines' "timing"), worker_failures], "table": {"generic": [rows], "personalized": [rows], "cost":
-// [rows, with seconds_per_round: {key: {mean, std, n}}]}}. Each
+// wall_seconds, final (the contract's keys, docs/architecture.md), models {generic, personalized},
+// bytes_per_round {down, up}, seconds_per_round {total, fit_s, fit_compute_s, fit_upload_s,
+// aggregate_s, evaluate_s, evaluate_compute_s, evaluate_upload_s, server_eval_s, other_s} (means
+// over rounds of the metrics lines' "timing"), worker_failures], "table": {"generic": [rows],
+// "personalized": [rows], "cost": [rows, with seconds_per_round: {key: {mean, std, n}}]}}. Each
 // table row holds label, model and {mean, std, n} per column (std null for one seed). With a single
 // run, its strategy, rounds_completed, wall_seconds and final are also at the top level.
 nlohmann::json make_report(const ReportInfo& info, const std::vector<RunResult>& runs);

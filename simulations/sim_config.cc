@@ -199,9 +199,8 @@ Result<SimulationPlan> make_plan(const nlohmann::json& config, const PlanFlags& 
     for (size_t i = 0; i < seeds.size(); ++i) {
       // Parsed non-negative integers are unsigned (the whole uint64 range is a seed); ones built
       // in code may be signed.
-      const bool non_negative =
-          seeds[i].is_number_unsigned() ||
-          (seeds[i].is_number_integer() && seeds[i].get<int64_t>() >= 0);
+      const bool non_negative = seeds[i].is_number_unsigned() ||
+                                (seeds[i].is_number_integer() && seeds[i].get<int64_t>() >= 0);
       if (!non_negative) {
         return Status::InvalidArgument("config.simulation.seeds[" + std::to_string(i) +
                                        "]: expected a non-negative integer (got " +

@@ -1,16 +1,16 @@
 // The simulation plan: which runs a fedtail-sim config asks for, and the run config of each.
 //
-// A simulation config is a run config (common/learning/run_config.h, coordinator/options.h) with an optional
-// "simulation" section:
+// A simulation config is a run config (common/learning/run_config.h, coordinator/options.h) with an
+// optional "simulation" section:
 //
 //   "strategy": {"fraction_fit": 0.2},          // options every strategy shares (no "name" needed)
 //   "simulation": {
 //     "strategies": [                            // default: the single config.strategy
 //       {"name": "fedavg"},
 //       {"name": "fedloge", "label": "fedloge-dense", "sparsity": 0,
-//        "overrides": {"local": {"batch_size": 8}}}],  // a merge patch on this strategy's run config
-//     "seeds": [1, 2, 3],                        // or a count N: config.seed .. config.seed + N - 1
-//     "workers": 0                               // worker processes; 0 = auto (cores, or GPUs on CUDA)
+//        "overrides": {"local": {"batch_size": 8}}}],  // merge patch on this run's config
+//     "seeds": [1, 2, 3],                        // or a count N: seed .. seed + N - 1
+//     "workers": 0                               // worker processes; 0 = auto (cores or GPUs)
 //   }
 //
 // Each (strategy, seed) is one run: the config without "simulation", patched with the entry's
@@ -34,8 +34,8 @@ namespace fedtail::simulation {
 
 // One strategy of the comparison.
 struct StrategyEntry {
-  std::string label;                                 // its name in tables and directories
-  nlohmann::json strategy = nlohmann::json::object();  // the run's config.strategy (with "name")
+  std::string label;                                    // its name in tables and directories
+  nlohmann::json strategy = nlohmann::json::object();   // the run's config.strategy (with "name")
   nlohmann::json overrides = nlohmann::json::object();  // merge patch on the run config
 };
 
@@ -66,7 +66,8 @@ struct SimulationPlan {
 Result<SimulationPlan> make_plan(const nlohmann::json& config, const PlanFlags& flags);
 
 // The run config of `entry` with `seed` (see the file comment).
-nlohmann::json run_config_for(const SimulationPlan& plan, const StrategyEntry& entry, uint64_t seed);
+nlohmann::json run_config_for(const SimulationPlan& plan, const StrategyEntry& entry,
+                              uint64_t seed);
 
 // The run's directory name under DIR/runs: "<label>/seed-<seed>".
 std::string run_dir_name(const StrategyEntry& entry, uint64_t seed);

@@ -8,8 +8,8 @@
 #include <filesystem>
 #include <fstream>
 
-#include "common/learning/device.h"
 #include "common/base/json_reader.h"
+#include "common/learning/device.h"
 #include "coordinator/checkpoint.h"
 #include "coordinator/coordinator.h"
 #include "simulations/worker_pool.h"
@@ -28,7 +28,8 @@ std::string program_dir() {
   return ec ? "." : self.parent_path().string();
 }
 
-std::optional<double> number_at(const nlohmann::json& json, std::initializer_list<const char*> path) {
+std::optional<double> number_at(const nlohmann::json& json,
+                                std::initializer_list<const char*> path) {
   const nlohmann::json* node = &json;
   for (const char* key : path) {
     if (!node->is_object() || !node->contains(key)) return std::nullopt;
@@ -88,8 +89,7 @@ Status Simulation::init() {
   const bool cuda = devices_.front().rfind("cuda", 0) == 0;
   workers_ = plan_.workers > 0 ? plan_.workers : cuda ? static_cast<int>(devices_.size()) : cores;
   workers_ = std::clamp(workers_, 1, std::max(1, plan_.num_clients));
-  threads_per_worker_ =
-      options_.threads > 0 ? options_.threads : std::max(1, cores / workers_);
+  threads_per_worker_ = options_.threads > 0 ? options_.threads : std::max(1, cores / workers_);
   coordinator_threads_ = cores;
 
   // The output directory.
@@ -123,8 +123,8 @@ Status Simulation::init() {
       }
     }
   }
-  progress_ = std::make_unique<Progress>(plan_.num_runs() * plan_.rounds, done_rounds,
-                                         options_.terminal);
+  progress_ =
+      std::make_unique<Progress>(plan_.num_runs() * plan_.rounds, done_rounds, options_.terminal);
   return init_simulation_logging(options_.log_level, path("sim.log"), progress_.get());
 }
 
@@ -300,12 +300,12 @@ Status Simulation::write_report(const std::vector<RunResult>& results, bool fina
 
 Status Simulation::run() {
   started_ = std::chrono::steady_clock::now();
-  spdlog::info("simulation of {}: {} strateg{} x {} seed(s), {} rounds, {} clients, {} worker(s) "
-               "on {}; results in {}",
-               options_.config_path, plan_.strategies.size(),
-               plan_.strategies.size() == 1 ? "y" : "ies", plan_.seeds.size(), plan_.rounds,
-               plan_.num_clients, workers_, devices_.size() > 1 ? "cuda" : devices_.front(),
-               options_.out_dir);
+  spdlog::info(
+      "simulation of {}: {} strateg{} x {} seed(s), {} rounds, {} clients, {} worker(s) "
+      "on {}; results in {}",
+      options_.config_path, plan_.strategies.size(), plan_.strategies.size() == 1 ? "y" : "ies",
+      plan_.seeds.size(), plan_.rounds, plan_.num_clients, workers_,
+      devices_.size() > 1 ? "cuda" : devices_.front(), options_.out_dir);
   std::vector<RunResult> results;
   std::vector<std::string> failed;
   // Seeds outermost: a stopped simulation has every strategy's first seed before any second one.

@@ -1,4 +1,4 @@
-// Simulation: a whole federation on one machine (DESIGN.md, the single-node journey). For each
+// Simulation: a whole federation on one machine (docs/architecture.md). For each
 // (strategy, seed) of the plan, one after another: the coordinator in-process on a loopback port,
 // N fedtail-client worker processes hosting the virtual clients over the real transport, progress
 // on screen; then the report (summary.json, summary.md, metrics.jsonl, PNG curves) in DIR.
@@ -33,18 +33,18 @@
 namespace fedtail::simulation {
 
 struct SimulationOptions {
-  std::string config_path;         // required
-  std::string out_dir;             // required
-  bool resume = false;             // continue the simulation in out_dir
-  bool overwrite = false;          // discard earlier results in out_dir
-  PlanFlags plan;                  // --rounds, --strategies, --seeds, --workers
-  std::string device;              // workers' --device; "" = the config's ("auto": GPUs if any)
-  int threads = 0;                 // LibTorch threads per worker; 0 = cores / workers
+  std::string config_path;           // required
+  std::string out_dir;               // required
+  bool resume = false;               // continue the simulation in out_dir
+  bool overwrite = false;            // discard earlier results in out_dir
+  PlanFlags plan;                    // --rounds, --strategies, --seeds, --workers
+  std::string device;                // workers' --device; "" = the config's ("auto": GPUs if any)
+  int threads = 0;                   // LibTorch threads per worker; 0 = cores / workers
   std::vector<std::string> plugins;  // strategy plugins, loaded here and by every worker
-  std::string client_binary;       // fedtail-client; "" = beside this program
+  std::string client_binary;         // fedtail-client; "" = beside this program
   std::string log_level = "info";
   std::string worker_log_level = "info";
-  bool terminal = false;           // draw a progress bar (stderr is a terminal)
+  bool terminal = false;  // draw a progress bar (stderr is a terminal)
 };
 
 class Simulation {

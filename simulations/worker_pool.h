@@ -4,8 +4,8 @@
 // Workers are ordinary clients: they dial the coordinator over the real transport, derive their
 // clients' data from the run config and seed, and keep per-client state under a state directory.
 // The pool starts them, notices one that ends before the run does (check()), and on finish() waits
-// for the rest to leave after the coordinator's SHUTDOWN (killing any that do not). Not thread-safe:
-// one thread drives a pool.
+// for the rest to leave after the coordinator's SHUTDOWN (killing any that do not). Not
+// thread-safe: one thread drives a pool.
 #ifndef FEDTAIL_SIMULATIONS_WORKER_POOL_H_
 #define FEDTAIL_SIMULATIONS_WORKER_POOL_H_
 
@@ -20,14 +20,14 @@
 namespace fedtail::simulation {
 
 struct WorkerPoolOptions {
-  std::string client_binary;       // path of fedtail-client
-  std::string coordinator;         // HOST:PORT
-  int num_clients = 0;             // virtual clients 0 .. num_clients-1, split evenly
-  int workers = 1;                 // processes (at most num_clients)
+  std::string client_binary;         // path of fedtail-client
+  std::string coordinator;           // HOST:PORT
+  int num_clients = 0;               // virtual clients 0 .. num_clients-1, split evenly
+  int workers = 1;                   // processes (at most num_clients)
   std::vector<std::string> devices;  // --device of worker i is devices[i % size]; empty = none
-  int threads_per_worker = 0;      // --threads; 0 = the run config's
-  std::string state_dir;           // --state-dir (per-client state files)
-  std::string log_dir;             // worker-<i>.log files
+  int threads_per_worker = 0;        // --threads; 0 = the run config's
+  std::string state_dir;             // --state-dir (per-client state files)
+  std::string log_dir;               // worker-<i>.log files
   std::vector<std::string> plugins;  // --plugin, repeated
   std::string log_level = "info";
 };
@@ -37,7 +37,7 @@ struct WorkerLoss {
   int worker = 0;
   int first_client = 0;  // the range it hosted
   int last_client = 0;
-  std::string how;       // Subprocess::describe_exit(), e.g. "killed by signal 9 (Killed)"
+  std::string how;  // Subprocess::describe_exit(), e.g. "killed by signal 9 (Killed)"
   std::string log_path;
 };
 

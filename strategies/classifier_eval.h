@@ -1,5 +1,6 @@
 // Evaluation helpers shared by strategies whose global model is a Model scored by its
-// "classifier" head (FedAvg, FedProx, FedAvgM...), implementing DESIGN.md's evaluation protocol:
+// "classifier" head (FedAvg, FedProx, FedAvgM...), implementing the evaluation protocol
+// (README.md):
 //   - generic accuracy: the global bundle on the coordinator's balanced test set, overall and by
 //     Many/Medium/Few group under both rules (cumulative share 75%/95%, and counts
 //     >100/20–100/<20);
@@ -14,11 +15,11 @@
 #include <nlohmann/json.hpp>
 #include <vector>
 
+#include "common/base/status.h"
 #include "common/data/augment.h"
 #include "common/learning/model_options.h"
 #include "common/learning/models.h"
 #include "common/wire/payload_digest.h"
-#include "common/base/status.h"
 #include "common/wire/tensor_bundle.h"
 #include "strategies/strategy.h"
 

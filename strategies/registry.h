@@ -17,10 +17,9 @@
 
 #include <functional>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "common/base/status.h"
 #include "strategies/strategy.h"
@@ -30,7 +29,8 @@ namespace fedtail::strategies {
 // Factories get the run's config.strategy object (may be empty) and validate it: a bad option is
 // kInvalidArgument naming its JSON path ("config.strategy.mu: must be >= 0").
 using ServerFactory = std::function<Result<std::unique_ptr<ServerStrategy>>(const nlohmann::json&)>;
-using ClientFactory = std::function<Result<std::unique_ptr<ClientAlgorithm>>(const nlohmann::json&)>;
+using ClientFactory =
+    std::function<Result<std::unique_ptr<ClientAlgorithm>>(const nlohmann::json&)>;
 
 struct StrategyEntry {
   std::string name;         // e.g. "fedavg"
@@ -76,23 +76,25 @@ Status load_plugin(const std::string& path);
 
 // Defines a plugin's entry point. Usage, in the plugin's .cc (at global scope):
 //   FEDTAIL_STRATEGY_PLUGIN(host) {
-//     return host->register_strategy({"fedavgm", "FedAvg with server momentum", make_server, make_client});
+//     return host->register_strategy(
+//         {"fedavgm", "FedAvg with server momentum", make_server, make_client});
 //   }
 // The body returns a fedtail::Status; exceptions are caught and reported as kInternal.
-#define FEDTAIL_STRATEGY_PLUGIN(host_param)                                                    \
-  static ::fedtail::Status fedtail_plugin_register_impl(::fedtail::strategies::PluginHost*);   \
-  extern "C" __attribute__((visibility("default"))) int fedtail_plugin_init(                   \
-      int abi_version, ::fedtail::strategies::PluginHost* host, ::fedtail::Status* status) {   \
-    if (abi_version != ::fedtail::strategies::kPluginAbiVersion) return 1;                     \
-    try {                                                                                      \
-      *status = fedtail_plugin_register_impl(host);                                            \
-    } catch (const std::exception& e) {                                                        \
-      *status = ::fedtail::Status::Internal(std::string("plugin threw: ") + e.what());         \
-    } catch (...) {                                                                            \
-      *status = ::fedtail::Status::Internal("plugin threw a non-standard exception");          \
-    }                                                                                          \
-    return 0;                                                                                  \
-  }                                                                                            \
-  static ::fedtail::Status fedtail_plugin_register_impl(::fedtail::strategies::PluginHost* host_param)
+#define FEDTAIL_STRATEGY_PLUGIN(host_param)                                                  \
+  static ::fedtail::Status fedtail_plugin_register_impl(::fedtail::strategies::PluginHost*); \
+  extern "C" __attribute__((visibility("default"))) int fedtail_plugin_init(                 \
+      int abi_version, ::fedtail::strategies::PluginHost* host, ::fedtail::Status* status) { \
+    if (abi_version != ::fedtail::strategies::kPluginAbiVersion) return 1;                   \
+    try {                                                                                    \
+      *status = fedtail_plugin_register_impl(host);                                          \
+    } catch (const std::exception& e) {                                                      \
+      *status = ::fedtail::Status::Internal(std::string("plugin threw: ") + e.what());       \
+    } catch (...) {                                                                          \
+      *status = ::fedtail::Status::Internal("plugin threw a non-standard exception");        \
+    }                                                                                        \
+    return 0;                                                                                \
+  }                                                                                          \
+  static ::fedtail::Status fedtail_plugin_register_impl(                                     \
+      ::fedtail::strategies::PluginHost* host_param)
 
 #endif  // FEDTAIL_STRATEGIES_REGISTRY_H_

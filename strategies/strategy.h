@@ -6,8 +6,8 @@
 //     the number of clients), evaluates the global model, and saves/loads its whole state for exact
 //     resume;
 //   - a ClientAlgorithm, run by each client for each task: local training (fit) and evaluation.
-// Data flow of one round (DESIGN.md): configure_fit -> tasks -> ClientAlgorithm::fit on each client
-// -> Aggregation::add per update as it arrives -> Aggregation::finish -> checkpoint.
+// Data flow of one round (docs/architecture.md): configure_fit -> tasks -> ClientAlgorithm::fit on
+// each client -> Aggregation::add per update as it arrives -> Aggregation::finish -> checkpoint.
 //
 // Threading: the round engine calls a ServerStrategy (and its Aggregations) from one thread at a
 // time; a ClientAlgorithm is called by one thread at a time. Neither may throw: errors are Status
@@ -25,11 +25,11 @@
 #include <string>
 #include <vector>
 
+#include "common/base/rng.h"
+#include "common/base/status.h"
 #include "common/data/dataset.h"
 #include "common/learning/models.h"
-#include "common/base/rng.h"
 #include "common/learning/run_config.h"
-#include "common/base/status.h"
 #include "common/wire/tensor_bundle.h"
 
 namespace fedtail {
@@ -179,8 +179,8 @@ struct ClientContext {
   Model* model = nullptr;
   // Where the host offers it (a worker of several virtual clients): `test` as rows of the run's
   // balanced test set, and a cache of backbone features over that set shared by the worker's
-  // clients (common/learning/feature_cache.h). Evaluation that runs the global backbone unchanged passes
-  // the global bundle's digest as the version; both null otherwise.
+  // clients (common/learning/feature_cache.h). Evaluation that runs the global backbone unchanged
+  // passes the global bundle's digest as the version; both null otherwise.
   const std::vector<int64_t>* test_rows = nullptr;
   FeatureCache* test_features = nullptr;
 };

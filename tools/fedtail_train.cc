@@ -1,24 +1,25 @@
-// fedtail-train: trains one model locally (no federation) on the data set a run config describes and
-// reports its accuracy overall, per class and by Many/Medium/Few class group. It is the centralised
-// (or single-client) baseline of a Fed-LT comparison, and the README demo until the federated one.
+// fedtail-train: trains one model locally (no federation) on the data set a run config describes
+// and reports its accuracy overall, per class and by Many/Medium/Few class group. It is the
+// centralised (or single-client) baseline of a Fed-LT comparison, and the README demo until the
+// federated one.
 //
 //   fedtail-train --config run.json [--device auto|cpu|cuda[:i]] [--threads N] [--epochs N]
 //                 [--seed S] [--client K] [--json] [--log-level info]
 
-#include <chrono>
-#include <cmath>
-#include <cstdio>
-#include <string>
-
-#include <CLI/CLI.hpp>
-#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
 
-#include "common/learning/device.h"
-#include "common/data/federated_data.h"
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <string>
+
 #include "common/base/logging.h"
 #include "common/base/malloc_tuning.h"
+#include "common/data/federated_data.h"
+#include "common/learning/device.h"
 #include "common/learning/metrics.h"
 #include "common/learning/model_options.h"
 #include "common/learning/models.h"
@@ -77,7 +78,8 @@ void print_report(const AccuracyReport& cumulative, const AccuracyReport& thresh
               join_classes(cumulative.groups.medium).c_str(),
               join_classes(cumulative.groups.few).c_str());
   std::printf("  count rule:      many {%s}, medium {%s}, few {%s}\n",
-              join_classes(threshold.groups.many).c_str(), join_classes(threshold.groups.medium).c_str(),
+              join_classes(threshold.groups.many).c_str(),
+              join_classes(threshold.groups.medium).c_str(),
               join_classes(threshold.groups.few).c_str());
 }
 
@@ -99,16 +101,17 @@ Status run(const Flags& flags) {
   std::string scope = "the whole long-tailed training set";
   if (flags.client >= 0) {
     if (flags.client >= data.num_clients()) {
-      return Status::InvalidArgument("--client: must be < config.data.clients = " +
-                                     std::to_string(data.num_clients()) + " (got " +
-                                     std::to_string(flags.client) + ")");
+      return Status::InvalidArgument(
+          "--client: must be < config.data.clients = " + std::to_string(data.num_clients()) +
+          " (got " + std::to_string(flags.client) + ")");
     }
     train = data.client_train_set(flags.client);
     scope = "client " + std::to_string(flags.client) + "'s partition";
   }
-  spdlog::info("data: {} train examples ({}), {} test examples, loaded in {:.1f} s", train.size(),
-               scope, data.test.size(),
-               std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count());
+  spdlog::info(
+      "data: {} train examples ({}), {} test examples, loaded in {:.1f} s", train.size(), scope,
+      data.test.size(),
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count());
 
   FEDTAIL_RETURN_IF_ERROR(fill_model_options_from_data(data.train, &config.model));
   Rng init_rng = Rng::derive(config.seed, "model_init");
@@ -120,13 +123,15 @@ Status run(const Flags& flags) {
   const ClassGroups cumulative_groups = groups_by_cumulative_share(data.train_class_counts);
   const ClassGroups threshold_groups = groups_by_threshold(data.train_class_counts);
   auto evaluate = [&]() -> Result<std::pair<AccuracyReport, AccuracyReport>> {
-    FEDTAIL_ASSIGN_OR_RETURN(torch::Tensor predictions,
-                             predict(model, data.test, config.local.augment, device,
-                                     config.eval.batch_size));
-    FEDTAIL_ASSIGN_OR_RETURN(AccuracyReport a, accuracy_report(predictions, data.test.labels,
-                                                               data.num_classes(), cumulative_groups));
-    FEDTAIL_ASSIGN_OR_RETURN(AccuracyReport b, accuracy_report(predictions, data.test.labels,
-                                                               data.num_classes(), threshold_groups));
+    FEDTAIL_ASSIGN_OR_RETURN(
+        torch::Tensor predictions,
+        predict(model, data.test, config.local.augment, device, config.eval.batch_size));
+    FEDTAIL_ASSIGN_OR_RETURN(
+        AccuracyReport a,
+        accuracy_report(predictions, data.test.labels, data.num_classes(), cumulative_groups));
+    FEDTAIL_ASSIGN_OR_RETURN(
+        AccuracyReport b,
+        accuracy_report(predictions, data.test.labels, data.num_classes(), threshold_groups));
     return std::make_pair(std::move(a), std::move(b));
   };
 
@@ -142,11 +147,12 @@ Status run(const Flags& flags) {
                              train_local(model, train, epoch_options, device, rng));
     train_seconds += stats.seconds;
     FEDTAIL_ASSIGN_OR_RETURN(reports, evaluate());
-    spdlog::info("epoch {}/{}: loss {:.4f}, {:.0f} images/s, test accuracy {:.2f}% (many {:.1f}%, "
-                 "medium {:.1f}%, few {:.1f}%)",
-                 epoch, config.local.epochs, stats.mean_loss, stats.examples / stats.seconds,
-                 100 * reports.first.overall, 100 * reports.first.many, 100 * reports.first.medium,
-                 100 * reports.first.few);
+    spdlog::info(
+        "epoch {}/{}: loss {:.4f}, {:.0f} images/s, test accuracy {:.2f}% (many {:.1f}%, "
+        "medium {:.1f}%, few {:.1f}%)",
+        epoch, config.local.epochs, stats.mean_loss, stats.examples / stats.seconds,
+        100 * reports.first.overall, 100 * reports.first.many, 100 * reports.first.medium,
+        100 * reports.first.few);
     history.push_back({{"epoch", epoch},
                        {"loss", stats.mean_loss},
                        {"seconds", stats.seconds},
@@ -179,8 +185,9 @@ Status run(const Flags& flags) {
 int main(int argc, char** argv) {
   fedtail::tune_malloc();  // first: before any thread or large allocation
   fedtail::Flags flags;
-  CLI::App app{"fedtail-train: train one model locally on a (long-tailed) data set and report "
-               "accuracy overall and by Many/Medium/Few class group"};
+  CLI::App app{
+      "fedtail-train: train one model locally on a (long-tailed) data set and report "
+      "accuracy overall and by Many/Medium/Few class group"};
   app.set_version_flag("--version", std::string("fedtail-train ") + FEDTAIL_VERSION);
   app.add_option("--config", flags.config_path, "run config (JSON): data, model, local, eval")
       ->required()

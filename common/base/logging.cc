@@ -9,8 +9,8 @@ Status init_logging(const std::string& program, const std::string& level) {
   auto parsed = spdlog::level::from_str(level);
   // from_str maps unknown names to "off"; only "off" itself may mean off.
   if (parsed == spdlog::level::off && level != "off") {
-    return Status::InvalidArgument("--log-level: must be one of trace, debug, info, warn, error, off (got \"" +
-                                   level + "\")");
+    return Status::InvalidArgument(
+        "--log-level: must be one of trace, debug, info, warn, error, off (got \"" + level + "\")");
   }
   spdlog::drop(program);  // a second call replaces the logger instead of throwing
   auto logger = spdlog::stderr_color_mt(program);

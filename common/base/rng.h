@@ -1,10 +1,10 @@
 // Rng: the one source of randomness in fedtail.
 //
-// Every random choice (partitions, client sampling, augmentation, initialisation) takes an explicit Rng
-// derived from the run seed and a stable key (purpose, round, client id), so that every process that
-// derives the same key draws the same numbers, on every platform: the generator (xoshiro256**) and
-// every distribution below are implemented here, not taken from <random>, whose distributions differ
-// between standard libraries. Not thread-safe: give each thread its own Rng.
+// Every random choice (partitions, client sampling, augmentation, initialisation) takes an explicit
+// Rng derived from the run seed and a stable key (purpose, round, client id), so that every process
+// that derives the same key draws the same numbers, on every platform: the generator (xoshiro256**)
+// and every distribution below are implemented here, not taken from <random>, whose distributions
+// differ between standard libraries. Not thread-safe: give each thread its own Rng.
 #ifndef FEDTAIL_COMMON_BASE_RNG_H_
 #define FEDTAIL_COMMON_BASE_RNG_H_
 
@@ -22,7 +22,8 @@ class Rng {
 
   // A generator for one purpose: a function of the seed and each key, in order. Derive with a
   // distinct string per purpose (e.g. "partition"), then numbers (round, client id).
-  static Rng derive(uint64_t seed, std::string_view purpose, std::initializer_list<uint64_t> keys = {});
+  static Rng derive(uint64_t seed, std::string_view purpose,
+                    std::initializer_list<uint64_t> keys = {});
 
   uint64_t next_u64();
   // Uniform in [0, 1) with 53 random bits.

@@ -1,8 +1,8 @@
 // Status and Result<T>: fedtail's error values.
 //
-// Fallible functions return a Status (or a Result<T>, a value or a Status). A Status is cheap to copy
-// when OK and carries a code and a message naming the bad field, file or client otherwise. Both are
-// [[nodiscard]]. Thread-compatible: distinct objects may be used from distinct threads.
+// Fallible functions return a Status (or a Result<T>, a value or a Status). A Status is cheap to
+// copy when OK and carries a code and a message naming the bad field, file or client otherwise.
+// Both are [[nodiscard]]. Thread-compatible: distinct objects may be used from distinct threads.
 #ifndef FEDTAIL_COMMON_BASE_STATUS_H_
 #define FEDTAIL_COMMON_BASE_STATUS_H_
 
@@ -34,12 +34,16 @@ class [[nodiscard]] Status {
   Status(StatusCode code, std::string message) : code_(code), message_(std::move(message)) {}
 
   static Status OK() { return Status(); }
-  static Status InvalidArgument(std::string m) { return {StatusCode::kInvalidArgument, std::move(m)}; }
+  static Status InvalidArgument(std::string m) {
+    return {StatusCode::kInvalidArgument, std::move(m)};
+  }
   static Status NotFound(std::string m) { return {StatusCode::kNotFound, std::move(m)}; }
   static Status Corruption(std::string m) { return {StatusCode::kCorruption, std::move(m)}; }
   static Status IOError(std::string m) { return {StatusCode::kIOError, std::move(m)}; }
   static Status Unavailable(std::string m) { return {StatusCode::kUnavailable, std::move(m)}; }
-  static Status DeadlineExceeded(std::string m) { return {StatusCode::kDeadlineExceeded, std::move(m)}; }
+  static Status DeadlineExceeded(std::string m) {
+    return {StatusCode::kDeadlineExceeded, std::move(m)};
+  }
   static Status FailedPrecondition(std::string m) {
     return {StatusCode::kFailedPrecondition, std::move(m)};
   }
@@ -67,7 +71,7 @@ class [[nodiscard]] Status {
 template <typename T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : value_(std::move(value)) {}  // NOLINT: implicit by design
+  Result(T value) : value_(std::move(value)) {}         // NOLINT: implicit by design
   Result(Status status) : status_(std::move(status)) {  // NOLINT: implicit by design
     if (status_.ok()) status_ = Status::Internal("Result constructed from an OK status");
   }

@@ -144,7 +144,8 @@ int Subprocess::wait() {
 std::string Subprocess::describe_exit() const {
   if (!reaped_) return "running";
   if (term_signal_ != 0) {
-    return "killed by signal " + std::to_string(term_signal_) + " (" + strsignal(term_signal_) + ")";
+    return "killed by signal " + std::to_string(term_signal_) + " (" + strsignal(term_signal_) +
+           ")";
   }
   return "exit code " + std::to_string(exit_code_);
 }

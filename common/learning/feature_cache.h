@@ -10,9 +10,9 @@
 // to its own rows.
 //
 // Contract: predict_with(model, version, rows, logits_fn, ...) returns what
-// predict_with(model, source.subset(rows), logits_fn, ...) (common/learning/train_loop.h) returns, bit for
-// bit, provided the backbone's output for one example does not depend on the other examples of
-// its batch (true in eval mode for fedtail's models on LibTorch's CPU kernels; tested in
+// predict_with(model, source.subset(rows), logits_fn, ...) (common/learning/train_loop.h) returns,
+// bit for bit, provided the backbone's output for one example does not depend on the other examples
+// of its batch (true in eval mode for fedtail's models on LibTorch's CPU kernels; tested in
 // feature_cache_test), because the head sees the same rows in the same batches of `batch_size`.
 // Features live on the CPU (source size × feature_dim floats).
 //
@@ -25,12 +25,12 @@
 #include <cstdint>
 #include <vector>
 
+#include "common/base/status.h"
 #include "common/data/augment.h"
 #include "common/data/dataset.h"
 #include "common/learning/models.h"
-#include "common/wire/payload_digest.h"
-#include "common/base/status.h"
 #include "common/learning/train_loop.h"
+#include "common/wire/payload_digest.h"
 
 namespace fedtail {
 

@@ -4,7 +4,8 @@
 
 namespace fedtail {
 
-Result<RunConfig> parse_run_config(const nlohmann::json& json, const std::vector<std::string>& extra_keys) {
+Result<RunConfig> parse_run_config(const nlohmann::json& json,
+                                   const std::vector<std::string>& extra_keys) {
   RunConfig config;
   JsonReader r(json, "config");
   r.read("seed", &config.seed);
@@ -25,13 +26,15 @@ Result<RunConfig> parse_run_config(const nlohmann::json& json, const std::vector
   };
   FEDTAIL_ASSIGN_OR_RETURN(config.data, parse_data_options(section("data"), "config.data"));
   FEDTAIL_ASSIGN_OR_RETURN(config.model, parse_model_options(section("model"), "config.model"));
-  FEDTAIL_ASSIGN_OR_RETURN(config.local, parse_local_train_options(section("local"), "config.local"));
+  FEDTAIL_ASSIGN_OR_RETURN(config.local,
+                           parse_local_train_options(section("local"), "config.local"));
   FEDTAIL_ASSIGN_OR_RETURN(config.eval, parse_eval_options(section("eval"), "config.eval"));
   FEDTAIL_RETURN_IF_ERROR(r.finish());
   return config;
 }
 
-Result<RunConfig> load_run_config(const std::string& path, const std::vector<std::string>& extra_keys) {
+Result<RunConfig> load_run_config(const std::string& path,
+                                  const std::vector<std::string>& extra_keys) {
   FEDTAIL_ASSIGN_OR_RETURN(nlohmann::json json, load_json_file(path));
   Result<RunConfig> config = parse_run_config(json, extra_keys);
   if (!config.ok()) return config.status().with_context(path);

@@ -1,5 +1,6 @@
-// Hashing and message authentication through OpenSSL's EVP API: SHA-256 (bundle payload digests,
-// checkpoints), HMAC-SHA256 (join tokens), hex encoding and constant-time comparison.
+// Hashing and message authentication through OpenSSL's EVP API: SHA-256 (the run config's digest in
+// checkpoints, client jitter seeds), HMAC-SHA256 (join tokens), hex encoding and constant-time
+// comparison. Bundle payloads use XXH3-128 instead (common/wire/payload_digest.h).
 //
 // Sha256 objects are not thread-safe; the free functions are. OpenSSL failures inside these calls
 // (out of memory in EVP_MD_CTX_new, a broken provider) are treated as bugs: FEDTAIL_CHECK aborts.

@@ -1,10 +1,10 @@
-// The chunked wire codec of TensorBundle (common/proto/fedtail/v1/bundle.proto).
+// The chunked wire codec of TensorBundle (common/wire/proto/fedtail/v1/bundle.proto).
 //
 // A bundle travels as a stream of BundleChunk messages: chunk 0 carries the header (tensor specs in
 // bundle order, metadata JSON, payload size, digest of the payload, number of data chunks, and a
-// digest of the header itself (XXH3-128, common/wire/payload_digest.h), so that corruption anywhere is
-// detected), chunks 1..num_chunks carry consecutive non-empty slices of the payload, the tensors'
-// little-endian bytes concatenated in header order. A slice may span tensor boundaries. No
+// digest of the header itself (XXH3-128, common/wire/payload_digest.h), so that corruption anywhere
+// is detected), chunks 1..num_chunks carry consecutive non-empty slices of the payload, the
+// tensors' little-endian bytes concatenated in header order. A slice may span tensor boundaries. No
 // message-size limit applies to the bundle size, and neither side ever holds a second copy of the
 // whole payload:
 //   - BundleEncoder slices the tensors' own buffers into each chunk;
@@ -26,8 +26,8 @@
 #include <cstdint>
 #include <vector>
 
-#include "common/wire/payload_digest.h"
 #include "common/base/status.h"
+#include "common/wire/payload_digest.h"
 #include "common/wire/tensor_bundle.h"
 #include "fedtail/v1/bundle.pb.h"
 

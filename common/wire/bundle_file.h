@@ -1,9 +1,10 @@
 // Bundle files: one TensorBundle on disk (checkpoints, initial models, cached client state).
 //
 // Format (version 1): the 8-byte magic "FTBUNDL\n", a little-endian uint32 format version, then the
-// bundle's wire chunks (common/wire/bundle_codec.h), each as a little-endian uint32 byte length followed
-// by the serialized fedtail.v1.BundleChunk. Reading reuses the wire decoder, so a file gets the
-// same validation as a peer's upload (specs, sizes, chunk order, XXH3-128 digest of the payload).
+// bundle's wire chunks (common/wire/bundle_codec.h), each as a little-endian uint32 byte length
+// followed by the serialized fedtail.v1.BundleChunk. Reading reuses the wire decoder, so a file
+// gets the same validation as a peer's upload (specs, sizes, chunk order, XXH3-128 digest of the
+// payload).
 //
 // Both functions are thread-safe for distinct paths; concurrent writers of one path race (the last
 // rename wins, and both use the same temporary file).
@@ -13,8 +14,8 @@
 #include <cstdint>
 #include <string>
 
-#include "common/wire/bundle_codec.h"
 #include "common/base/status.h"
+#include "common/wire/bundle_codec.h"
 #include "common/wire/tensor_bundle.h"
 
 namespace fedtail {

@@ -1,5 +1,5 @@
-// The digest that protects a TensorBundle on the wire (common/wire/bundle_codec.h): XXH3-128 (xxHash
-// 0.8, Debian's libxxhash), as its 16-byte canonical (big-endian) form.
+// The digest that protects a TensorBundle on the wire (common/wire/bundle_codec.h): XXH3-128
+// (xxHash 0.8, Debian's libxxhash), as its 16-byte canonical (big-endian) form.
 //
 // Why not SHA-256: the digest guards against corruption and truncation (a broken peer, a bad
 // buffer, a torn file), not against an attacker, who could rewrite the digest along with the data

@@ -1,6 +1,6 @@
 // FedAvg (McMahan et al., 2017): every selected client trains the global model on its data; the
 // server replaces the global model by the example-weighted mean of the returned models, every
-// state tensor included (BatchNorm running statistics and counters too; research/fedloge.md §1.3).
+// state tensor included (BatchNorm running statistics and counters too; the FedLoGe authors' code).
 //
 // config.strategy keys: RoundOptions (strategies/sampling.h). Nothing else.
 //
@@ -18,11 +18,11 @@
 #include <string>
 #include <vector>
 
+#include "common/base/status.h"
 #include "common/data/augment.h"
 #include "common/learning/model_options.h"
-#include "common/base/status.h"
-#include "common/wire/tensor_bundle.h"
 #include "common/learning/train_loop.h"
+#include "common/wire/tensor_bundle.h"
 #include "strategies/registry.h"
 #include "strategies/sampling.h"
 #include "strategies/strategy.h"

@@ -1,6 +1,6 @@
 // FedProto (Tan et al., AAAI 2022) in the HtFLlib form the FedSA authors compare with
-// (research/fedsa.md §4): clients with their own (possibly heterogeneous) models share only class
-// prototypes, and are pulled toward the global ones.
+// (the FedSA authors' code): clients with their own (possibly heterogeneous) models share only
+// class prototypes, and are pulled toward the global ones.
 //
 //   - Client (PrototypeClient: its own model kept in its ClientState): per batch
 //       L = CE(h(z), y) + λ · MSE(z, P̄_y)

@@ -1,4 +1,4 @@
-// FedSA's semantic anchors (research/fedsa.md §1.2, §1.5): fixed, model-agnostic class prototypes
+// FedSA's semantic anchors (the FedSA authors' code): fixed, model-agnostic class prototypes
 // made once by the server and nudged by the global prototypes after every round.
 //
 //   A⁰ = ReLU(BN(Linear₂(ReLU(BN(Linear₁(R))))))   R ~ N(0, I) of size C×D

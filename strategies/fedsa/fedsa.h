@@ -1,7 +1,7 @@
 // FedSA (Zhou et al., AAAI 2025): prototype-based federated learning with semantic anchors, for
 // clients whose models differ (config.model.groups). No model weight is shared: clients learn
 // toward fixed anchors and upload only class prototypes. As the authors' code does it
-// (research/fedsa.md §1; github.com/lokinko/FedSA):
+// (github.com/lokinko/FedSA):
 //
 //   - Server: builds the anchors A (C×D) once from its Rng (strategies/fedsa/anchors.h) and sends
 //     them, with the global prototypes P̄, in every task bundle ("anchors", "prototypes",

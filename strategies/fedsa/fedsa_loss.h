@@ -1,4 +1,4 @@
-// The terms of FedSA's client objective (research/fedsa.md §1.3; the authors' clientsa.py), per
+// The terms of FedSA's client objective (the FedSA authors' clientsa.py), per
 // mini-batch with features z = f(x) (B×D), the client head h, labels y (B) and the anchors A (C×D,
 // no gradient):
 //

@@ -1,5 +1,5 @@
 // PrototypeAverage: the server's streaming per-class mean of the clients' prototypes (FedProto's
-// proto_aggregation, which FedSA reuses: research/fedsa.md §1.5).
+// proto_aggregation, which FedSA reuses).
 //
 // Each client's PrototypeSet is folded in as it arrives (memory O(C·D) whatever the number of
 // clients). For every class c the global prototype is

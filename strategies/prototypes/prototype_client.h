@@ -13,7 +13,7 @@
 // config.local (lr, momentum, weight_decay, batch_size, epochs, augment, max_steps; batches
 // shuffled, the last short batch dropped when `drop_last`), collecting the prototypes from the
 // training forwards (detached, train mode, every batch of every epoch: FedProto/HtFLlib style,
-// research/fedsa.md §1.3), stores the model back and uploads the prototypes, with num_examples =
+// the FedSA authors' code), stores the model back and uploads the prototypes, with num_examples =
 // the training set size and metrics {"loss", "loss_<term>"..., "steps", "classes", ...}.
 // evaluate: evaluate_prototype_client with the task's P̄.
 //
@@ -35,12 +35,12 @@
 #include <string>
 #include <vector>
 
-#include "common/data/dataset.h"
-#include "common/learning/models.h"
 #include "common/base/rng.h"
 #include "common/base/status.h"
-#include "common/wire/tensor_bundle.h"
+#include "common/data/dataset.h"
+#include "common/learning/models.h"
 #include "common/learning/train_options.h"
+#include "common/wire/tensor_bundle.h"
 #include "strategies/prototypes/prototype_set.h"
 #include "strategies/strategy.h"
 

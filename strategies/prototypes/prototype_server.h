@@ -2,7 +2,7 @@
 // There is no global model: clients keep their own (possibly different) models and upload only a
 // PrototypeSet ("prototypes" + "counts", strategies/prototypes/prototype_set.h); the server keeps
 // the global prototypes P̄, the per-class mean of the round's uploads (PrototypeAverage), and
-// broadcasts them. As in the authors' code (research/fedsa.md §1.5), P̄ is replaced by each
+// broadcasts them. As in the FedSA authors' code, P̄ is replaced by each
 // round's aggregate: a class no client of the round held is absent from P̄ until one holds it.
 //
 // The global bundle (every fit and evaluate task gets it; final_model.bundle) holds "prototypes"

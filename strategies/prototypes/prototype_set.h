@@ -64,7 +64,7 @@ Status check_tensor_names(const TensorBundle& bundle, const std::vector<std::str
 struct NearestDistances {
   int64_t classes = 0;  // rows considered (present classes)
   // Over those rows, of the distance to the nearest other row: the minimum, the mean and the
-  // maximum. The mean is FedSA's "gap" (research/fedsa.md §1.3). All -inf when classes < 2.
+  // maximum. The mean is FedSA's "gap" (its authors' code). All -inf when classes < 2.
   double min = 0;
   double mean = 0;
   double max = 0;

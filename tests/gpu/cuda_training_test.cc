@@ -1,14 +1,13 @@
 // GPU tests: a CUDA training step and batched evaluation on the device. They skip themselves on a
 // machine without CUDA, so the whole suite runs everywhere; on a CUDA host run `ctest -L gpu`.
+#include <gtest/gtest.h>
 #include <torch/torch.h>
 
-#include <gtest/gtest.h>
-
+#include "common/base/rng.h"
 #include "common/data/dataset.h"
 #include "common/learning/device.h"
 #include "common/learning/model_options.h"
 #include "common/learning/models.h"
-#include "common/base/rng.h"
 #include "common/learning/torch_bundle.h"
 #include "common/learning/train_loop.h"
 #include "common/learning/train_options.h"
@@ -23,7 +22,8 @@ Dataset synthetic_cifar_like(int64_t n, uint64_t seed) {
   d.labels = torch::randint(0, 10, {n}, torch::kInt64);
   // Class-dependent brightness makes the task learnable in a few steps.
   auto base = (d.labels.to(torch::kFloat32) * 20 + 30).view({n, 1, 1, 1});
-  d.images = (base + torch::randn({n, 3, 32, 32}) * 10).clamp(0, 255).to(torch::kUInt8).contiguous();
+  d.images =
+      (base + torch::randn({n, 3, 32, 32}) * 10).clamp(0, 255).to(torch::kUInt8).contiguous();
   for (int c = 0; c < 10; ++c) d.class_names.push_back("c" + std::to_string(c));
   return d;
 }

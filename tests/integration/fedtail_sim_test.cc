@@ -114,7 +114,7 @@ TEST(FedtailSim, SmokeConfigEndToEnd) {
   EXPECT_NE(md.find("| fedavg | personalized |"), std::string::npos) << md;
   EXPECT_NE(r.out.find("| fedavg | generic |"), std::string::npos) << r.out;
 
-  // summary.json: the DESIGN.md keys (one run: also at the top level).
+  // summary.json: the keys of the binaries' contract (one run: also at the top level).
   const nlohmann::json summary =
       nlohmann::json::parse(test_support::read_file(out + "/summary.json"));
   EXPECT_EQ(summary["strategy"], "fedavg");

@@ -1,6 +1,6 @@
 // Test support: a real child process (a fedtail binary) whose stdout and stderr go to a log file,
-// over common/base/subprocess.h's Subprocess, with the waits integration tests need: for the process
-// to end, for a file to appear (the coordinator's port file), for a line in the log.
+// over common/base/subprocess.h's Subprocess, with the waits integration tests need: for the
+// process to end, for a file to appear (the coordinator's port file), for a line in the log.
 // Header-only; used by the integration tests.
 //
 // A Process still running when destroyed is killed (SIGKILL) and reaped. Thread-compatible: one

@@ -1,5 +1,6 @@
-// FeatureCache (common/learning/feature_cache.h): shared backbone features give the same predictions, bit
-// for bit, as evaluating each client's test set on its own, and compute each row once per version.
+// FeatureCache (common/learning/feature_cache.h): shared backbone features give the same
+// predictions, bit for bit, as evaluating each client's test set on its own, and compute each row
+// once per version.
 #include "common/learning/feature_cache.h"
 
 #include <gtest/gtest.h>
@@ -9,11 +10,11 @@
 #include <string>
 #include <vector>
 
-#include "common/wire/bundle_codec.h"
-#include "common/learning/models.h"
 #include "common/base/rng.h"
+#include "common/learning/models.h"
 #include "common/learning/torch_bundle.h"
 #include "common/learning/train_loop.h"
+#include "common/wire/bundle_codec.h"
 #include "strategies/classifier_eval.h"
 #include "strategies/fedavg/fedavg.h"
 #include "tests/unit/strategy_test_util.h"

@@ -179,8 +179,8 @@ TEST(FedSaAnchorsTest, FollowTheRecipeFromTheRng) {
 }
 
 TEST(FedSaAnchorsTest, PublishedSizeHasThePublishedGeometry) {
-  // research/fedsa.md §1.2 (C = 10, D = 512): ~50% exact zeros, norm ≈ 16, mean nearest-anchor
-  // distance ≈ 18.3 (the global gap).
+  // As in the FedSA authors' code (C = 10, D = 512): ~50% exact zeros, norm ≈ 16, mean
+  // nearest-anchor distance ≈ 18.3 (the global gap).
   Rng rng(3);
   auto anchors = build_semantic_anchors(10, 512, rng);
   ASSERT_TRUE(anchors.ok());

@@ -25,7 +25,7 @@ TEST(LongTailCounts, FashionMnistImbalance100) {
 }
 
 TEST(LongTailCounts, MatchesFedLoGeTotals) {
-  // Totals of FedLoGe's imbalance_cifar.py (research/fedloge.md §2).
+  // Totals of FedLoGe's imbalance_cifar.py (the authors' code).
   EXPECT_EQ(total(long_tail_counts(5000, 100, 10)), 12406);
   EXPECT_EQ(total(long_tail_counts(5000, 50, 10)), 13996);
   EXPECT_EQ(total(long_tail_counts(500, 100, 100)), 10847);
@@ -117,7 +117,7 @@ std::vector<int> group_sizes(const std::vector<ClassGroup>& groups) {
 }
 
 TEST(ManyMediumFew, MatchesTheFedLoGeSplits) {
-  // research/fedloge.md §2: C10 IF100 3/3/4, C10 IF50 4/3/3.
+  // The FedLoGe authors' code: C10 IF100 3/3/4, C10 IF50 4/3/3.
   EXPECT_EQ(group_sizes(many_medium_few(long_tail_counts(5000, 100, 10))),
             (std::vector<int>{3, 3, 4}));
   EXPECT_EQ(group_sizes(many_medium_few(long_tail_counts(5000, 50, 10))),

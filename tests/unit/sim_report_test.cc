@@ -1,5 +1,5 @@
 // The simulation report: tables from what strategies report, mean ± std over seeds, summary.md,
-// metrics.jsonl tagging, and the DESIGN.md summary keys.
+// metrics.jsonl tagging, and the summary keys of the binaries' contract.
 #include <gtest/gtest.h>
 
 #include <cmath>

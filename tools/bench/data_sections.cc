@@ -12,9 +12,9 @@
 #include <utility>
 #include <vector>
 
-#include "common/wire/bundle_codec.h"
-#include "common/security/crypto.h"
 #include "common/base/rng.h"
+#include "common/security/crypto.h"
+#include "common/wire/bundle_codec.h"
 #include "common/wire/tensor_bundle.h"
 #include "strategies/weighted_average.h"
 
@@ -59,8 +59,8 @@ Status add_batch_norm(TensorBundle& bundle, const std::string& prefix, int64_t c
   return bundle.add_zeros(prefix + ".num_batches_tracked", DType::kInt64, {}).status();
 }
 
-// The state_dict shapes of the CIFAR ResNet-18 (common/learning/models.h: 3×3 stem, four stages of two
-// basic blocks, 10 classes): 11.17 M float32 values in 122 tensors, 44.7 MB.
+// The state_dict shapes of the CIFAR ResNet-18 (common/learning/models.h: 3×3 stem, four stages of
+// two basic blocks, 10 classes): 11.17 M float32 values in 122 tensors, 44.7 MB.
 Result<TensorBundle> resnet18_bundle(uint64_t seed) {
   Rng rng = Rng::derive(seed, "bench.resnet18_bundle");
   TensorBundle b;
