@@ -17,6 +17,7 @@
 #include "common/base/subprocess.h"
 #include "tests/support/cli.h"
 #include "tests/support/process.h"
+#include "tests/support/sim_configs.h"
 
 namespace fedtail {
 namespace {
@@ -25,30 +26,6 @@ namespace fs = std::filesystem;
 using test_support::binary_path;
 using test_support::run_cli;
 using test_support::scratch_dir;
-
-// A small, fast federation: 4 clients, a few hundred images, small CNN.
-nlohmann::json tiny_config(int rounds) {
-  return {{"seed", 3},
-          {"threads", 1},
-          {"device", "cpu"},
-          {"rounds", rounds},
-          {"data",
-           {{"dataset", "fashion-mnist"},
-            {"imbalance_factor", 10},
-            {"partition", "dirichlet"},
-            {"alpha", 1.0},
-            {"clients", 4},
-            {"max_examples_per_class", 60}}},
-          {"model", {{"arch", "cnn"}}},
-          {"local", {{"epochs", 1}, {"batch_size", 32}, {"lr", 0.05}}},
-          // Evaluation (10,000 test images on the server and as many over the clients) dominates a
-          // round this small: only after the last round.
-          {"eval", {{"batch_size", 1000}, {"every", rounds}}},
-          {"strategy", {{"fraction_fit", 1.0}}},
-          {"federation",
-           {{"poll_timeout_ms", 1000}, {"heartbeat_interval_ms", 500}, {"client_timeout_s", 4}}},
-          {"simulation", {{"strategies", {{{"name", "fedavg"}}}}}}};
-}
 
 std::string write_config(const std::string& dir, const nlohmann::json& config) {
   const std::string path = dir + "/sim.json";
@@ -169,7 +146,7 @@ TEST(FedtailSim, SmokeConfigEndToEnd) {
 
 TEST(FedtailSim, SeveralStrategiesAndSeedsInOneTable) {
   const std::string dir = scratch_dir("sim-multi");
-  nlohmann::json config = tiny_config(2);
+  nlohmann::json config = test_support::tiny_sim_config(2);
   config["simulation"] = {
       {"strategies", {{{"name", "fedavg"}}, {{"name", "fedprox"}, {"mu", 0.01}}}},
       {"seeds", {3, 4}}};
@@ -214,7 +191,7 @@ TEST(FedtailSim, HelpAndConfigErrors) {
     EXPECT_NE(help.out.find(flag), std::string::npos) << flag;
   }
   const std::string dir = scratch_dir("sim-errors");
-  nlohmann::json config = tiny_config(2);
+  nlohmann::json config = test_support::tiny_sim_config(2);
   config["data"]["alpha"] = -1;
   test_support::CliRun r =
       run_cli(binary_path("fedtail-sim"), write_config(dir, config) + " --out " + dir + "/out");
@@ -228,7 +205,7 @@ TEST(FedtailSim, HelpAndConfigErrors) {
 
 TEST(FedtailSim, StoppedThenResumed) {
   const std::string dir = scratch_dir("sim-resume");
-  nlohmann::json config = tiny_config(4);
+  nlohmann::json config = test_support::tiny_sim_config(4);
   config["simulation"]["seeds"] = {3, 4};
   const std::string path = write_config(dir, config);
   const std::string out = dir + "/out";
@@ -269,7 +246,7 @@ TEST(FedtailSim, StoppedThenResumed) {
 
 TEST(FedtailSim, AKilledWorkerIsReportedAndTheRunGoesOn) {
   const std::string dir = scratch_dir("sim-worker-kill");
-  nlohmann::json config = tiny_config(4);
+  nlohmann::json config = test_support::tiny_sim_config(4);
   const std::string out = dir + "/out";
   std::unique_ptr<Subprocess> sim =
       start_sim({write_config(dir, config), "--out", out, "--workers", "2"}, dir + "/sim.log");

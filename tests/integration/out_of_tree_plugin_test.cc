@@ -11,6 +11,7 @@
 
 #include "tests/support/cli.h"
 #include "tests/support/process.h"
+#include "tests/support/sim_configs.h"
 
 namespace fedtail {
 namespace {
@@ -65,25 +66,8 @@ TEST(OutOfTreePlugin, BuildsAgainstAnInstalledFedtailAndRunsAFederation) {
   EXPECT_EQ(commands.find(FEDTAIL_SOURCE_DIR "/strategies"), std::string::npos);
 
   // 3. A federation of the installed binaries with the plugin's strategy.
-  const nlohmann::json config = {
-      {"seed", 3},
-      {"threads", 1},
-      {"device", "cpu"},
-      {"rounds", 2},
-      {"data",
-       {{"dataset", "fashion-mnist"},
-        {"imbalance_factor", 10},
-        {"partition", "dirichlet"},
-        {"alpha", 1.0},
-        {"clients", 4},
-        {"max_examples_per_class", 60}}},
-      {"model", {{"arch", "cnn"}}},
-      {"local", {{"epochs", 1}, {"batch_size", 32}, {"lr", 0.05}}},
-      {"eval", {{"batch_size", 1000}, {"every", 2}}},
-      {"strategy", {{"fraction_fit", 1.0}}},
-      {"federation",
-       {{"poll_timeout_ms", 1000}, {"heartbeat_interval_ms", 500}, {"client_timeout_s", 4}}},
-      {"simulation", {{"strategies", {{{"name", "fedavgm"}, {"momentum", 0.5}}}}}}};
+  nlohmann::json config = test_support::tiny_sim_config(2);
+  config["simulation"] = {{"strategies", {{{"name", "fedavgm"}, {"momentum", 0.5}}}}};
   test_support::write_file(dir + "/sim.json", config.dump(2));
   const std::string out = dir + "/out";
   test_support::CliRun sim = run_cli(quoted(prefix + "/bin/fedtail-sim"),
