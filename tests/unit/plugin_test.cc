@@ -192,6 +192,9 @@ TEST_F(PluginTest, MomentumAccumulatesAndResumesBitExactly) {
       ASSERT_TRUE(saved.ok()) << saved.status().to_string();
       EXPECT_NE(saved->find("velocity/" + name), nullptr);
       EXPECT_EQ(saved->find("velocity/backbone.bn1.num_batches_tracked"), nullptr);
+      // BatchNorm statistics take the clients' mean, without momentum.
+      EXPECT_EQ(saved->find("velocity/backbone.bn1.running_var"), nullptr);
+      EXPECT_NE(saved->find("velocity/backbone.bn1.weight"), nullptr);
       auto fresh = make_server_strategy("fedavgm", options);
       ASSERT_TRUE(fresh.ok());
       Status loaded = (*fresh)->load_state(std::move(saved).value());

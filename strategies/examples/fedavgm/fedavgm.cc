@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <string>
+#include <string_view>
 #include <utility>
 
 #include "common/base/json_reader.h"
@@ -47,6 +48,20 @@ void store(NamedTensor& t, int64_t i, double value) {
     default:
       break;
   }
+}
+
+// True for the tensors that take the clients' mean itself: integers (BatchNorm's
+// num_batches_tracked) and BatchNorm's running statistics.
+bool takes_the_mean(const NamedTensor& t) {
+  if (!dtype_is_floating(t.dtype())) return true;
+  const std::string& name = t.name();
+  for (const std::string_view suffix : {".running_mean", ".running_var"}) {
+    if (name.size() >= suffix.size() &&
+        name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0) {
+      return true;
+    }
+  }
+  return false;
 }
 
 // velocity ← momentum · velocity + (mean − global); out ← global + lr · velocity, in double.
@@ -112,7 +127,7 @@ Result<TensorBundle> FedAvgMServer::next_global(int round, TensorBundle average)
   (void)round;
   TensorBundle next, velocity;
   for (NamedTensor& mean : average) {
-    if (!dtype_is_floating(mean.dtype())) {  // counters: the mean itself
+    if (takes_the_mean(mean)) {  // counters and BatchNorm statistics
       FEDTAIL_RETURN_IF_ERROR(next.add(std::move(mean)));
       continue;
     }
@@ -151,10 +166,9 @@ Status FedAvgMServer::load_extra_state(TensorBundle extra, const nlohmann::json&
     }
     const std::string name = t.name().substr(prefix.size());
     const NamedTensor* g = global.find(name);
-    if (g == nullptr || g->dtype() != t.dtype() || g->shape() != t.shape() ||
-        !dtype_is_floating(t.dtype())) {
+    if (g == nullptr || g->dtype() != t.dtype() || g->shape() != t.shape() || takes_the_mean(*g)) {
       return Status::InvalidArgument("fedavgm state: tensor \"" + t.name() +
-                                     "\" does not match a floating-point global tensor");
+                                     "\" does not match a trainable floating-point global tensor");
     }
     FEDTAIL_ASSIGN_OR_RETURN(NamedTensor v, NamedTensor::uninitialized(name, t.dtype(), t.shape()));
     std::copy(t.bytes(), t.bytes() + t.nbytes(), v.mutable_bytes());

@@ -3,10 +3,12 @@
 // Each round, with Δ = (the example-weighted mean of the clients' models) − global:
 //   velocity ← momentum · velocity + Δ
 //   global   ← global + server_lr · velocity
-// for the floating-point tensors; integer tensors (BatchNorm's num_batches_tracked) take the mean
-// itself. The arithmetic is done in double per element from the float tensors, so momentum 0 with
-// server_lr 1 gives exactly FedAvg's model. The velocity starts at zero and is part of the saved
-// state. Clients run FedAvg's client algorithm (FedAvgClient, from the host binary).
+// for the trainable floating-point tensors. BatchNorm's running statistics (".running_mean",
+// ".running_var") and integer tensors (".num_batches_tracked") take the mean itself: they are not
+// trained by gradients, and momentum would carry a variance that fell past zero (NaN at inference).
+// The arithmetic is done in double per element from the float tensors, so momentum 0 with server_lr
+// 1 gives exactly FedAvg's model. The velocity starts at zero and is part of the saved state.
+// Clients run FedAvg's client algorithm (FedAvgClient, from the host binary).
 //
 // config.strategy keys: RoundOptions (strategies/sampling.h) and
 //   "server_lr": step on the velocity, > 0, default 1.0;
