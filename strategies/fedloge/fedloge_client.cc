@@ -4,7 +4,6 @@
 #include <torch/torch.h>
 
 #include <cmath>
-#include <cstring>
 #include <exception>
 #include <string>
 #include <utility>
@@ -176,14 +175,6 @@ Result<HeadLosses> train_heads(Model& model, const Dataset& data, const LocalTra
   } catch (const std::exception& e) {
     return torch_failure("fedloge local training", e);
   }
-  return out;
-}
-
-// A copy of `t` under another name.
-Result<NamedTensor> renamed_copy(const NamedTensor& t, std::string name) {
-  FEDTAIL_ASSIGN_OR_RETURN(NamedTensor out,
-                           NamedTensor::uninitialized(std::move(name), t.dtype(), t.shape()));
-  if (t.nbytes() > 0) std::memcpy(out.mutable_bytes(), t.bytes(), t.nbytes());
   return out;
 }
 
