@@ -9,10 +9,16 @@
 #include <set>
 #include <utility>
 
+#include "strategies/ditto/ditto.h"
 #include "strategies/fedavg/fedavg.h"
+#include "strategies/fedbabu/fedbabu.h"
+#include "strategies/fedbn/fedbn.h"
 #include "strategies/fedloge/fedloge.h"
+#include "strategies/fedper/fedper.h"
 #include "strategies/fedproto/fedproto.h"
 #include "strategies/fedprox/fedprox.h"
+#include "strategies/fedrep/fedrep.h"
+#include "strategies/fedrod/fedrod.h"
 #include "strategies/fedsa/fedsa.h"
 
 namespace fedtail::strategies {
@@ -80,6 +86,12 @@ void register_builtin_strategies() {
     builtins.push_back(fedproto_strategy_entry());
     builtins.push_back(fedprox_strategy_entry());
     builtins.push_back(fedsa_strategy_entry());
+    builtins.push_back(fedbn_strategy_entry());
+    builtins.push_back(fedper_strategy_entry());
+    builtins.push_back(fedrep_strategy_entry());
+    builtins.push_back(fedbabu_strategy_entry());
+    builtins.push_back(fedrod_strategy_entry());
+    builtins.push_back(ditto_strategy_entry());
     for (StrategyEntry& entry : builtins) {
       Status ignored = register_strategy(std::move(entry));
       (void)ignored;

@@ -1,0 +1,201 @@
+#include "strategies/fedrod/fedrod.h"
+
+#include <torch/torch.h>
+
+#include <cmath>
+#include <exception>
+#include <limits>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "common/learning/torch_bundle.h"
+#include "common/learning/torch_status.h"
+#include "common/learning/train_loop.h"
+#include "common/wire/bundle_codec.h"
+#include "strategies/classifier_eval.h"
+#include "strategies/fedavg/fedavg.h"
+#include "strategies/local_layers.h"
+#include "strategies/sampling.h"
+
+namespace fedtail::strategies {
+
+namespace {
+
+const std::vector<std::string> kPersonalPrefix = {std::string("heads.") + kPersonalHead + "."};
+
+// Adds the personal head when missing, loads the global bundle and the personal head (from the
+// state, else a copy of the generic head). Returns whether the state held the personal head.
+Result<bool> load_fedrod_model(ClientContext& context, const TensorBundle& global) {
+  Model& model = *context.model;
+  if (!model->has_head(kPersonalHead)) {
+    FEDTAIL_RETURN_IF_ERROR(model->add_head(kPersonalHead, model->num_classes(), /*bias=*/true));
+  }
+  FEDTAIL_RETURN_IF_ERROR(load_global_except(model, global, kPersonalPrefix));
+  FEDTAIL_ASSIGN_OR_RETURN(
+      bool restored, restore_local(*context.state, model, head_tensor_names(model, kPersonalHead)));
+  if (!restored) {
+    torch::NoGradGuard no_grad;
+    torch::nn::Linear generic = model->head(kClassifierHead);
+    torch::nn::Linear personal = model->head(kPersonalHead);
+    personal->weight.copy_(generic->weight);
+    personal->bias.copy_(generic->bias);
+  }
+  return restored;
+}
+
+struct RodLosses {
+  double generic = 0;   // balanced softmax of the generic head
+  double personal = 0;  // CE of generic + personal logits
+  int64_t steps = 0;
+};
+
+Result<RodLosses> train_two_heads(Model& model, const Dataset& data,
+                                  const LocalTrainOptions& options, torch::Device device,
+                                  Rng& rng) {
+  FEDTAIL_ASSIGN_OR_RETURN(Augmenter augmenter,
+                           Augmenter::create(options.augment, data.channels(), device));
+  RodLosses out;
+  int64_t examples = 0;
+  try {
+    model->to(device);
+    model->train();
+    set_all_trainable(model);
+    torch::nn::Linear generic = model->head(kClassifierHead);
+    torch::nn::Linear personal = model->head(kPersonalHead);
+    std::vector<torch::Tensor> shared = model->backbone()->parameters();
+    for (const torch::Tensor& p : generic->parameters()) shared.push_back(p);
+    const auto sgd = torch::optim::SGDOptions(options.lr)
+                         .momentum(options.momentum)
+                         .weight_decay(options.weight_decay);
+    torch::optim::SGD shared_optimizer(shared, sgd);
+    torch::optim::SGD personal_optimizer(personal->parameters(), sgd);
+
+    // log n_c of the client's training labels (-inf where n_c = 0).
+    std::vector<float> log_counts;
+    for (int64_t n : data.class_counts()) {
+      log_counts.push_back(n > 0 ? static_cast<float>(std::log(static_cast<double>(n)))
+                                 : -std::numeric_limits<float>::infinity());
+    }
+    const torch::Tensor adjust = torch::tensor(log_counts).to(device).unsqueeze(0);
+
+    BatchOptions batches;
+    batches.batch_size = options.batch_size;
+    batches.shuffle = true;
+    batches.augment = true;
+    torch::Tensor sums =
+        torch::zeros({2}, torch::TensorOptions().dtype(torch::kFloat64).device(device));
+    for (int epoch = 0; epoch < options.epochs; ++epoch) {
+      if (options.max_steps > 0) {
+        if (out.steps >= options.max_steps) break;
+        batches.max_batches = options.max_steps - out.steps;
+      }
+      Status status = for_each_batch(
+          data, batches, augmenter, &rng,
+          [&](const torch::Tensor& x, const torch::Tensor& y) -> Status {
+            namespace F = torch::nn::functional;
+            const torch::Tensor features = model->features(x);
+            const torch::Tensor logits = generic->forward(features);
+            torch::Tensor loss_generic = F::cross_entropy(logits + adjust, y);
+            shared_optimizer.zero_grad();
+            loss_generic.backward();
+            shared_optimizer.step();
+
+            torch::Tensor loss_personal =
+                F::cross_entropy(logits.detach() + personal->forward(features.detach()), y);
+            personal_optimizer.zero_grad();
+            loss_personal.backward();
+            personal_optimizer.step();
+
+            sums.add_(
+                torch::stack({loss_generic.detach(), loss_personal.detach()}).to(torch::kFloat64),
+                /*alpha=*/x.size(0));
+            examples += x.size(0);
+            ++out.steps;
+            return Status::OK();
+          });
+      if (!status.ok()) return status.with_context("fedrod local training");
+      const torch::Tensor host = sums.to(torch::kCPU);
+      if (!std::isfinite(host[0].item<double>()) || !std::isfinite(host[1].item<double>())) {
+        return Status::Internal("fedrod local training: a loss is not finite in epoch " +
+                                std::to_string(epoch + 1) + " (try a lower local.lr)");
+      }
+    }
+    const torch::Tensor host = sums.to(torch::kCPU);
+    const double n = static_cast<double>(std::max<int64_t>(examples, 1));
+    out.generic = host[0].item<double>() / n;
+    out.personal = host[1].item<double>() / n;
+  } catch (const std::exception& e) {
+    return torch_failure("fedrod local training", e);
+  }
+  return out;
+}
+
+}  // namespace
+
+Result<FitOutput> FedRodClient::fit(ClientContext& context, const TensorBundle& global) {
+  FEDTAIL_RETURN_IF_ERROR(
+      require_personal_context(context, "fedrod", "fit", /*needs_training=*/true));
+  if (context.train->size() == 0) {
+    return Status::FailedPrecondition("fedrod client fit: client " + context.client_id +
+                                      " has no training data");
+  }
+  try {
+    Model& model = *context.model;
+    FEDTAIL_RETURN_IF_ERROR(load_fedrod_model(context, global).status());
+    FEDTAIL_ASSIGN_OR_RETURN(RodLosses losses,
+                             train_two_heads(model, *context.train, context.config->local,
+                                             context.device, *context.rng));
+    FitOutput out;
+    FEDTAIL_ASSIGN_OR_RETURN(out.update,
+                             module_state(*model, state_names_except(model, kPersonalPrefix)));
+    FEDTAIL_RETURN_IF_ERROR(
+        store_local(context.state, model, head_tensor_names(model, kPersonalHead)));
+    out.num_examples = context.train->size();
+    out.metrics = {
+        {"loss", losses.generic}, {"loss_personal", losses.personal}, {"steps", losses.steps}};
+    return out;
+  } catch (const std::exception& e) {
+    return torch_failure("fedrod client fit", e);
+  }
+}
+
+Result<nlohmann::json> FedRodClient::evaluate(ClientContext& context, const TensorBundle& global) {
+  FEDTAIL_RETURN_IF_ERROR(
+      require_personal_context(context, "fedrod", "evaluate", /*needs_training=*/false));
+  try {
+    Model& model = *context.model;
+    FEDTAIL_RETURN_IF_ERROR(load_fedrod_model(context, global).status());
+    {
+      // generic(f) + personal(f) as one linear map, in the "classifier" slot.
+      torch::NoGradGuard no_grad;
+      torch::nn::Linear slot = model->head(kClassifierHead);
+      torch::nn::Linear personal = model->head(kPersonalHead);
+      slot->weight.add_(personal->weight);
+      slot->bias.add_(personal->bias);
+    }
+    const PayloadDigest version = payload_digest(global);  // the body is the global one
+    return evaluate_classifier_on_client(context, model, &version);
+  } catch (const std::exception& e) {
+    return torch_failure("fedrod client evaluate", e);
+  }
+}
+
+Result<std::unique_ptr<ServerStrategy>> make_fedrod_server(const nlohmann::json& config) {
+  FEDTAIL_ASSIGN_OR_RETURN(RoundOptions options, parse_round_options(config));
+  return std::unique_ptr<ServerStrategy>(std::make_unique<FedAvgServer>("fedrod", options));
+}
+
+Result<std::unique_ptr<ClientAlgorithm>> make_fedrod_client(const nlohmann::json& config) {
+  FEDTAIL_RETURN_IF_ERROR(parse_round_options(config).status());
+  return std::unique_ptr<ClientAlgorithm>(std::make_unique<FedRodClient>());
+}
+
+StrategyEntry fedrod_strategy_entry() {
+  return {"fedrod",
+          "FedRoD: balanced-softmax generic head averaged, personal head kept locally "
+          "(Chen & Chao 2022)",
+          make_fedrod_server, make_fedrod_client};
+}
+
+}  // namespace fedtail::strategies
