@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "common/base/json_reader.h"
+#include "common/learning/loss_epochs.h"
 #include "common/learning/metrics.h"
 #include "common/learning/models.h"
 #include "common/learning/torch_bundle.h"
@@ -94,11 +95,9 @@ struct HeadLosses {
   int64_t examples = 0;
 };
 
-// The client's local training (research/fedloge.md §1.2): per batch three separate SGD steps.
+// The client's local training (the authors' code): per batch three separate SGD steps.
 Result<HeadLosses> train_heads(Model& model, const Dataset& data, const LocalTrainOptions& options,
                                torch::Device device, Rng& rng) {
-  FEDTAIL_ASSIGN_OR_RETURN(Augmenter augmenter,
-                           Augmenter::create(options.augment, data.channels(), device));
   HeadLosses out;
   try {
     model->to(device);
@@ -118,60 +117,36 @@ Result<HeadLosses> train_heads(Model& model, const Dataset& data, const LocalTra
     torch::optim::SGD psi_optimizer(psi->parameters(), sgd);
     torch::optim::SGD phi_optimizer(phi->parameters(), sgd);
 
-    BatchOptions batches;
-    batches.batch_size = options.batch_size;
-    batches.shuffle = true;
-    batches.augment = true;
-    // Σ batch · loss for the three losses, on the device; read once per epoch.
-    torch::Tensor sums =
-        torch::zeros({3}, torch::TensorOptions().dtype(torch::kFloat64).device(device));
-    for (int epoch = 0; epoch < options.epochs; ++epoch) {
-      if (options.max_steps > 0) {
-        if (out.steps >= options.max_steps) break;
-        batches.max_batches = options.max_steps - out.steps;
-      }
-      Status status = for_each_batch(
-          data, batches, augmenter, &rng,
-          [&](const torch::Tensor& x, const torch::Tensor& y) -> Status {
-            namespace F = torch::nn::functional;
-            const torch::Tensor features = model->features(x);
-            torch::Tensor loss_body = F::cross_entropy(sse_c->forward(features), y);
-            body_optimizer.zero_grad();
-            loss_body.backward();
-            body_optimizer.step();
+    FEDTAIL_ASSIGN_OR_RETURN(
+        LossMeans means,
+        run_loss_epochs(
+            data, options, /*drop_last=*/false, device, rng,
+            {"of the backbone (SSE-C)", "of ψ", "of φ_k"}, "fedloge local training",
+            [&](const torch::Tensor& x, const torch::Tensor& y) -> Result<torch::Tensor> {
+              namespace F = torch::nn::functional;
+              const torch::Tensor features = model->features(x);
+              torch::Tensor loss_body = F::cross_entropy(sse_c->forward(features), y);
+              body_optimizer.zero_grad();
+              loss_body.backward();
+              body_optimizer.step();
 
-            const torch::Tensor detached = features.detach();
-            torch::Tensor loss_psi = F::cross_entropy(psi->forward(detached), y);
-            psi_optimizer.zero_grad();
-            loss_psi.backward();
-            psi_optimizer.step();
+              const torch::Tensor detached = features.detach();
+              torch::Tensor loss_psi = F::cross_entropy(psi->forward(detached), y);
+              psi_optimizer.zero_grad();
+              loss_psi.backward();
+              psi_optimizer.step();
 
-            torch::Tensor loss_phi = F::cross_entropy(phi->forward(detached), y);
-            phi_optimizer.zero_grad();
-            loss_phi.backward();
-            phi_optimizer.step();
-
-            sums.add_(torch::stack({loss_body.detach(), loss_psi.detach(), loss_phi.detach()})
-                          .to(torch::kFloat64),
-                      /*alpha=*/x.size(0));
-            out.examples += x.size(0);
-            ++out.steps;
-            return Status::OK();
-          });
-      if (!status.ok()) return status.with_context("fedloge local training");
-      const torch::Tensor host = sums.to(torch::kCPU);
-      for (int i = 0; i < 3; ++i) {
-        if (!std::isfinite(host[i].item<double>())) {
-          return Status::Internal("fedloge local training: a loss is not finite in epoch " +
-                                  std::to_string(epoch + 1) + " (try a lower local.lr)");
-        }
-      }
-    }
-    const torch::Tensor host = sums.to(torch::kCPU);
-    const double n = static_cast<double>(out.examples);
-    out.backbone = host[0].item<double>() / n;
-    out.global = host[1].item<double>() / n;
-    out.local = host[2].item<double>() / n;
+              torch::Tensor loss_phi = F::cross_entropy(phi->forward(detached), y);
+              phi_optimizer.zero_grad();
+              loss_phi.backward();
+              phi_optimizer.step();
+              return torch::stack({loss_body.detach(), loss_psi.detach(), loss_phi.detach()});
+            }));
+    out.backbone = means.means[0];
+    out.global = means.means[1];
+    out.local = means.means[2];
+    out.steps = means.steps;
+    out.examples = means.examples;
   } catch (const std::exception& e) {
     return torch_failure("fedloge local training", e);
   }

@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/learning/loss_epochs.h"
 #include "common/learning/torch_bundle.h"
 #include "common/learning/torch_status.h"
 #include "common/learning/train_loop.h"
@@ -53,10 +54,7 @@ struct RodLosses {
 Result<RodLosses> train_two_heads(Model& model, const Dataset& data,
                                   const LocalTrainOptions& options, torch::Device device,
                                   Rng& rng) {
-  FEDTAIL_ASSIGN_OR_RETURN(Augmenter augmenter,
-                           Augmenter::create(options.augment, data.channels(), device));
   RodLosses out;
-  int64_t examples = 0;
   try {
     model->to(device);
     model->train();
@@ -79,52 +77,31 @@ Result<RodLosses> train_two_heads(Model& model, const Dataset& data,
     }
     const torch::Tensor adjust = torch::tensor(log_counts).to(device).unsqueeze(0);
 
-    BatchOptions batches;
-    batches.batch_size = options.batch_size;
-    batches.shuffle = true;
-    batches.augment = true;
-    torch::Tensor sums =
-        torch::zeros({2}, torch::TensorOptions().dtype(torch::kFloat64).device(device));
-    for (int epoch = 0; epoch < options.epochs; ++epoch) {
-      if (options.max_steps > 0) {
-        if (out.steps >= options.max_steps) break;
-        batches.max_batches = options.max_steps - out.steps;
-      }
-      Status status = for_each_batch(
-          data, batches, augmenter, &rng,
-          [&](const torch::Tensor& x, const torch::Tensor& y) -> Status {
-            namespace F = torch::nn::functional;
-            const torch::Tensor features = model->features(x);
-            const torch::Tensor logits = generic->forward(features);
-            torch::Tensor loss_generic = F::cross_entropy(logits + adjust, y);
-            shared_optimizer.zero_grad();
-            loss_generic.backward();
-            shared_optimizer.step();
+    FEDTAIL_ASSIGN_OR_RETURN(
+        LossMeans means,
+        run_loss_epochs(
+            data, options, /*drop_last=*/false, device, rng,
+            {"of the generic head (balanced softmax)", "of the personal head"},
+            "fedrod local training",
+            [&](const torch::Tensor& x, const torch::Tensor& y) -> Result<torch::Tensor> {
+              namespace F = torch::nn::functional;
+              const torch::Tensor features = model->features(x);
+              const torch::Tensor logits = generic->forward(features);
+              torch::Tensor loss_generic = F::cross_entropy(logits + adjust, y);
+              shared_optimizer.zero_grad();
+              loss_generic.backward();
+              shared_optimizer.step();
 
-            torch::Tensor loss_personal =
-                F::cross_entropy(logits.detach() + personal->forward(features.detach()), y);
-            personal_optimizer.zero_grad();
-            loss_personal.backward();
-            personal_optimizer.step();
-
-            sums.add_(
-                torch::stack({loss_generic.detach(), loss_personal.detach()}).to(torch::kFloat64),
-                /*alpha=*/x.size(0));
-            examples += x.size(0);
-            ++out.steps;
-            return Status::OK();
-          });
-      if (!status.ok()) return status.with_context("fedrod local training");
-      const torch::Tensor host = sums.to(torch::kCPU);
-      if (!std::isfinite(host[0].item<double>()) || !std::isfinite(host[1].item<double>())) {
-        return Status::Internal("fedrod local training: a loss is not finite in epoch " +
-                                std::to_string(epoch + 1) + " (try a lower local.lr)");
-      }
-    }
-    const torch::Tensor host = sums.to(torch::kCPU);
-    const double n = static_cast<double>(std::max<int64_t>(examples, 1));
-    out.generic = host[0].item<double>() / n;
-    out.personal = host[1].item<double>() / n;
+              torch::Tensor loss_personal =
+                  F::cross_entropy(logits.detach() + personal->forward(features.detach()), y);
+              personal_optimizer.zero_grad();
+              loss_personal.backward();
+              personal_optimizer.step();
+              return torch::stack({loss_generic.detach(), loss_personal.detach()});
+            }));
+    out.generic = means.means[0];
+    out.personal = means.means[1];
+    out.steps = means.steps;
   } catch (const std::exception& e) {
     return torch_failure("fedrod local training", e);
   }

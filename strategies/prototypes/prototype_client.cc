@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "common/data/augment.h"
+#include "common/learning/loss_epochs.h"
 #include "common/learning/metrics.h"
 #include "common/learning/torch_bundle.h"
 #include "common/learning/torch_status.h"
@@ -119,12 +120,9 @@ Result<PrototypeTraining> train_collecting_prototypes(Model& model, const Datase
                                                       const LocalTrainOptions& options,
                                                       bool drop_last, torch::Device device,
                                                       Rng& rng, const LocalObjective& objective) {
-  if (data.size() == 0) {
-    return Status::FailedPrecondition("local training: the dataset is empty");
-  }
-  FEDTAIL_ASSIGN_OR_RETURN(Augmenter augmenter,
-                           Augmenter::create(options.augment, data.channels(), device));
   const size_t num_values = objective.terms.size() + 1;  // the total, then the terms
+  std::vector<std::string> names = {"(total)"};
+  for (const std::string& term : objective.terms) names.push_back("term " + term);
   PrototypeTraining out;
   try {
     model->to(device);
@@ -138,57 +136,30 @@ Result<PrototypeTraining> train_collecting_prototypes(Model& model, const Datase
                                                .weight_decay(options.weight_decay));
     torch::nn::Linear head = model->head(kClassifierHead);
     PrototypeAccumulator prototypes(model->num_classes(), model->feature_dim(), device);
-    BatchOptions batches;
-    batches.batch_size = options.batch_size;
-    batches.shuffle = true;
-    batches.augment = true;
-    batches.drop_last = drop_last;
-    // Σ batch · value for the total and each term, on the device; read once per epoch.
-    torch::Tensor sums = torch::zeros({static_cast<int64_t>(num_values)},
-                                      torch::TensorOptions().dtype(torch::kFloat64).device(device));
-    for (int epoch = 0; epoch < options.epochs; ++epoch) {
-      if (options.max_steps > 0) {
-        if (out.steps >= options.max_steps) break;
-        batches.max_batches = options.max_steps - out.steps;
-      }
-      Status status = for_each_batch(
-          data, batches, augmenter, &rng,
-          [&](const torch::Tensor& x, const torch::Tensor& y) -> Status {
-            const torch::Tensor z = model->features(x);
-            const torch::Tensor logits = head->forward(z);
-            std::vector<torch::Tensor> values = objective.loss(z, logits, y);
-            if (values.size() != num_values) {
-              return Status::Internal("the objective returned " + std::to_string(values.size()) +
-                                      " values, expected " + std::to_string(num_values));
-            }
-            optimizer.zero_grad();
-            values[0].backward();
-            optimizer.step();
-            std::vector<torch::Tensor> detached;
-            for (const torch::Tensor& v : values) detached.push_back(v.detach().reshape({}));
-            sums.add_(torch::stack(detached).to(torch::kFloat64), /*alpha=*/x.size(0));
-            prototypes.add(z, y);
-            out.examples += x.size(0);
-            ++out.steps;
-            return Status::OK();
-          });
-      if (!status.ok()) return status.with_context("local training");
-      const torch::Tensor host = sums.to(torch::kCPU);
-      for (size_t i = 0; i < num_values; ++i) {
-        if (!std::isfinite(host[static_cast<int64_t>(i)].item<double>())) {
-          return Status::Internal("local training: the loss" +
-                                  (i == 0 ? std::string() : " term " + objective.terms[i - 1]) +
-                                  " is not finite in epoch " + std::to_string(epoch + 1) +
-                                  " (try a lower local.lr)");
-        }
-      }
-    }
-    const torch::Tensor host = sums.to(torch::kCPU);
-    const double n = static_cast<double>(std::max<int64_t>(out.examples, 1));
-    out.mean_loss = host[0].item<double>() / n;
-    for (size_t i = 1; i < num_values; ++i) {
-      out.mean_terms.push_back(host[static_cast<int64_t>(i)].item<double>() / n);
-    }
+    FEDTAIL_ASSIGN_OR_RETURN(
+        LossMeans means,
+        run_loss_epochs(
+            data, options, drop_last, device, rng, names, "local training",
+            [&](const torch::Tensor& x, const torch::Tensor& y) -> Result<torch::Tensor> {
+              const torch::Tensor z = model->features(x);
+              const torch::Tensor logits = head->forward(z);
+              std::vector<torch::Tensor> values = objective.loss(z, logits, y);
+              if (values.size() != num_values) {
+                return Status::Internal("the objective returned " + std::to_string(values.size()) +
+                                        " values, expected " + std::to_string(num_values));
+              }
+              optimizer.zero_grad();
+              values[0].backward();
+              optimizer.step();
+              std::vector<torch::Tensor> detached;
+              for (const torch::Tensor& v : values) detached.push_back(v.detach().reshape({}));
+              prototypes.add(z, y);
+              return torch::stack(detached);
+            }));
+    out.steps = means.steps;
+    out.examples = means.examples;
+    out.mean_loss = means.means[0];
+    out.mean_terms.assign(means.means.begin() + 1, means.means.end());
     out.prototypes = prototypes.finish();
   } catch (const std::exception& e) {
     return torch_failure("local training", e);
