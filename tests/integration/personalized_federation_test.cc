@@ -3,6 +3,7 @@
 // loopback gRPC). Each run completes and reports a generic and a personalised accuracy, and the
 // clients' state files hold exactly the part each strategy keeps local.
 #include <gtest/gtest.h>
+#include <signal.h>
 
 #include <filesystem>
 #include <functional>
@@ -12,6 +13,7 @@
 #include <vector>
 
 #include "client/state_store.h"
+#include "common/base/subprocess.h"
 #include "tests/support/cli.h"
 #include "tests/support/process.h"
 #include "tests/support/sim_configs.h"
@@ -97,6 +99,65 @@ TEST(PersonalizedFederation, SixBaselinesInOneSimulation) {
   });
   for (const std::set<std::string>& names : state_names(runs + "fedbabu/seed-3")) {
     EXPECT_TRUE(names.empty());  // FedBABU keeps nothing between rounds
+  }
+}
+
+// Ditto and FedRoD keep state on the clients (a personal model, a personal head) that every later
+// round builds on: stop the simulation after round 2 (SIGTERM, as a user's Ctrl-C), continue it
+// with --resume, and every round's generic and personalised accuracy is the uninterrupted run's.
+TEST(PersonalizedFederation, StoppedAndResumedEndsWhereAnUninterruptedRunDoes) {
+  const std::string dir = scratch_dir("sim-personalized-resume");
+  nlohmann::json config = test_support::tiny_sim_config(4);
+  config["local"] = {{"epochs", 2}, {"batch_size", 16}, {"lr", 0.05}};
+  config["strategy"] = {{"fraction_fit", 0.75}};  // 3 of 4 clients a round: states diverge
+  config["eval"]["every"] = 1;
+  config["simulation"] = {{"strategies", {{{"name", "ditto"}}, {{"name", "fedrod"}}}},
+                          {"seeds", {5}}};
+  const std::string path = dir + "/sim.json";
+  test_support::write_file(path, config.dump(2));
+
+  const std::string straight = dir + "/straight";
+  test_support::CliRun r =
+      run_cli(binary_path("fedtail-sim"), path + " --out " + straight + " --workers 2");
+  ASSERT_EQ(r.exit_code, 0) << r.err << test_support::read_file(straight + "/sim.log");
+
+  const std::string out = dir + "/stopped";
+  {
+    SubprocessOptions options;
+    options.argv = {binary_path("fedtail-sim"), path, "--out", out, "--workers", "2"};
+    options.log_path = dir + "/first.log";
+    options.env = {"OMP_WAIT_POLICY=PASSIVE"};
+    Result<std::unique_ptr<Subprocess>> sim = Subprocess::spawn(options);
+    ASSERT_TRUE(sim.ok()) << sim.status().to_string();
+    ASSERT_TRUE(test_support::wait_for_lines(out + "/runs/ditto/seed-5/metrics.jsonl", 2,
+                                             std::chrono::seconds(120)))
+        << test_support::read_file(dir + "/first.log");
+    (*sim)->signal(SIGTERM);
+    ASSERT_TRUE((*sim)->wait_for(std::chrono::seconds(60)));
+  }
+  const size_t before =
+      test_support::metrics_lines(out + "/runs/ditto/seed-5/metrics.jsonl").size();
+  ASSERT_LT(before, 4u) << "the run ended before it could be stopped";
+  test_support::CliRun resumed =
+      run_cli(binary_path("fedtail-sim"), path + " --out " + out + " --workers 2 --resume");
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.err << test_support::read_file(out + "/sim.log");
+
+  for (const std::string label : {"ditto", "fedrod"}) {
+    SCOPED_TRACE(label);
+    const auto a =
+        test_support::metrics_lines(straight + "/runs/" + label + "/seed-5/metrics.jsonl");
+    const auto b = test_support::metrics_lines(out + "/runs/" + label + "/seed-5/metrics.jsonl");
+    ASSERT_EQ(a.size(), 4u);
+    ASSERT_EQ(b.size(), 4u);
+    for (size_t i = 0; i < 4; ++i) {
+      EXPECT_EQ(a[i]["round"], b[i]["round"]);
+      EXPECT_EQ(a[i]["server_eval"]["generic"]["correct"],
+                b[i]["server_eval"]["generic"]["correct"])
+          << "round " << i + 1;
+      EXPECT_EQ(a[i]["evaluate"]["metrics"]["personalized"],
+                b[i]["evaluate"]["metrics"]["personalized"])
+          << "round " << i + 1;
+    }
   }
 }
 
