@@ -17,6 +17,12 @@ namespace fs = std::filesystem;
 
 const char* const kGroupColumns[] = {"overall", "many", "medium", "few"};
 const char* const kPersonalColumns[] = {"mean", "weighted"};
+// The same with the round the best value was reached in, and with how many evaluated rounds the
+// last-10 mean averaged.
+const char* const kBestGroupColumns[] = {"overall", "many", "medium", "few", "round"};
+const char* const kBestPersonalColumns[] = {"mean", "weighted", "round"};
+const char* const kLast10GroupColumns[] = {"overall", "many", "medium", "few", "rounds"};
+const char* const kLast10PersonalColumns[] = {"mean", "weighted", "rounds"};
 
 bool is_number(const nlohmann::json& j) { return j.is_number(); }
 
@@ -59,6 +65,80 @@ nlohmann::json models_of(const nlohmann::json& line) {
     }
   }
   return {{"generic", generic}, {"personalized", personalized}};
+}
+
+// The primary column of a model row: what "best" maximises.
+const char* primary_column(const std::string& kind) {
+  return kind == "generic" ? "overall" : "mean";
+}
+
+// The model rows of every evaluated line, in round order, and the rounds.
+struct Evaluations {
+  std::vector<nlohmann::json> models;  // models_of(line)
+  std::vector<int64_t> rounds;
+};
+
+Evaluations evaluations_of(const std::vector<nlohmann::json>& lines) {
+  Evaluations out;
+  for (const nlohmann::json& line : lines) {
+    if (!line.contains("server_eval") && !line.contains("evaluate")) continue;
+    out.models.push_back(models_of(line));
+    out.rounds.push_back(line.value("round", int64_t{0}));
+  }
+  return out;
+}
+
+// Per kind and model key, the row of the evaluated round where the key's primary column is
+// highest (the earliest such round), with "round" added: what published tables call the best round.
+nlohmann::json best_models(const Evaluations& e) {
+  nlohmann::json out = {{"generic", nlohmann::json::object()},
+                        {"personalized", nlohmann::json::object()}};
+  for (const char* kind : {"generic", "personalized"}) {
+    const char* column = primary_column(kind);
+    for (size_t i = 0; i < e.models.size(); ++i) {
+      for (const auto& [key, row] : e.models[i][kind].items()) {
+        if (!row[column].is_number()) continue;
+        const nlohmann::json& best = out[kind].contains(key) ? out[kind][key] : nlohmann::json();
+        if (best.is_null() || row[column].get<double>() > best[column].get<double>()) {
+          nlohmann::json chosen = row;
+          chosen["round"] = e.rounds[i];
+          out[kind][key] = chosen;
+        }
+      }
+    }
+  }
+  return out;
+}
+
+// Per kind, model key and column, the mean over the evaluated rounds among the run's last 10
+// rounds (round > last evaluated round − 10), with "rounds": how many were averaged.
+nlohmann::json last10_models(const Evaluations& e) {
+  nlohmann::json out = {{"generic", nlohmann::json::object()},
+                        {"personalized", nlohmann::json::object()}};
+  if (e.rounds.empty()) return out;
+  const int64_t from = e.rounds.back() - 10;
+  for (const char* kind : {"generic", "personalized"}) {
+    std::map<std::string, std::map<std::string, std::pair<double, int>>> sums;
+    std::map<std::string, int> rounds;
+    for (size_t i = 0; i < e.models.size(); ++i) {
+      if (e.rounds[i] <= from) continue;
+      for (const auto& [key, row] : e.models[i][kind].items()) {
+        ++rounds[key];
+        for (const auto& [column, value] : row.items()) {
+          if (!value.is_number()) continue;
+          sums[key][column].first += value.get<double>();
+          sums[key][column].second += 1;
+        }
+      }
+    }
+    for (const auto& [key, columns] : sums) {
+      nlohmann::json row = nlohmann::json::object();
+      for (const auto& [column, sum] : columns) row[column] = sum.first / sum.second;
+      row["rounds"] = rounds[key];
+      out[kind][key] = row;
+    }
+  }
+  return out;
 }
 
 // Mean payload bytes per round: {"down", "up"}.
@@ -119,9 +199,11 @@ nlohmann::json mean_std(const std::vector<double>& values) {
   return out;
 }
 
-// Rows of one table kind ("generic" or "personalized"): per label, per model key, per column.
+// Rows of one table kind ("generic" or "personalized") of the runs' `models` field ("models":
+// final, "models_best", "models_last10"): per label, per model key, per column.
 nlohmann::json table_rows(const nlohmann::json& runs, const std::vector<std::string>& labels,
-                          const char* kind, const char* const* columns, size_t num_columns) {
+                          const char* kind, const char* const* columns, size_t num_columns,
+                          const char* models = "models") {
   nlohmann::json rows = nlohmann::json::array();
   for (const std::string& label : labels) {
     // Model keys in first-seen order.
@@ -130,7 +212,7 @@ nlohmann::json table_rows(const nlohmann::json& runs, const std::vector<std::str
     for (const nlohmann::json& run : runs) {
       if (run["label"] != label) continue;
       strategy = run.value("strategy", "");
-      for (const auto& [key, value] : run["models"][kind].items()) {
+      for (const auto& [key, value] : run[models][kind].items()) {
         if (std::find(keys.begin(), keys.end(), key) == keys.end()) keys.push_back(key);
       }
     }
@@ -139,8 +221,8 @@ nlohmann::json table_rows(const nlohmann::json& runs, const std::vector<std::str
       for (size_t c = 0; c < num_columns; ++c) {
         std::vector<double> values;
         for (const nlohmann::json& run : runs) {
-          if (run["label"] != label || !run["models"][kind].contains(key)) continue;
-          const nlohmann::json& v = run["models"][kind][key][columns[c]];
+          if (run["label"] != label || !run[models][kind].contains(key)) continue;
+          const nlohmann::json& v = run[models][kind][key][columns[c]];
           if (is_number(v)) values.push_back(v.get<double>());
         }
         row[columns[c]] = mean_std(values);
@@ -221,6 +303,9 @@ nlohmann::json make_report(const ReportInfo& info, const std::vector<RunResult>&
                               : nlohmann::json{{"generic", nlohmann::json::object()},
                                                {"personalized", nlohmann::json::object()}};
     run["evaluated_round"] = evaluated ? evaluated->value("round", nlohmann::json()) : nullptr;
+    const Evaluations all = evaluations_of(r.lines);
+    run["models_best"] = best_models(all);
+    run["models_last10"] = last10_models(all);
     run["bytes_per_round"] = bytes_per_round(r.lines);
     run["seconds_per_round"] = seconds_per_round(r.lines);
     run["worker_failures"] = r.worker_failures;
@@ -275,6 +360,13 @@ nlohmann::json make_report(const ReportInfo& info, const std::vector<RunResult>&
       {"table",
        {{"generic", table_rows(runs, labels, "generic", kGroupColumns, 4)},
         {"personalized", table_rows(runs, labels, "personalized", kPersonalColumns, 2)},
+        {"generic_best", table_rows(runs, labels, "generic", kBestGroupColumns, 5, "models_best")},
+        {"personalized_best",
+         table_rows(runs, labels, "personalized", kBestPersonalColumns, 3, "models_best")},
+        {"generic_last10",
+         table_rows(runs, labels, "generic", kLast10GroupColumns, 5, "models_last10")},
+        {"personalized_last10",
+         table_rows(runs, labels, "personalized", kLast10PersonalColumns, 3, "models_last10")},
         {"cost", cost}}}};
   if (runs.size() == 1) {
     for (const char* key : {"rounds_completed", "final"}) report[key] = runs[0][key];
@@ -319,6 +411,41 @@ std::string report_markdown(const nlohmann::json& report) {
     md << " |\n";
   }
   if (table["personalized"].empty()) md << "| (no federated evaluation) | | | |\n";
+
+  // Final, best round and last-10 mean side by side: published tables give one of the latter two.
+  md << "\n## Final, best round and last-10 mean\n\n"
+     << "Final: the last evaluated round (the tables above). Best: each run's highest value over "
+        "its "
+        "evaluated rounds (the round in brackets, mean over seeds), then averaged over seeds, as "
+        "published tables usually report. Last 10: the mean over the evaluated rounds among each "
+        "run's last 10 rounds (how many in brackets).\n\n"
+        "| strategy | model | final | best (round) | last 10 (rounds) |\n|---|---|---|---|---|\n";
+  const auto side_by_side = [&](const char* kind, const char* column, const char* suffix) {
+    const nlohmann::json& finals = table[kind];
+    for (size_t i = 0; i < finals.size(); ++i) {
+      const nlohmann::json& row = finals[i];
+      const auto find = [&](const std::string& which) -> nlohmann::json {
+        for (const nlohmann::json& r : table.value(std::string(kind) + which, nlohmann::json())) {
+          if (r["label"] == row["label"] && r["model"] == row["model"]) return r;
+        }
+        return nlohmann::json();
+      };
+      const nlohmann::json best = find("_best");
+      const nlohmann::json last = find("_last10");
+      md << "| " << row["label"].get<std::string>() << " | " << row["model"].get<std::string>()
+         << suffix << " | " << cell_percent(row[column]) << " | "
+         << (best.is_object()
+                 ? cell_percent(best[column]) + " (" + cell_number(best["round"], 1, "%.0f") + ")"
+                 : std::string("-"))
+         << " | "
+         << (last.is_object()
+                 ? cell_percent(last[column]) + " (" + cell_number(last["rounds"], 1, "%.0f") + ")"
+                 : std::string("-"))
+         << " |\n";
+    }
+  };
+  side_by_side("generic", "overall", " (all classes)");
+  side_by_side("personalized", "mean", " (mean over clients)");
 
   md << "\n## Cost\n\n| strategy | rounds | wall s per run | MB down per round | MB up per round "
         "|\n|---|---|---|---|---|\n";

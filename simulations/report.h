@@ -6,7 +6,9 @@
 // AccuracyReport under a metrics line's "server_eval" (e.g. "generic"; FedLoGe's "universal",
 // "generic_unrealigned", "generic") is a generic row, and every {"mean", "weighted"} object under
 // "evaluate.metrics" whose key starts with "personalized" is a personalised row. Values come from
-// the last evaluated round of each run. Free functions; thread-safe.
+// the last evaluated round of each run ("final"); beside them, each run's best round (the highest
+// overall / mean over its evaluated rounds) and the mean over its last 10 rounds, as published
+// tables report one or the other. Free functions; thread-safe.
 #ifndef FEDTAIL_SIMULATIONS_REPORT_H_
 #define FEDTAIL_SIMULATIONS_REPORT_H_
 
@@ -42,11 +44,16 @@ struct ReportInfo {
 // summary.json of the whole simulation: {"config", "wall_seconds", "workers", "setting",
 // "validation_per_class" (config.data's; > 0: accuracies are on a validation set), "seeds",
 // "strategies", "runs": [per run: label, strategy, seed, run_dir, status, rounds_completed,
-// wall_seconds, final (the contract's keys, docs/architecture.md), models {generic, personalized},
+// wall_seconds, final (the contract's keys, docs/architecture.md), models {generic, personalized}
+// (at the last evaluated round), models_best (per model key: the row of the round with the highest
+// "overall" / "mean", plus "round"), models_last10 (per model key: each column's mean over the
+// evaluated rounds after last evaluated round − 10, plus "rounds": how many),
 // bytes_per_round {down, up}, seconds_per_round {total, fit_s, fit_compute_s, fit_upload_s,
 // aggregate_s, evaluate_s, evaluate_compute_s, evaluate_upload_s, server_eval_s, other_s} (means
 // over rounds of the metrics lines' "timing"), worker_failures], "table": {"generic": [rows],
-// "personalized": [rows], "cost": [rows, with seconds_per_round: {key: {mean, std, n}}]}}. Each
+// "personalized": [rows], "generic_best", "personalized_best" (with a "round" column),
+// "generic_last10", "personalized_last10" (with a "rounds" column), "cost": [rows, with
+// seconds_per_round: {key: {mean, std, n}}]}}. Each
 // table row holds label, model and {mean, std, n} per column (std null for one seed). With a single
 // run, its strategy, rounds_completed, wall_seconds and final are also at the top level.
 nlohmann::json make_report(const ReportInfo& info, const std::vector<RunResult>& runs);

@@ -102,6 +102,59 @@ TEST(SimReport, TablesAverageOverSeeds) {
   EXPECT_EQ(md.find("## Failures"), std::string::npos);
 }
 
+// A run evaluated every 5 rounds up to round 20 with generic accuracy `overall[i]` and personalised
+// mean `personal[i]` at round 5·(i+1).
+RunResult evaluated_every_5(uint64_t seed, const std::vector<double>& overall,
+                            const std::vector<double>& personal) {
+  RunResult r;
+  r.label = "fedavg";
+  r.strategy = "fedavg";
+  r.seed = seed;
+  for (size_t i = 0; i < overall.size(); ++i) {
+    for (int k = 1; k < 5; ++k) r.lines.push_back({{"round", 5 * i + k}});
+    r.lines.push_back(
+        {{"round", 5 * (i + 1)},
+         {"server_eval", {{"generic", group(overall[i], overall[i], overall[i], 0)}}},
+         {"evaluate",
+          {{"metrics", {{"personalized", {{"mean", personal[i]}, {"weighted", personal[i]}}}}}}}});
+  }
+  return r;
+}
+
+TEST(SimReport, FinalBestRoundAndLastTenMeanSideBySide) {
+  // Seed 1 peaks at round 10, seed 2 at round 20; the last 10 rounds hold rounds 15 and 20.
+  const std::vector<RunResult> runs = {
+      evaluated_every_5(1, {0.30, 0.50, 0.40, 0.45}, {0.6, 0.7, 0.8, 0.75}),
+      evaluated_every_5(2, {0.20, 0.30, 0.40, 0.60}, {0.5, 0.5, 0.5, 0.5})};
+  ReportInfo info;
+  const nlohmann::json report = make_report(info, runs);
+  const nlohmann::json& run = report["runs"][0];
+  EXPECT_DOUBLE_EQ(run["models"]["generic"]["generic"]["overall"].get<double>(), 0.45);
+  EXPECT_DOUBLE_EQ(run["models_best"]["generic"]["generic"]["overall"].get<double>(), 0.50);
+  EXPECT_EQ(run["models_best"]["generic"]["generic"]["round"], 10);
+  EXPECT_DOUBLE_EQ(run["models_best"]["personalized"]["personalized"]["mean"].get<double>(), 0.8);
+  EXPECT_EQ(run["models_best"]["personalized"]["personalized"]["round"], 15);
+  EXPECT_DOUBLE_EQ(run["models_last10"]["generic"]["generic"]["overall"].get<double>(), 0.425);
+  EXPECT_EQ(run["models_last10"]["generic"]["generic"]["rounds"], 2);
+  // A tie keeps the earliest round: seed 2's personalised accuracy is flat.
+  EXPECT_EQ(report["runs"][1]["models_best"]["personalized"]["personalized"]["round"], 5);
+
+  const nlohmann::json& best = report["table"]["generic_best"][0];
+  EXPECT_DOUBLE_EQ(best["overall"]["mean"].get<double>(), 0.55);  // (0.50 + 0.60) / 2
+  EXPECT_DOUBLE_EQ(best["round"]["mean"].get<double>(), 15);      // (10 + 20) / 2
+  const nlohmann::json& last = report["table"]["generic_last10"][0];
+  EXPECT_DOUBLE_EQ(last["overall"]["mean"].get<double>(), (0.425 + 0.50) / 2);
+  const nlohmann::json& personal_last = report["table"]["personalized_last10"][0];
+  EXPECT_DOUBLE_EQ(personal_last["mean"]["mean"].get<double>(), (0.775 + 0.5) / 2);
+
+  const std::string md = report_markdown(report);
+  EXPECT_NE(md.find("## Final, best round and last-10 mean"), std::string::npos) << md;
+  EXPECT_NE(md.find("| fedavg | generic (all classes) | 52.50 ± 10.61 | 55.00 ± 7.07 (15) | "
+                    "46.25 ± 5.30 (2) |"),
+            std::string::npos)
+      << md;
+}
+
 TEST(SimReport, SecondsPerRoundSplitTheRoundsTimingAcrossRoundsAndSeeds) {
   std::vector<RunResult> runs = {run("fedavg", 1, 0.50, 0.70), run("fedavg", 2, 0.60, 0.80)};
   const nlohmann::json report = make_report(ReportInfo{}, runs);
