@@ -15,6 +15,7 @@
 #include "common/wire/bundle_codec.h"
 #include "strategies/classifier_eval.h"
 #include "strategies/fedavg/fedavg.h"
+#include "strategies/fedprox/fedprox.h"
 #include "strategies/local_layers.h"
 
 namespace fedtail::strategies {
@@ -61,17 +62,8 @@ Result<TrainStats> train_personal(ClientContext& context, const TensorBundle& gl
   if (lambda == 0) {
     return train_local(model, *context.train, options, context.device, *context.rng);
   }
-  const double half_lambda = lambda / 2;
-  LossFn loss_fn = [model, params, anchors, half_lambda](const torch::Tensor& x,
-                                                         const torch::Tensor& y) mutable {
-    torch::Tensor loss = torch::nn::functional::cross_entropy(model->forward(x), y);
-    torch::Tensor proximal = torch::zeros({}, loss.options());
-    for (size_t i = 0; i < params.size(); ++i) {
-      proximal = proximal + (params[i] - anchors[i]).pow(2).sum();
-    }
-    return loss + half_lambda * proximal;
-  };
-  return train_local(model, *context.train, options, context.device, *context.rng, loss_fn);
+  return train_local(model, *context.train, options, context.device, *context.rng,
+                     proximal_cross_entropy(model, std::move(params), std::move(anchors), lambda));
 }
 
 }  // namespace

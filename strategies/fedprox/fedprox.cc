@@ -42,9 +42,16 @@ Result<TrainStats> FedProxClient::train(ClientContext& context) {
     return Status::Internal("fedprox: cannot snapshot the global weights: " +
                             std::string(e.what()));
   }
-  const double half_mu = mu_ / 2;
-  LossFn loss_fn = [model, params, anchors, half_mu](const torch::Tensor& x,
-                                                     const torch::Tensor& y) mutable {
+  return train_local(*context.model, *context.train, context.config->local, context.device,
+                     *context.rng,
+                     proximal_cross_entropy(model, std::move(params), std::move(anchors), mu_));
+}
+
+LossFn proximal_cross_entropy(Model model, std::vector<torch::Tensor> params,
+                              std::vector<torch::Tensor> anchors, double mu) {
+  const double half_mu = mu / 2;
+  return [model, params = std::move(params), anchors = std::move(anchors), half_mu](
+             const torch::Tensor& x, const torch::Tensor& y) mutable {
     torch::Tensor loss = torch::nn::functional::cross_entropy(model->forward(x), y);
     torch::Tensor proximal = torch::zeros({}, loss.options());
     for (size_t i = 0; i < params.size(); ++i) {
@@ -52,8 +59,6 @@ Result<TrainStats> FedProxClient::train(ClientContext& context) {
     }
     return loss + half_mu * proximal;
   };
-  return train_local(*context.model, *context.train, context.config->local, context.device,
-                     *context.rng, loss_fn);
 }
 
 Result<std::unique_ptr<ServerStrategy>> make_fedprox_server(const nlohmann::json& config) {

@@ -11,10 +11,15 @@
 #ifndef FEDTAIL_STRATEGIES_FEDPROX_FEDPROX_H_
 #define FEDTAIL_STRATEGIES_FEDPROX_FEDPROX_H_
 
+#include <torch/types.h>
+
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <vector>
 
 #include "common/base/status.h"
+#include "common/learning/models.h"
+#include "common/learning/train_loop.h"
 #include "strategies/fedavg/fedavg.h"
 #include "strategies/registry.h"
 #include "strategies/sampling.h"
@@ -30,6 +35,12 @@ struct FedProxOptions {
 // Reads config.strategy (null counts as {}). kInvalidArgument naming the field for a bad value
 // ("config.strategy.mu: must be >= 0 (got -1)") or an unknown key.
 Result<FedProxOptions> parse_fedprox_options(const nlohmann::json& config);
+
+// The loss cross-entropy(model(x), y) + (mu/2) · Σ_i ‖params[i] − anchors[i]‖² (anchors detached,
+// on the training device, shaped as the params). FedProx anchors at the global model's trainable
+// parameters; Ditto's personal model uses it too.
+LossFn proximal_cross_entropy(Model model, std::vector<torch::Tensor> params,
+                              std::vector<torch::Tensor> anchors, double mu);
 
 // FedAvgClient with the proximal term added to the loss. The anchor w_global is a detached copy of
 // the trainable parameters right after the global bundle is loaded, on the training device.
