@@ -163,7 +163,7 @@ Result<TrainStats> PartlyLocalClient::train(ClientContext& context,
   (void)local;
   set_all_trainable(*context.model);
   return train_local(*context.model, *context.train, context.config->local, context.device,
-                     *context.rng);
+                     *context.rng, context.global_train_counts);
 }
 
 Result<FitOutput> PartlyLocalClient::fit(ClientContext& context, const TensorBundle& global) {

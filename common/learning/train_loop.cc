@@ -6,6 +6,8 @@
 #include <cmath>
 #include <numeric>
 
+#include "common/learning/classification_loss.h"
+
 namespace fedtail {
 
 namespace {
@@ -126,11 +128,21 @@ Status for_each_batch(const Dataset& data, const BatchOptions& options, const Au
 }
 
 Result<TrainStats> train_local(Model& model, const Dataset& data, const LocalTrainOptions& options,
-                               torch::Device device, Rng& rng) {
+                               torch::Device device, Rng& rng,
+                               const std::vector<int64_t>& global_counts) {
   Model m = model;  // the holder shares the module; the lambda must not capture a reference
+  if (options.loss.kind == LocalLossOptions::Kind::kCrossEntropy) {
+    return train_local(model, data, options, device, rng,
+                       [m](const torch::Tensor& x, const torch::Tensor& y) mutable {
+                         return torch::nn::functional::cross_entropy(m->forward(x), y);
+                       });
+  }
+  FEDTAIL_ASSIGN_OR_RETURN(ClassificationLoss loss,
+                           ClassificationLoss::create(options.loss, model->num_classes(),
+                                                      data.class_counts(), global_counts, device));
   return train_local(model, data, options, device, rng,
-                     [m](const torch::Tensor& x, const torch::Tensor& y) mutable {
-                       return torch::nn::functional::cross_entropy(m->forward(x), y);
+                     [m, loss](const torch::Tensor& x, const torch::Tensor& y) mutable {
+                       return loss(m->forward(x), y);
                      });
 }
 

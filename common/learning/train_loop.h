@@ -68,14 +68,19 @@ using LossFn = std::function<torch::Tensor(const torch::Tensor& x, const torch::
 
 // Trains `model` on `data` with SGD (options.lr, momentum, weight_decay; a fresh optimiser per
 // call) over every parameter with requires_grad, for options.epochs shuffled, augmented passes
-// (capped at options.max_steps steps), minimising the cross-entropy of the "classifier" head.
+// (capped at options.max_steps steps), minimising options.loss (ClassificationLoss: cross-entropy
+// by default) of the "classifier" head, with `data`'s class counts as the client's and
+// `global_counts` as the run's (needed only by a loss with "counts": "global").
 // Moves the model to `device` and leaves it in training mode. `rng` drives shuffling and
 // augmentation. Losses are accumulated on the device and read once per epoch.
-// Errors: kFailedPrecondition when `data` is empty; kInvalidArgument for a bad option or a
-// channel count that the augmenter rejects; kInternal for a LibTorch failure or a non-finite loss.
+// Errors: kFailedPrecondition when `data` is empty; kInvalidArgument for a bad option, counts the
+// loss cannot use, or a channel count that the augmenter rejects; kInternal for a LibTorch failure
+// or a non-finite loss.
 Result<TrainStats> train_local(Model& model, const Dataset& data, const LocalTrainOptions& options,
-                               torch::Device device, Rng& rng);
-// The same loop with the loss computed by `loss_fn` (e.g. cross-entropy + a proximal term).
+                               torch::Device device, Rng& rng,
+                               const std::vector<int64_t>& global_counts = {});
+// The same loop with the loss computed by `loss_fn` (e.g. cross-entropy + a proximal term);
+// options.loss is not read.
 Result<TrainStats> train_local(Model& model, const Dataset& data, const LocalTrainOptions& options,
                                torch::Device device, Rng& rng, const LossFn& loss_fn);
 

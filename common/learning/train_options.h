@@ -11,6 +11,30 @@
 
 namespace fedtail {
 
+// The classification loss of local training ("loss" in the "local" section): a string naming the
+// kind, or an object {"name": kind, ...options}. Applied by train_local (common/learning/
+// train_loop.h) through ClassificationLoss (common/learning/classification_loss.h); strategies
+// with their own loss (FedLoGe, FedRoD, FedProto, FedSA, FedETF) refuse any kind but "ce".
+struct LocalLossOptions {
+  enum class Kind {
+    kCrossEntropy,     // "ce": plain cross-entropy (default)
+    kBalancedSoftmax,  // "balanced_softmax": CE(logits + tau · log n_c) (Ren et al., NeurIPS 2020)
+    kFocal,            // "focal": mean of -(1 - p_y)^gamma · log p_y (Lin et al., ICCV 2017)
+    kClassWeighted,  // "class_weighted": CE weighted by n / (classes present · n_c), weighted mean
+  };
+  Kind kind = Kind::kCrossEntropy;
+  // balanced_softmax, class_weighted: whose class counts n_c: the client's own training counts
+  // ("client", default) or the run's global long-tailed training counts ("global").
+  bool global_counts = false;
+  // balanced_softmax: weight of the log-count adjustment, >= 0; default 1 (0 is plain CE).
+  double tau = 1.0;
+  // focal: focusing exponent, >= 0; default 2 (the paper's; 0 is plain CE).
+  double gamma = 2.0;
+};
+
+// "ce", "balanced_softmax", "focal" or "class_weighted".
+const char* loss_kind_name(LocalLossOptions::Kind kind);
+
 struct LocalTrainOptions {
   // Passes over the client's training set per round. >= 1; default 1.
   int epochs = 1;
@@ -26,6 +50,8 @@ struct LocalTrainOptions {
   AugmentOptions augment;
   // Cap on SGD steps per round over all epochs. 0 (default) = no cap.
   int64_t max_steps = 0;
+  // The classification loss (key "loss"). Default: cross-entropy.
+  LocalLossOptions loss;
 };
 
 struct EvalOptions {
@@ -39,12 +65,20 @@ struct EvalOptions {
 };
 
 // Reads the object at `path` (e.g. "config.local"): keys epochs, batch_size, lr, momentum,
-// weight_decay, augment (an object, see parse_augment_options), max_steps. kInvalidArgument
+// weight_decay, augment (an object, see parse_augment_options), max_steps, loss (see
+// parse_local_loss_options). kInvalidArgument
 // naming the field for a wrong type (`config.local.lr: expected a number (got "0.1")`), an unknown
 // key, or an absurd value: epochs < 1, batch_size < 1, lr <= 0, momentum outside [0, 1),
 // weight_decay < 0, max_steps < 0.
 Result<LocalTrainOptions> parse_local_train_options(const nlohmann::json& json,
                                                     const std::string& path);
+
+// Reads `json` at `path` (e.g. "config.local.loss"): null (the default), a kind name, or an object
+// {"name": kind, "counts": "client"|"global", "tau": x, "gamma": x} whose keys must belong to the
+// kind (counts and tau: balanced_softmax; counts: class_weighted; gamma: focal). kInvalidArgument
+// naming the field for an unknown kind or key, a key of another kind, tau < 0 or gamma < 0.
+Result<LocalLossOptions> parse_local_loss_options(const nlohmann::json& json,
+                                                  const std::string& path);
 
 // Reads the object at `path` (e.g. "config.eval"): keys batch_size, mask_absent_classes, every.
 // kInvalidArgument naming the field for a wrong type, an unknown key, batch_size < 1 or every < 1.

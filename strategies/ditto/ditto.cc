@@ -60,10 +60,13 @@ Result<TrainStats> train_personal(ClientContext& context, const TensorBundle& gl
   }
   const LocalTrainOptions options = with_epochs(context.config->local, epochs);
   if (lambda == 0) {
-    return train_local(model, *context.train, options, context.device, *context.rng);
+    return train_local(model, *context.train, options, context.device, *context.rng,
+                       context.global_train_counts);
   }
-  return train_local(model, *context.train, options, context.device, *context.rng,
-                     proximal_cross_entropy(model, std::move(params), std::move(anchors), lambda));
+  FEDTAIL_ASSIGN_OR_RETURN(ClassificationLoss loss, client_loss(context));
+  return train_local(
+      model, *context.train, options, context.device, *context.rng,
+      proximal_loss(model, std::move(loss), std::move(params), std::move(anchors), lambda));
 }
 
 }  // namespace
@@ -87,8 +90,8 @@ Result<FitOutput> DittoClient::fit(ClientContext& context, const TensorBundle& g
     FEDTAIL_RETURN_IF_ERROR(
         load_module_state(*model, global, /*strict=*/true).with_context("global model"));
     FEDTAIL_ASSIGN_OR_RETURN(
-        TrainStats stats,
-        train_local(model, *context.train, context.config->local, context.device, *context.rng));
+        TrainStats stats, train_local(model, *context.train, context.config->local, context.device,
+                                      *context.rng, context.global_train_counts));
     FitOutput out;
     FEDTAIL_ASSIGN_OR_RETURN(out.update, module_state(*model));
     out.num_examples = context.train->size();

@@ -291,7 +291,7 @@ Status FedAvgServer::load_extra_state(TensorBundle extra, const nlohmann::json& 
 
 Result<TrainStats> FedAvgClient::train(ClientContext& context) {
   return train_local(*context.model, *context.train, context.config->local, context.device,
-                     *context.rng);
+                     *context.rng, context.global_train_counts);
 }
 
 Result<FitOutput> FedAvgClient::fit(ClientContext& context, const TensorBundle& global) {

@@ -40,7 +40,8 @@ Result<FitOutput> FedBabuClient::fit(ClientContext& context, const TensorBundle&
         load_module_state(*model, global, /*strict=*/true).with_context("global model"));
     set_trainable(model, head_tensor_names(model, kClassifierHead), /*trainable=*/false);
     Result<TrainStats> stats =
-        train_local(model, *context.train, context.config->local, context.device, *context.rng);
+        train_local(model, *context.train, context.config->local, context.device, *context.rng,
+                    context.global_train_counts);
     set_all_trainable(model);
     FEDTAIL_RETURN_IF_ERROR(stats.status());
     FitOutput out;
@@ -72,7 +73,7 @@ Result<nlohmann::json> FedBabuClient::evaluate(ClientContext& context, const Ten
       }
       Result<TrainStats> stats = train_local(
           model, *context.train, with_epochs(context.config->local, options_.finetune_epochs),
-          context.device, *context.rng);
+          context.device, *context.rng, context.global_train_counts);
       set_all_trainable(model);
       if (!stats.ok()) return stats.status().with_context("fedbabu fine-tuning");
       tuned = std::move(stats).value();

@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "common/base/json_reader.h"
+#include "common/learning/classification_loss.h"
 #include "common/learning/metrics.h"
 #include "common/learning/models.h"
 #include "common/learning/torch_bundle.h"
@@ -54,6 +55,7 @@ FedLoGeServer::FedLoGeServer(FedLoGeOptions options)
 
 Status FedLoGeServer::initialize(const RunContext& run, Rng& rng) {
   FEDTAIL_ASSIGN_OR_RETURN(ModelOptions model_options, run_model_options(run));
+  FEDTAIL_RETURN_IF_ERROR(require_cross_entropy(run.config->local, kName));
   FEDTAIL_ASSIGN_OR_RETURN(Model model, make_model(model_options, rng));
   FEDTAIL_RETURN_IF_ERROR(ensure_heads(model, {kGlobalHead}));
   FEDTAIL_ASSIGN_OR_RETURN(TensorBundle state, module_state(*model, kUpdatePrefixes));

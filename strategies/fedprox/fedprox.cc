@@ -42,17 +42,28 @@ Result<TrainStats> FedProxClient::train(ClientContext& context) {
     return Status::Internal("fedprox: cannot snapshot the global weights: " +
                             std::string(e.what()));
   }
-  return train_local(*context.model, *context.train, context.config->local, context.device,
-                     *context.rng,
-                     proximal_cross_entropy(model, std::move(params), std::move(anchors), mu_));
+  FEDTAIL_ASSIGN_OR_RETURN(ClassificationLoss loss, client_loss(context));
+  return train_local(
+      *context.model, *context.train, context.config->local, context.device, *context.rng,
+      proximal_loss(model, std::move(loss), std::move(params), std::move(anchors), mu_));
 }
 
-LossFn proximal_cross_entropy(Model model, std::vector<torch::Tensor> params,
-                              std::vector<torch::Tensor> anchors, double mu) {
+Result<ClassificationLoss> client_loss(const ClientContext& context) {
+  if (context.config == nullptr || context.model == nullptr || context.train == nullptr) {
+    return Status::InvalidArgument("client " + context.client_id +
+                                   ": the context lacks a config, model or training data");
+  }
+  return ClassificationLoss::create(context.config->local.loss, (*context.model)->num_classes(),
+                                    context.train->class_counts(), context.global_train_counts,
+                                    context.device);
+}
+
+LossFn proximal_loss(Model model, ClassificationLoss base, std::vector<torch::Tensor> params,
+                     std::vector<torch::Tensor> anchors, double mu) {
   const double half_mu = mu / 2;
-  return [model, params = std::move(params), anchors = std::move(anchors), half_mu](
-             const torch::Tensor& x, const torch::Tensor& y) mutable {
-    torch::Tensor loss = torch::nn::functional::cross_entropy(model->forward(x), y);
+  return [model, base = std::move(base), params = std::move(params), anchors = std::move(anchors),
+          half_mu](const torch::Tensor& x, const torch::Tensor& y) mutable {
+    torch::Tensor loss = base(model->forward(x), y);
     torch::Tensor proximal = torch::zeros({}, loss.options());
     for (size_t i = 0; i < params.size(); ++i) {
       proximal = proximal + (params[i] - anchors[i]).pow(2).sum();

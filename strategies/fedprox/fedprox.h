@@ -1,5 +1,5 @@
 // FedProx (Li et al., 2020): FedAvg whose clients minimise
-//   cross-entropy + (mu/2) · Σ_p ‖w_p − w_global,p‖²
+//   loss + (mu/2) · Σ_p ‖w_p − w_global,p‖²   (loss: config.local.loss, cross-entropy by default)
 // over their trainable parameters p, which keeps heterogeneous clients near the global model.
 // The server is FedAvg's (FedAvgServer, named "fedprox"); BatchNorm buffers are averaged as
 // FedAvg does but carry no proximal term.
@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "common/base/status.h"
+#include "common/learning/classification_loss.h"
 #include "common/learning/models.h"
 #include "common/learning/train_loop.h"
 #include "strategies/fedavg/fedavg.h"
@@ -36,11 +37,16 @@ struct FedProxOptions {
 // ("config.strategy.mu: must be >= 0 (got -1)") or an unknown key.
 Result<FedProxOptions> parse_fedprox_options(const nlohmann::json& config);
 
-// The loss cross-entropy(model(x), y) + (mu/2) · Σ_i ‖params[i] − anchors[i]‖² (anchors detached,
-// on the training device, shaped as the params). FedProx anchors at the global model's trainable
-// parameters; Ditto's personal model uses it too.
-LossFn proximal_cross_entropy(Model model, std::vector<torch::Tensor> params,
-                              std::vector<torch::Tensor> anchors, double mu);
+// The loss base(model(x), y) + (mu/2) · Σ_i ‖params[i] − anchors[i]‖² (anchors detached, on the
+// training device, shaped as the params), where `base` is config.local.loss (cross-entropy by
+// default). FedProx anchors at the global model's trainable parameters; Ditto's personal model
+// uses it too.
+LossFn proximal_loss(Model model, ClassificationLoss base, std::vector<torch::Tensor> params,
+                     std::vector<torch::Tensor> anchors, double mu);
+
+// config.local.loss for this client: its training counts (context.train) and the run's
+// (context.global_train_counts), on context.device. Errors: those of ClassificationLoss::create.
+Result<ClassificationLoss> client_loss(const ClientContext& context);
 
 // FedAvgClient with the proximal term added to the loss. The anchor w_global is a detached copy of
 // the trainable parameters right after the global bundle is loaded, on the training device.

@@ -31,15 +31,17 @@ Result<TrainStats> FedRepClient::train(ClientContext& context,
   Model& model = *context.model;
   const LocalTrainOptions& base = context.config->local;
   set_trainable(model, local, /*trainable=*/true);  // 1. the head, body frozen
-  Result<TrainStats> head = train_local(
-      model, *context.train, with_epochs(base, options_.head_epochs), context.device, *context.rng);
+  Result<TrainStats> head =
+      train_local(model, *context.train, with_epochs(base, options_.head_epochs), context.device,
+                  *context.rng, context.global_train_counts);
   if (!head.ok()) {
     set_all_trainable(model);
     return head.status().with_context("fedrep head phase");
   }
   set_trainable(model, local, /*trainable=*/false);  // 2. the body, head frozen
-  Result<TrainStats> body = train_local(
-      model, *context.train, with_epochs(base, options_.body_epochs), context.device, *context.rng);
+  Result<TrainStats> body =
+      train_local(model, *context.train, with_epochs(base, options_.body_epochs), context.device,
+                  *context.rng, context.global_train_counts);
   set_all_trainable(model);
   if (!body.ok()) return body.status().with_context("fedrep body phase");
   head_loss_ = head->mean_loss;

@@ -2,13 +2,12 @@
 
 #include <torch/torch.h>
 
-#include <cmath>
 #include <exception>
-#include <limits>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "common/learning/classification_loss.h"
 #include "common/learning/loss_epochs.h"
 #include "common/learning/torch_bundle.h"
 #include "common/learning/torch_status.h"
@@ -69,13 +68,12 @@ Result<RodLosses> train_two_heads(Model& model, const Dataset& data,
     torch::optim::SGD shared_optimizer(shared, sgd);
     torch::optim::SGD personal_optimizer(personal->parameters(), sgd);
 
-    // log n_c of the client's training labels (-inf where n_c = 0).
-    std::vector<float> log_counts;
-    for (int64_t n : data.class_counts()) {
-      log_counts.push_back(n > 0 ? static_cast<float>(std::log(static_cast<double>(n)))
-                                 : -std::numeric_limits<float>::infinity());
-    }
-    const torch::Tensor adjust = torch::tensor(log_counts).to(device).unsqueeze(0);
+    // Balanced softmax with the client's training counts (log 0 = -inf for absent classes).
+    LocalLossOptions balanced;
+    balanced.kind = LocalLossOptions::Kind::kBalancedSoftmax;
+    FEDTAIL_ASSIGN_OR_RETURN(ClassificationLoss balanced_softmax,
+                             ClassificationLoss::create(balanced, model->num_classes(),
+                                                        data.class_counts(), {}, device));
 
     FEDTAIL_ASSIGN_OR_RETURN(
         LossMeans means,
@@ -87,7 +85,7 @@ Result<RodLosses> train_two_heads(Model& model, const Dataset& data,
               namespace F = torch::nn::functional;
               const torch::Tensor features = model->features(x);
               const torch::Tensor logits = generic->forward(features);
-              torch::Tensor loss_generic = F::cross_entropy(logits + adjust, y);
+              torch::Tensor loss_generic = balanced_softmax(logits, y);
               shared_optimizer.zero_grad();
               loss_generic.backward();
               shared_optimizer.step();
@@ -158,9 +156,26 @@ Result<nlohmann::json> FedRodClient::evaluate(ClientContext& context, const Tens
   }
 }
 
+namespace {
+
+// FedAvg's server, refusing a config.local.loss other than cross-entropy: the client's losses are
+// FedRoD's own.
+class FedRodServer final : public FedAvgServer {
+ public:
+  explicit FedRodServer(RoundOptions options) : FedAvgServer("fedrod", options) {}
+  Status initialize(const RunContext& run, Rng& rng) override {
+    if (run.config != nullptr) {
+      FEDTAIL_RETURN_IF_ERROR(require_cross_entropy(run.config->local, "fedrod"));
+    }
+    return FedAvgServer::initialize(run, rng);
+  }
+};
+
+}  // namespace
+
 Result<std::unique_ptr<ServerStrategy>> make_fedrod_server(const nlohmann::json& config) {
   FEDTAIL_ASSIGN_OR_RETURN(RoundOptions options, parse_round_options(config));
-  return std::unique_ptr<ServerStrategy>(std::make_unique<FedAvgServer>("fedrod", options));
+  return std::unique_ptr<ServerStrategy>(std::make_unique<FedRodServer>(options));
 }
 
 Result<std::unique_ptr<ClientAlgorithm>> make_fedrod_client(const nlohmann::json& config) {

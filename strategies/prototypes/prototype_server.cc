@@ -5,6 +5,7 @@
 #include <set>
 #include <utility>
 
+#include "common/learning/classification_loss.h"
 #include "common/learning/model_options.h"
 #include "strategies/classifier_eval.h"
 #include "strategies/prototypes/prototype_average.h"
@@ -81,6 +82,7 @@ PrototypeServer::PrototypeServer(std::string name, PrototypeServerOptions option
 
 Status PrototypeServer::initialize(const RunContext& run, Rng& rng) {
   if (run.config == nullptr) return Status::FailedPrecondition("RunContext: config is null");
+  FEDTAIL_RETURN_IF_ERROR(require_cross_entropy(run.config->local, name_));
   const ModelOptions& model = run.config->model;
   const int64_t classes = model.num_classes > 0 ? model.num_classes : run.num_classes;
   if (classes < 1) {
