@@ -329,7 +329,9 @@ Status Simulation::run() {
         results.push_back(std::move(result).value());
       }
       if (results.back().status != "completed") {
-        failed.push_back(entry.label + " seed " + std::to_string(seed));
+        // With the reason: a run refused at start (a bad option) must say why where the user looks.
+        failed.push_back(entry.label + " seed " + std::to_string(seed) + " (" +
+                         results.back().status + ")");
       }
       FEDTAIL_RETURN_IF_ERROR(write_report(results, /*final=*/false));
     }

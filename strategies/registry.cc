@@ -9,10 +9,12 @@
 #include <set>
 #include <utility>
 
+#include "strategies/ccvr/ccvr.h"
 #include "strategies/ditto/ditto.h"
 #include "strategies/fedavg/fedavg.h"
 #include "strategies/fedbabu/fedbabu.h"
 #include "strategies/fedbn/fedbn.h"
+#include "strategies/fedetf/fedetf.h"
 #include "strategies/fedloge/fedloge.h"
 #include "strategies/fedper/fedper.h"
 #include "strategies/fedproto/fedproto.h"
@@ -92,6 +94,8 @@ void register_builtin_strategies() {
     builtins.push_back(fedbabu_strategy_entry());
     builtins.push_back(fedrod_strategy_entry());
     builtins.push_back(ditto_strategy_entry());
+    builtins.push_back(fedetf_strategy_entry());
+    builtins.push_back(ccvr_strategy_entry());
     for (StrategyEntry& entry : builtins) {
       Status ignored = register_strategy(std::move(entry));
       (void)ignored;
