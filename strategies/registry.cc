@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "strategies/ccvr/ccvr.h"
+#include "strategies/creff/creff.h"
 #include "strategies/ditto/ditto.h"
 #include "strategies/fedavg/fedavg.h"
 #include "strategies/fedbabu/fedbabu.h"
@@ -96,6 +97,7 @@ void register_builtin_strategies() {
     builtins.push_back(ditto_strategy_entry());
     builtins.push_back(fedetf_strategy_entry());
     builtins.push_back(ccvr_strategy_entry());
+    builtins.push_back(creff_strategy_entry());
     for (StrategyEntry& entry : builtins) {
       Status ignored = register_strategy(std::move(entry));
       (void)ignored;

@@ -1,8 +1,8 @@
-// The long-tail baselines over the real transport: one fedtail-sim of FedETF and CCVR, and one of
-// FedAvg and FedProx trained with config.local.loss (coordinator + fedtail-client worker processes
-// over loopback gRPC). Each run completes above chance; FedETF's clients adapt before scoring; the
-// last CCVR round is a statistics round in which every client uploaded class statistics and the
-// server calibrated its classifier.
+// The long-tail baselines over the real transport: one fedtail-sim of FedETF, CCVR and CReFF, and
+// one of FedAvg and FedProx trained with config.local.loss (coordinator + fedtail-client worker
+// processes over loopback gRPC). Each run completes above chance; FedETF's clients adapt before
+// scoring; the last CCVR round is a statistics round in which every client uploaded class
+// statistics and the server calibrated its classifier.
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
@@ -46,18 +46,23 @@ void expect_completed_above_chance(const nlohmann::json& summary, size_t runs, i
   }
 }
 
-TEST(LongTailFederation, FedEtfAndCcvrInOneSimulation) {
+TEST(LongTailFederation, FedEtfCcvrAndCreffInOneSimulation) {
   nlohmann::json config = test_support::tiny_sim_config(3);
   config["local"] = {{"epochs", 3}, {"batch_size", 16}, {"lr", 0.05}};
   config["simulation"] = {
       {"strategies",
        {{{"name", "fedetf"}, {"finetune_cycles", 1}, {"finetune_epochs", 1}},
-        {{"name", "ccvr"}, {"samples_per_class", 50}, {"calibration_epochs", 2}}}},
+        {{"name", "ccvr"}, {"samples_per_class", 50}, {"calibration_epochs", 2}},
+        {{"name", "creff"},
+         {"features_per_class", 20},
+         {"match_steps", 20},
+         {"retrain_epochs", 50},
+         {"gradient_repeats", 2}}}},
       {"seeds", {3}}};
   std::string out;
   const nlohmann::json summary = simulate("sim-longtail", config, &out);
   ASSERT_FALSE(summary.is_null());
-  expect_completed_above_chance(summary, 2, 3);
+  expect_completed_above_chance(summary, 3, 3);
 
   // FedETF: the clients adapted (one cycle) before their last-round report.
   const std::vector<nlohmann::json> etf =
@@ -78,6 +83,18 @@ TEST(LongTailFederation, FedEtfAndCcvrInOneSimulation) {
   EXPECT_GT(last["metrics"]["classes_calibrated"].get<int>(), 5) << last;
   EXPECT_TRUE(ccvr.back()["server_eval"].contains("generic_uncalibrated"))
       << ccvr.back()["server_eval"];
+
+  // CReFF: every round the server matched federated features to the clients' class gradients and
+  // re-trained a classifier on them; the FedAvg classifier's accuracy is reported beside it.
+  const std::vector<nlohmann::json> creff =
+      test_support::metrics_lines(out + "/runs/creff/seed-3/metrics.jsonl");
+  ASSERT_EQ(creff.size(), 3u);
+  for (const nlohmann::json& line : creff) {
+    EXPECT_GT(line["fit"]["metrics"]["matched_classes"].get<int>(), 5) << line["fit"];
+    EXPECT_GT(line["fit"]["metrics"]["retrain_steps"].get<int>(), 0) << line["fit"];
+  }
+  EXPECT_TRUE(creff.back()["server_eval"].contains("generic_fedavg"))
+      << creff.back()["server_eval"];
 }
 
 TEST(LongTailFederation, FedAvgAndFedProxWithABalancedLocalLoss) {

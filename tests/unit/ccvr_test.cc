@@ -27,6 +27,7 @@ namespace {
 
 using testing::client_context;
 using testing::infos;
+using testing::inputs;
 using testing::run_context;
 using testing::separable;
 using testing::sim_clients;
@@ -34,11 +35,6 @@ using testing::SimClient;
 using testing::tiny_config;
 
 const std::vector<std::string> kClassifier = {"heads.classifier.weight", "heads.classifier.bias"};
-
-// The model input of every example, by hand: pixel/255 mapped to [-1, 1] (mean = std = 0.5).
-torch::Tensor inputs(const Dataset& d) {
-  return (d.images.to(torch::kFloat32) / 255.0 - 0.5) / 0.5;
-}
 
 // n×d float32 rows, value (i, j) = uniform · (1 + j) + offset, from `rng`.
 torch::Tensor uniform_rows(Rng& rng, int64_t n, int64_t d, double offset) {

@@ -31,30 +31,14 @@ namespace fedtail::strategies {
 namespace {
 
 using testing::client_context;
+using testing::inputs;
+using testing::one_step_config;
 using testing::run_context;
 using testing::run_round;
 using testing::separable;
 using testing::sim_clients;
 using testing::SimClient;
 using testing::tiny_config;
-
-// One SGD step on the whole training set: no augmentation, one batch, plain SGD.
-RunConfig one_step_config() {
-  RunConfig c = tiny_config();
-  c.local.augment.crop_padding = 0;
-  c.local.augment.horizontal_flip = false;
-  c.local.batch_size = 1000;
-  c.local.max_steps = 1;
-  c.local.lr = 0.1;
-  c.local.momentum = 0;
-  c.local.weight_decay = 0;
-  return c;
-}
-
-// The model input of every example, by hand: pixel/255 mapped to [-1, 1] (mean = std = 0.5).
-torch::Tensor inputs(const Dataset& d) {
-  return (d.images.to(torch::kFloat32) / 255.0 - 0.5) / 0.5;
-}
 
 // A fresh model holding `bundle` (heads `extra_heads` added first, filled from the bundle when it
 // has them).

@@ -59,6 +59,26 @@ inline RunConfig tiny_config() {
   return c;
 }
 
+// tiny_config made for checking one SGD step by hand: no augmentation, the whole training set in
+// one batch, one step of plain SGD (lr 0.1, no momentum, no weight decay).
+inline RunConfig one_step_config() {
+  RunConfig c = tiny_config();
+  c.local.augment.crop_padding = 0;
+  c.local.augment.horizontal_flip = false;
+  c.local.batch_size = 1000;
+  c.local.max_steps = 1;
+  c.local.lr = 0.1;
+  c.local.momentum = 0;
+  c.local.weight_decay = 0;
+  return c;
+}
+
+// The model input of every example of `d`, by hand: pixel/255 mapped to [-1, 1] (tiny_config's
+// normalisation, mean = std = 0.5).
+inline torch::Tensor inputs(const Dataset& d) {
+  return (d.images.to(torch::kFloat32) / 255.0 - 0.5) / 0.5;
+}
+
 inline RunContext run_context(const RunConfig& config) {
   RunContext run;
   run.config = &config;
@@ -141,6 +161,7 @@ inline nlohmann::json run_round(ServerStrategy& server, ClientAlgorithm& algorit
     if (client == nullptr) return {};
     Rng rng = Rng::derive(config.seed, "fit", {static_cast<uint64_t>(round), index});
     ClientContext ctx = client_context(config, *client, round, &rng);
+    ctx.task_config = task.config;
     auto out = algorithm.fit(ctx, *task.bundle);
     EXPECT_TRUE(out.ok()) << out.status().to_string();
     if (!out.ok()) return {};
