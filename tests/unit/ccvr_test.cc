@@ -546,59 +546,44 @@ TEST_F(CcvrTest, MalformedStatisticsUploadsAreRefusedNamingTheProblem) {
   auto aggregation = s->begin_aggregation(3);
   ASSERT_TRUE(aggregation.ok());
 
-  struct Case {
-    std::string what;
-    TensorBundle bundle;
-    int64_t num_examples;
-    StatusCode code;
-    std::vector<std::string> message;  // substrings
-  };
-  std::vector<Case> cases;
+  std::vector<testing::RefusedUpdate> cases;
   {
     TensorBundle b = stats.clone();
     b.find("ccvr.mean")->data<double>()[3] = std::nan("");
     cases.push_back(
-        {"NaN mean", std::move(b), n, StatusCode::kCorruption, {"\"ccvr.mean\"", "non-finite"}});
+        {"NaN mean", std::move(b), StatusCode::kCorruption, {"\"ccvr.mean\"", "non-finite"}});
   }
   {
     TensorBundle b = stats.clone();
     b.find("ccvr.cov")->data<float>()[5] = std::numeric_limits<float>::infinity();
-    cases.push_back({"Inf covariance",
-                     std::move(b),
-                     n,
-                     StatusCode::kCorruption,
-                     {"\"ccvr.cov\"", "non-finite"}});
+    cases.push_back(
+        {"Inf covariance", std::move(b), StatusCode::kCorruption, {"\"ccvr.cov\"", "non-finite"}});
   }
   cases.push_back({"wrong covariance shape",
                    replaced(stats, zeros("ccvr.cov", DType::kFloat32, {2, 16, 17})),
-                   n,
                    StatusCode::kInvalidArgument,
                    {"\"ccvr.cov\"", "shape [2,16,17]"}});
   cases.push_back({"too few classes",
                    replaced(stats, zeros("ccvr.count", DType::kInt64, {1})),
-                   n,
                    StatusCode::kInvalidArgument,
                    {"\"ccvr.count\"", "shape"}});
   cases.push_back({"float32 mean",
                    replaced(stats, zeros("ccvr.mean", DType::kFloat32, {2, 16})),
-                   n,
                    StatusCode::kInvalidArgument,
                    {"\"ccvr.mean\"", "dtype"}});
   cases.push_back({"missing count",
                    without(stats, "ccvr.count"),
-                   n,
                    StatusCode::kInvalidArgument,
                    {"\"ccvr.count\"", "missing"}});
   cases.push_back({"extra tensor",
                    replaced(stats, zeros("heads.classifier.bias", DType::kFloat32, {2})),
-                   n,
                    StatusCode::kInvalidArgument,
                    {"\"heads.classifier.bias\"", "not a CCVR"}});
   cases.push_back({"counts not summing to num_examples",
                    stats.clone(),
-                   n + 1,
                    StatusCode::kInvalidArgument,
-                   {"\"ccvr.count\"", "sum to"}});
+                   {"\"ccvr.count\"", "sum to"},
+                   n + 1});
   {
     TensorBundle b = stats.clone();
     int64_t* counts = b.find("ccvr.count")->data<int64_t>();
@@ -606,7 +591,6 @@ TEST_F(CcvrTest, MalformedStatisticsUploadsAreRefusedNamingTheProblem) {
     counts[1] = n + 1;  // the sum stays n
     cases.push_back({"negative count",
                      std::move(b),
-                     n,
                      StatusCode::kInvalidArgument,
                      {"\"ccvr.count\"", "negative count"}});
   }
@@ -617,7 +601,6 @@ TEST_F(CcvrTest, MalformedStatisticsUploadsAreRefusedNamingTheProblem) {
     b.find("ccvr.cov")->data<float>()[c * 16 * 16 + 3 * 16 + 3] = -1.0f;
     cases.push_back({"negative variance",
                      std::move(b),
-                     n,
                      StatusCode::kInvalidArgument,
                      {"\"ccvr.cov\"", "negative variance"}});
   }
@@ -625,37 +608,10 @@ TEST_F(CcvrTest, MalformedStatisticsUploadsAreRefusedNamingTheProblem) {
     // A model update instead of statistics.
     cases.push_back({"model update",
                      s->trained_bundle()->clone(),
-                     n,
                      StatusCode::kInvalidArgument,
                      {"\"ccvr.count\"", "missing"}});
   }
-  for (Case& c : cases) {
-    SCOPED_TRACE(c.what);
-    ClientUpdate update;
-    update.client_id = "client-x";
-    update.num_examples = c.num_examples;
-    update.bundle = std::move(c.bundle);
-    Status status = (*aggregation)->add(std::move(update));
-    EXPECT_EQ(status.code(), c.code) << status.to_string();
-    for (const std::string& part : c.message) {
-      EXPECT_NE(status.message().find(part), std::string::npos) << status.message();
-    }
-  }
-
-  // The valid upload is accepted (the refused ones left no trace), a second one is not.
-  for (int attempt = 0; attempt < 2; ++attempt) {
-    ClientUpdate update;
-    update.client_id = "client-x";
-    update.num_examples = n;
-    update.bundle = stats.clone();
-    Status status = (*aggregation)->add(std::move(update));
-    if (attempt == 0) {
-      EXPECT_TRUE(status.ok()) << status.to_string();
-    } else {
-      EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
-      EXPECT_NE(status.message().find("second update"), std::string::npos) << status.message();
-    }
-  }
+  testing::expect_refused_then_accepted_once(**aggregation, cases, stats, n);
   auto metrics = (*aggregation)->finish({});
   ASSERT_TRUE(metrics.ok()) << metrics.status().to_string();
   EXPECT_EQ((*metrics)["updates"], 1);

@@ -473,13 +473,7 @@ TEST(CreffPoolTest, TheRealGradientIsTheUnweightedMeanOverTheClientsHoldingTheCl
 TEST(CreffPoolTest, MalformedGradientsAreRefusedNamingTheTensor) {
   auto pool = ClassGradientPool::create(3, 2);
   ASSERT_TRUE(pool.ok());
-  struct Case {
-    std::string what;
-    TensorBundle bundle;
-    StatusCode code;
-    std::vector<std::string> message;
-  };
-  std::vector<Case> cases;
+  std::vector<testing::RefusedUpdate> cases;
   const TensorBundle good = upload({0, 2}, 1.0f);
   {
     TensorBundle b = good.clone();
@@ -534,7 +528,7 @@ TEST(CreffPoolTest, MalformedGradientsAreRefusedNamingTheTensor) {
                      StatusCode::kInvalidArgument,
                      {"creff.classifier.weight", "not a CReFF gradient"}});
   }
-  for (Case& c : cases) {
+  for (testing::RefusedUpdate& c : cases) {
     SCOPED_TRACE(c.what);
     Status status = pool->add(c.bundle);
     EXPECT_EQ(status.code(), c.code) << status.to_string();
@@ -702,13 +696,7 @@ TEST_F(CreffTest, TheAggregationRefusesBadUploadsAndSecondUpdates) {
   auto aggregation = s->begin_aggregation(1);
   ASSERT_TRUE(aggregation.ok());
 
-  struct Case {
-    std::string what;
-    TensorBundle bundle;
-    StatusCode code;
-    std::vector<std::string> message;
-  };
-  std::vector<Case> cases;
+  std::vector<testing::RefusedUpdate> cases;
   {
     TensorBundle b = good.clone();
     b.find(kCreffGradWeightTensor)->data<float>()[0] = std::nanf("");
@@ -744,32 +732,7 @@ TEST_F(CreffTest, TheAggregationRefusesBadUploadsAndSecondUpdates) {
                      StatusCode::kInvalidArgument,
                      {kCreffClassifierWeight}});
   }
-  for (Case& c : cases) {
-    SCOPED_TRACE(c.what);
-    ClientUpdate update;
-    update.client_id = "client-x";
-    update.num_examples = n;
-    update.bundle = std::move(c.bundle);
-    Status status = (*aggregation)->add(std::move(update));
-    EXPECT_EQ(status.code(), c.code) << status.to_string();
-    for (const std::string& part : c.message) {
-      EXPECT_NE(status.message().find(part), std::string::npos) << status.message();
-    }
-  }
-  // The valid upload is accepted (the refused ones left no trace), a second one is not.
-  for (int attempt = 0; attempt < 2; ++attempt) {
-    ClientUpdate update;
-    update.client_id = "client-x";
-    update.num_examples = n;
-    update.bundle = good.clone();
-    Status status = (*aggregation)->add(std::move(update));
-    if (attempt == 0) {
-      EXPECT_TRUE(status.ok()) << status.to_string();
-    } else {
-      EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
-      EXPECT_NE(status.message().find("second update"), std::string::npos) << status.message();
-    }
-  }
+  testing::expect_refused_then_accepted_once(**aggregation, cases, good, n);
   auto metrics = (*aggregation)->finish({});
   ASSERT_TRUE(metrics.ok()) << metrics.status().to_string();
   EXPECT_EQ((*metrics)["updates"], 1);

@@ -178,6 +178,49 @@ inline nlohmann::json run_round(ServerStrategy& server, ClientAlgorithm& algorit
   return metrics.ok() ? *metrics : nlohmann::json();
 }
 
+// An update an Aggregation must refuse: its bundle, the expected code and substrings of the
+// message, and its num_examples (0: the accepted update's).
+struct RefusedUpdate {
+  std::string what;
+  TensorBundle bundle;
+  StatusCode code;
+  std::vector<std::string> message;
+  int64_t num_examples = 0;
+};
+
+// Offers every case to `aggregation` as client "client-x"'s update and expects each refused with
+// its code and message; then offers `good` (`good_examples` examples) twice: the first is accepted
+// (the refused ones left no trace), the second refused as a second update from the client.
+inline void expect_refused_then_accepted_once(Aggregation& aggregation,
+                                              std::vector<RefusedUpdate>& cases,
+                                              const TensorBundle& good, int64_t good_examples) {
+  for (RefusedUpdate& c : cases) {
+    SCOPED_TRACE(c.what);
+    ClientUpdate update;
+    update.client_id = "client-x";
+    update.num_examples = c.num_examples > 0 ? c.num_examples : good_examples;
+    update.bundle = std::move(c.bundle);
+    Status status = aggregation.add(std::move(update));
+    EXPECT_EQ(status.code(), c.code) << status.to_string();
+    for (const std::string& part : c.message) {
+      EXPECT_NE(status.message().find(part), std::string::npos) << status.message();
+    }
+  }
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    ClientUpdate update;
+    update.client_id = "client-x";
+    update.num_examples = good_examples;
+    update.bundle = good.clone();
+    Status status = aggregation.add(std::move(update));
+    if (attempt == 0) {
+      EXPECT_TRUE(status.ok()) << status.to_string();
+    } else {
+      EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
+      EXPECT_NE(status.message().find("second update"), std::string::npos) << status.message();
+    }
+  }
+}
+
 // Squared L2 distance between the float32 tensors of `a` and `b` whose names are in `names`.
 inline double squared_distance(const TensorBundle& a, const TensorBundle& b,
                                const std::vector<std::string>& names) {
