@@ -68,7 +68,9 @@ Status load_client_model(ClientContext& context, const std::string& purpose) {
   ClientState& state = *context.state;
   const std::string arch = model->options().arch;
   if (state.tensors.empty()) {
-    Rng rng = Rng::derive(context.config->seed, purpose + ".client_model." + context.client_id);
+    // Same seed for every client of an architecture: same-architecture clients start identical,
+    // as in the FedProto and FedSA authors' code (one seeded model copied to each client).
+    Rng rng = Rng::derive(context.config->seed, purpose + ".client_model." + arch);
     FEDTAIL_ASSIGN_OR_RETURN(Model fresh, make_model(model->options(), rng));
     FEDTAIL_ASSIGN_OR_RETURN(TensorBundle weights, module_state(*fresh));
     return load_module_state(*model, weights, /*strict=*/true).with_context("fresh client model");

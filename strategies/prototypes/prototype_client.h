@@ -3,8 +3,9 @@
 // Each client trains its own model, of its own architecture (config.model.groups), and keeps it in
 // its ClientState across rounds and restarts: the shared context.model only lends its shape (its
 // weights are unspecified on entry). A client that has never trained starts from a model drawn
-// from Rng::derive(config.seed, "<strategy>.client_model.<client id>"), so its first weights do
-// not depend on when it first takes part. What travels: the task's global bundle (P̄ and, for
+// from Rng::derive(config.seed, "<strategy>.client_model.<architecture>"): clients of one
+// architecture start from identical weights, as in the authors' code, and a client's first weights
+// do not depend on when it first takes part. What travels: the task's global bundle (P̄ and, for
 // FedSA, the anchors) in, a PrototypeSet out ("prototypes" + "counts": one row per class the
 // client holds, its mean training feature; counts 0/1, or the numbers of features when the
 // strategy is `weighted`). No model weight ever leaves the client.
@@ -99,7 +100,7 @@ class PrototypeClient : public ClientAlgorithm {
 
 // Loads the client's own model (context.state->tensors, all of the model's parameters and
 // buffers, strictly) into *context.model; on first use (state without tensors) draws a fresh one
-// for the model's options from Rng::derive(config.seed, purpose + ".client_model." + client id).
+// for the model's options from Rng::derive(config.seed, purpose + ".client_model." + arch).
 // kInvalidArgument when the stored model is of another architecture (state value "arch") or does
 // not fit the model (naming the tensor).
 Status load_client_model(ClientContext& context, const std::string& purpose);

