@@ -3,11 +3,15 @@
 // simulations/simulation.h).
 //
 //   fedtail-sim CONFIG.json [--out DIR] [--workers N] [--device D] [--rounds N]
-//       [--strategies a,b] [--seeds N] [--resume | --overwrite] [--threads N] [--plugin LIB.so]...
-//       [--log-level L] [--worker-log-level L]
+//       [--strategies a,b] [--seeds N] [--set PATH=VALUE]... [--resume | --overwrite]
+//       [--threads N] [--plugin LIB.so]... [--log-level L] [--worker-log-level L]
+//   fedtail-sim CONFIG.json --check [--rounds N] [--strategies a,b] [--seeds N]
+//       [--set PATH=VALUE]... [--plugin LIB.so]...
 //
-// Exit status: 0 when every run completed; 1 on an error or a failed run (one line naming the
-// flag, field or file, or the failed runs); 128+signal after SIGINT/SIGTERM (rerun with --resume).
+// Exit status: 0 when every run completed (--check: when every check passed); 1 on an error or a
+// failed run (one line naming the flag, field or file, or the failed runs; --check: a failed
+// check or absent data); 128+signal after SIGINT/SIGTERM (rerun with --resume).
+#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
@@ -20,8 +24,10 @@
 #include <string>
 #include <vector>
 
+#include "common/base/json_reader.h"
 #include "common/base/malloc_tuning.h"
 #include "common/base/signal_watcher.h"
+#include "simulations/config_check.h"
 #include "simulations/simulation.h"
 #include "strategies/registry.h"
 
@@ -39,16 +45,59 @@ std::string default_out_dir(const std::string& config_path) {
   return "sim-out/" + std::filesystem::path(config_path).stem().string() + "-" + stamp;
 }
 
-int run(fedtail::simulation::SimulationOptions options) {
+// Registers the built-in strategies and loads the plugins; false (after saying why) on a failure.
+bool load_strategies(const std::vector<std::string>& plugins) {
   fedtail::strategies::register_builtin_strategies();
-  for (const std::string& plugin : options.plugins) {
+  for (const std::string& plugin : plugins) {
     fedtail::Status loaded = fedtail::strategies::load_plugin(plugin);
     if (!loaded.ok()) {
       std::fprintf(stderr, "%s: --plugin %s: %s\n", kProgram, plugin.c_str(),
                    loaded.message().c_str());
-      return 1;
+      return false;
     }
   }
+  return true;
+}
+
+// --check: the config with the flags applied, checked without running anything or writing a
+// file (simulations/config_check.h); the report on stdout, the libraries' log lines at `log_level`
+// on stderr.
+int check(const fedtail::simulation::SimulationOptions& options, const std::string& log_level) {
+  const spdlog::level::level_enum level = spdlog::level::from_str(log_level);
+  if (level == spdlog::level::off && log_level != "off") {
+    std::fprintf(stderr,
+                 "%s: --log-level: must be one of trace, debug, info, warn, error, off (got "
+                 "\"%s\")\n",
+                 kProgram, log_level.c_str());
+    return 1;
+  }
+  auto logger = spdlog::stderr_color_mt("fedtail-sim-check");
+  logger->set_level(level);
+  spdlog::set_default_logger(logger);
+  if (!load_strategies(options.plugins)) return 1;
+  fedtail::Result<nlohmann::json> config = fedtail::load_json_file(options.config_path);
+  if (!config.ok()) {
+    std::printf("check failed: %s\n", config.status().message().c_str());
+    return 1;
+  }
+  const fedtail::Status applied = fedtail::simulation::apply_overrides(options.overrides, &*config);
+  if (!applied.ok()) {
+    std::printf("check failed: %s\n", applied.message().c_str());
+    return 1;
+  }
+  fedtail::Result<fedtail::simulation::CheckReport> report =
+      fedtail::simulation::check_simulation(*config, options.plan, {});
+  if (!report.ok()) {
+    std::printf("check failed: %s: %s\n", options.config_path.c_str(),
+                report.status().message().c_str());
+    return 1;
+  }
+  std::fputs(fedtail::simulation::format_check_report(*report).c_str(), stdout);
+  return report->ok() ? 0 : 1;
+}
+
+int run(fedtail::simulation::SimulationOptions options) {
+  if (!load_strategies(options.plugins)) return 1;
   fedtail::Result<std::unique_ptr<fedtail::simulation::Simulation>> created =
       fedtail::simulation::Simulation::create(options);
   if (!created.ok()) {
@@ -78,6 +127,7 @@ int main(int argc, char** argv) {
   fedtail::tune_malloc();  // first: before any thread or large allocation
   fedtail::simulation::SimulationOptions options;
   std::string strategies;
+  bool check_only = false;
   CLI::App app{
       "fedtail simulation: runs a federation (coordinator in-process, clients in worker "
       "processes over loopback) for each strategy and seed of CONFIG, and writes a comparison "
@@ -100,6 +150,18 @@ int main(int argc, char** argv) {
   app.add_option("--seeds", options.plan.seeds,
                  "seeds per strategy: config.seed, config.seed+1, ... (overrides simulation.seeds)")
       ->check(CLI::PositiveNumber);
+  app.add_option(
+         "--set", options.overrides,
+         "set a config key before anything reads the config, e.g. data.root=/data/cifar10, "
+         "local.epochs=1, simulation.seeds=1 (PATH dotted, an array entry by its index; "
+         "VALUE is JSON, else a string; null removes the key); repeatable, applied in order")
+      ->type_name("PATH=VALUE")
+      ->expected(1)
+      ->take_all();
+  app.add_flag("--check", check_only,
+               "check the config with the other flags applied, without running anything or "
+               "writing a file: each strategy's options, model and initialization, and its data "
+               "set (built once when present); exit 0 when every check passes");
   app.add_flag("--resume", options.resume,
                "continue the simulation in --out: keep finished runs, resume an interrupted one");
   app.add_flag("--overwrite", options.overwrite, "discard an earlier simulation in --out");
@@ -138,6 +200,21 @@ int main(int argc, char** argv) {
     options.plan.strategies.push_back(name);
     begin = comma + 1;
   }
+  for (std::string& plugin : options.plugins) {
+    plugin = std::filesystem::absolute(plugin).string();  // workers run elsewhere
+  }
+  if (check_only) {
+    // The libraries' info lines would drown the report: warnings only, unless asked.
+    const std::string level = app.count("--log-level") > 0 ? options.log_level : "warn";
+    try {
+      return check(options, level);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "%s: unexpected exception: %s\n", kProgram, e.what());
+    } catch (...) {
+      std::fprintf(stderr, "%s: unexpected non-standard exception\n", kProgram);
+    }
+    return 1;
+  }
   if (options.out_dir.empty()) {
     if (options.resume) {
       std::fprintf(stderr, "%s: --resume: give the --out directory of the simulation to continue\n",
@@ -145,9 +222,6 @@ int main(int argc, char** argv) {
       return 1;
     }
     options.out_dir = default_out_dir(options.config_path);
-  }
-  for (std::string& plugin : options.plugins) {
-    plugin = std::filesystem::absolute(plugin).string();  // workers run elsewhere
   }
   options.terminal = ::isatty(STDERR_FILENO) == 1;
   try {

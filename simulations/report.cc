@@ -368,6 +368,7 @@ nlohmann::json make_report(const ReportInfo& info, const std::vector<RunResult>&
         {"personalized_last10",
          table_rows(runs, labels, "personalized", kLast10PersonalColumns, 3, "models_last10")},
         {"cost", cost}}}};
+  if (!info.overrides.empty()) report["overrides"] = info.overrides;
   if (runs.size() == 1) {
     for (const char* key : {"rounds_completed", "final"}) report[key] = runs[0][key];
     report["strategy"] = runs[0]["strategy"];
@@ -380,6 +381,14 @@ std::string report_markdown(const nlohmann::json& report) {
   const nlohmann::json& table = report["table"];
   const size_t n_seeds = report["seeds"].size();
   md << "# fedtail-sim: " << report.value("config", std::string()) << "\n\n";
+  if (report.contains("overrides") && report["overrides"].is_array() &&
+      !report["overrides"].empty()) {
+    md << "Config overrides:";
+    for (const nlohmann::json& text : report["overrides"]) {
+      md << " `--set " << (text.is_string() ? text.get<std::string>() : text.dump()) << "`";
+    }
+    md << ".  \n";
+  }
   md << report.value("setting", std::string()) << ".  \n";
   md << report["runs"].size() << " run(s): " << report["strategies"].size() << " strateg"
      << (report["strategies"].size() == 1 ? "y" : "ies") << " × " << n_seeds << " seed(s) "

@@ -39,9 +39,11 @@ struct ReportInfo {
   nlohmann::json config;  // the simulation config (data/model/local sections are described)
   double wall_seconds = 0;
   int workers = 0;
+  std::vector<std::string> overrides;  // the --set PATH=VALUE applied to the config, in order
 };
 
-// summary.json of the whole simulation: {"config", "wall_seconds", "workers", "setting",
+// summary.json of the whole simulation: {"config", "overrides" (only when there are: the --set
+// texts, in order), "wall_seconds", "workers", "setting",
 // "validation_per_class" (config.data's; > 0: accuracies are on a validation set), "seeds",
 // "strategies", "runs": [per run: label, strategy, seed, run_dir, status, rounds_completed,
 // wall_seconds, final (the contract's keys, docs/architecture.md), models {generic, personalized}

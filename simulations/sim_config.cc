@@ -69,7 +69,97 @@ void set_default(nlohmann::json& object, const char* key, const nlohmann::json& 
   if (!object.contains(key) || object[key].is_null()) object[key] = value;
 }
 
+// The array index `key` names, or -1 when it is not a plain decimal number.
+int64_t array_index(const std::string& key) {
+  if (key.empty() || key.size() > 9) return -1;
+  if (!std::all_of(key.begin(), key.end(), [](char c) { return c >= '0' && c <= '9'; })) return -1;
+  return std::stoll(key);
+}
+
+// "a string", "an array", ...: the JSON type of `value` in a sentence.
+std::string a_type(const nlohmann::json& value) {
+  if (value.is_null()) return "null";
+  const std::string type = value.type_name();
+  return (value.is_array() || value.is_object() ? "an " : "a ") + type;
+}
+
 }  // namespace
+
+Result<ConfigOverride> parse_override(const std::string& text) {
+  const size_t equals = text.find('=');
+  if (equals == std::string::npos) {
+    return Status::InvalidArgument("--set " + text +
+                                   ": expected PATH=VALUE (e.g. data.root=/data/cifar10)");
+  }
+  ConfigOverride change;
+  change.text = text;
+  const std::string path = text.substr(0, equals);
+  if (path.empty()) return Status::InvalidArgument("--set " + text + ": empty path");
+  for (size_t begin = 0;;) {
+    const size_t dot = std::min(path.find('.', begin), path.size());
+    if (dot == begin) return Status::InvalidArgument("--set " + path + ": empty key");
+    change.path.push_back(path.substr(begin, dot - begin));
+    if (dot == path.size()) break;
+    begin = dot + 1;
+  }
+  // Not JSON: the text itself ("/data/cifar10", "resnet8"). A number beyond a double's range
+  // is not valid JSON either, and stays a string that the config's reader refuses.
+  const std::string value = text.substr(equals + 1);
+  Result<nlohmann::json> parsed = parse_json_text(value);
+  change.value = parsed.ok() ? std::move(parsed).value() : nlohmann::json(value);
+  return change;
+}
+
+Status apply_override(const ConfigOverride& change, nlohmann::json* config) {
+  const std::string flag = "--set " + change.text.substr(0, change.text.find('='));
+  if (change.path.empty()) return Status::InvalidArgument(flag + ": empty path");
+  if (!config->is_object()) {
+    return Status::InvalidArgument(flag + ": the config is not a JSON object");
+  }
+  nlohmann::json* node = config;
+  std::string where = "config";
+  for (size_t i = 0; i < change.path.size(); ++i) {
+    const std::string& key = change.path[i];
+    const bool last = i + 1 == change.path.size();
+    if (node->is_array()) {
+      const int64_t index = array_index(key);
+      if (index < 0 || index >= static_cast<int64_t>(node->size())) {
+        return Status::InvalidArgument(flag + ": " + where + " has " +
+                                       std::to_string(node->size()) + " entries (no index \"" +
+                                       key + "\")");
+      }
+      where += "[" + key + "]";
+      if (last && change.value.is_null()) {
+        return Status::InvalidArgument(flag + ": cannot remove an entry of the array " + where);
+      }
+      node = &(*node)[static_cast<size_t>(index)];
+    } else {
+      if (!node->is_object()) {
+        return Status::InvalidArgument(flag + ": " + where + " is " + a_type(*node) +
+                                       ", not an object");
+      }
+      where += "." + key;
+      if (last && change.value.is_null()) {
+        node->erase(key);
+        return Status::OK();
+      }
+      if (!last && (!node->contains(key) || (*node)[key].is_null())) {
+        (*node)[key] = nlohmann::json::object();
+      }
+      node = &(*node)[key];
+    }
+    if (last) *node = change.value;
+  }
+  return Status::OK();
+}
+
+Status apply_overrides(const std::vector<std::string>& texts, nlohmann::json* config) {
+  for (const std::string& text : texts) {
+    FEDTAIL_ASSIGN_OR_RETURN(ConfigOverride change, parse_override(text));
+    FEDTAIL_RETURN_IF_ERROR(apply_override(change, config));
+  }
+  return Status::OK();
+}
 
 nlohmann::json run_config_for(const SimulationPlan& plan, const StrategyEntry& entry,
                               uint64_t seed) {

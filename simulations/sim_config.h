@@ -47,6 +47,30 @@ struct PlanFlags {
   int workers = 0;                      // --workers
 };
 
+// One --set PATH=VALUE: a key of the config replaced before anything reads the config.
+struct ConfigOverride {
+  std::string text;               // as given: "PATH=VALUE"
+  std::vector<std::string> path;  // PATH's keys; under an array a key is an index ("strategies.1")
+  nlohmann::json value;           // VALUE as JSON, else the text itself; null removes the key
+};
+
+// Parses one --set argument "PATH=VALUE". PATH is dotted ("data.root", "local.epochs",
+// "simulation.strategies.1.mu"); VALUE is parsed as JSON ("20", "[0.5]", "true", "\"7\"") and
+// is the text itself, a string, when it is not valid JSON ("/data/cifar10", "resnet8"). Returns
+// kInvalidArgument naming the flag and the path: "--set data..x: empty key", "--set data.root:
+// expected PATH=VALUE (e.g. data.root=/data/cifar10)".
+Result<ConfigOverride> parse_override(const std::string& text);
+
+// Sets the value at `change.path` in *config (a JSON object; not null), creating the objects
+// missing on the way; a null value removes the key. kInvalidArgument naming the flag and the
+// JSON path when the way is blocked: "--set data.root.x: config.data.root is a string, not an
+// object", "--set simulation.strategies.4.mu: config.simulation.strategies has 2 entries".
+Status apply_override(const ConfigOverride& change, nlohmann::json* config);
+
+// parse_override + apply_override for each of `texts`, in order (a later one wins); stops at the
+// first error.
+Status apply_overrides(const std::vector<std::string>& texts, nlohmann::json* config);
+
 struct SimulationPlan {
   nlohmann::json base_config = nlohmann::json::object();  // the config without "simulation"
   std::vector<StrategyEntry> strategies;                  // at least one

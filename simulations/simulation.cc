@@ -5,6 +5,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 
@@ -12,6 +14,7 @@
 #include "common/learning/device.h"
 #include "coordinator/checkpoint.h"
 #include "coordinator/coordinator.h"
+#include "simulations/config_check.h"
 #include "simulations/worker_pool.h"
 
 namespace fedtail::simulation {
@@ -39,6 +42,18 @@ std::optional<double> number_at(const nlohmann::json& json,
   return node->get<double>();
 }
 
+// `text` as one shell word: as it is when it is plain, else in single quotes.
+std::string shell_quoted(const std::string& text) {
+  const bool plain = !text.empty() && std::all_of(text.begin(), text.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) ||
+           (c != '\0' && std::strchr("-_./=:,+@%", c) != nullptr);
+  });
+  if (plain) return text;
+  std::string quoted = "'";
+  for (char c : text) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return quoted + "'";
+}
+
 }  // namespace
 
 Result<std::unique_ptr<Simulation>> Simulation::create(SimulationOptions options) {
@@ -58,10 +73,23 @@ Status Simulation::init() {
     return Status::InvalidArgument("--resume and --overwrite exclude each other");
   }
   FEDTAIL_ASSIGN_OR_RETURN(config_, load_json_file(options_.config_path));
+  FEDTAIL_RETURN_IF_ERROR(apply_overrides(options_.overrides, &config_));
   {
     Result<SimulationPlan> plan = make_plan(config_, options_.plan);
     if (!plan.ok()) return plan.status().with_context(options_.config_path);
     plan_ = std::move(plan).value();
+  }
+  {
+    // Pre-flight: what would make every run fail at start (data absent, a strategy's bad option)
+    // stops the simulation once, here. Stat calls and option parsing only: no data is loaded.
+    CheckOptions preflight;
+    preflight.build_data = false;
+    preflight.initialize = false;
+    const Status checked = check_status(check_plan(plan_, preflight));
+    if (!checked.ok()) {
+      return Status::FailedPrecondition(options_.config_path +
+                                        ": cannot start: " + checked.message());
+    }
   }
   if (options_.client_binary.empty()) options_.client_binary = program_dir() + "/fedtail-client";
   if (::access(options_.client_binary.c_str(), X_OK) != 0) {
@@ -279,6 +307,7 @@ Status Simulation::write_report(const std::vector<RunResult>& results, bool fina
   info.wall_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
   info.workers = workers_;
+  info.overrides = options_.overrides;
   nlohmann::json report = make_report(info, results);
   FEDTAIL_RETURN_IF_ERROR(coordinator::write_file_atomic(
       path("summary.json"),
@@ -306,6 +335,9 @@ Status Simulation::run() {
       options_.config_path, plan_.strategies.size(), plan_.strategies.size() == 1 ? "y" : "ies",
       plan_.seeds.size(), plan_.rounds, plan_.num_clients, workers_,
       devices_.size() > 1 ? "cuda" : devices_.front(), options_.out_dir);
+  for (const std::string& text : options_.overrides) {
+    spdlog::info("config override: --set {}", text);
+  }
   std::vector<RunResult> results;
   std::vector<std::string> failed;
   // Seeds outermost: a stopped simulation has every strategy's first seed before any second one.
@@ -348,9 +380,12 @@ Status Simulation::run() {
   });
   FEDTAIL_RETURN_IF_ERROR(write_report(results, /*final=*/!stop_.load()));
   if (stop_.load()) {
+    std::string sets;
+    for (const std::string& text : options_.overrides) sets += " --set " + shell_quoted(text);
     return Status::Unavailable("stopped; what finished is in " + options_.out_dir +
-                               "; continue with: fedtail-sim " + options_.config_path + " --out " +
-                               options_.out_dir + " --resume");
+                               "; continue with: fedtail-sim " +
+                               shell_quoted(options_.config_path) + sets + " --out " +
+                               shell_quoted(options_.out_dir) + " --resume");
   }
   if (!failed.empty()) {
     std::string list;

@@ -10,6 +10,11 @@
 //
 // Resume: with `resume`, finished runs are kept, an interrupted run continues from its last
 // checkpoint (the coordinator's --resume; clients keep their state files), and the rest run.
+// Overrides (--set PATH=VALUE, sim_config.h): applied to the config as read from the file, before
+// anything reads it; listed in summary.json ("overrides"), summary.md and sim.log. Each run's
+// config.json holds their result, so --resume with the same --set continues the runs, and with
+// other ones it meets a changed config (the coordinator refuses to resume an interrupted run whose
+// config differs from its checkpoint's; finished runs are kept).
 // Worker loss: a worker that ends early is logged with its clients; the coordinator stops waiting
 // for them (their tasks fail once they are silent for federation.client_timeout_s) and the run
 // goes on; with every worker gone the run fails and the next one starts.
@@ -45,14 +50,21 @@ struct SimulationOptions {
   std::string log_level = "info";
   std::string worker_log_level = "info";
   bool terminal = false;  // draw a progress bar (stderr is a terminal)
+
+  // --set PATH=VALUE, applied in order (see Overrides above).
+  std::vector<std::string> overrides;
 };
 
 class Simulation {
  public:
-  // Reads and checks the config (every run's), prepares out_dir and logging. Errors name the
-  // flag, file or JSON path; kFailedPrecondition when out_dir holds an earlier simulation and
-  // neither resume nor overwrite is given. The strategy registry must hold the builtins (and the
-  // plugins are loaded by the caller).
+  // Reads the config, applies the overrides, checks it (every run's config, and the pre-flight of
+  // config_check.h without building data or initializing: each distinct data section present,
+  // each strategy's factories, each model's options), then prepares out_dir and logging. Nothing
+  // is created when a check fails. Errors name the flag, file or JSON path; kFailedPrecondition
+  // "<config>: cannot start: <first problem>[; and N more problems ...]" when the pre-flight
+  // fails (e.g. data absent), or when out_dir holds an earlier simulation and neither resume nor
+  // overwrite is given. The strategy registry must hold the builtins (and the plugins are loaded
+  // by the caller).
   static Result<std::unique_ptr<Simulation>> create(SimulationOptions options);
 
   // Runs every run of the plan and writes the report. OK when every run completed;

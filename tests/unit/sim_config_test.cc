@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include "simulations/report.h"
 #include "simulations/worker_pool.h"
 
 namespace fedtail::simulation {
@@ -188,6 +189,108 @@ TEST(SimConfig, ErrorsNameThePathOrFlag) {
   expect_error(base(), flags,
                "--strategies: no strategy \"fedx\" in the config (it has fedavg, "
                "fedprox, fedavg-small-lr)");
+}
+
+// --set PATH=VALUE: parsed as JSON, else a string; applied at a dotted path.
+nlohmann::json overridden(const nlohmann::json& config, const std::vector<std::string>& texts) {
+  nlohmann::json copy = config;
+  Status status = apply_overrides(texts, &copy);
+  EXPECT_TRUE(status.ok()) << status.to_string();
+  return copy;
+}
+
+void expect_override_error(const std::string& text, const std::string& message) {
+  nlohmann::json config = base();
+  Status status = apply_overrides({text}, &config);
+  ASSERT_FALSE(status.ok()) << text;
+  EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(status.message(), message);
+}
+
+TEST(SimConfig, SetParsesValuesAsJsonElseAsStrings) {
+  Result<ConfigOverride> number = parse_override("data.max_examples_per_class=20");
+  ASSERT_TRUE(number.ok()) << number.status().to_string();
+  EXPECT_EQ(number->path, (std::vector<std::string>{"data", "max_examples_per_class"}));
+  EXPECT_TRUE(number->value.is_number_integer());
+  EXPECT_EQ(number->value, 20);
+  EXPECT_EQ(number->text, "data.max_examples_per_class=20");
+
+  EXPECT_EQ(parse_override("data.root=/x/y")->value, "/x/y");  // not JSON: a string
+  EXPECT_EQ(parse_override("model.arch=resnet8")->value, "resnet8");
+  EXPECT_EQ(parse_override("data.root=")->value, "");   // empty: an empty string
+  EXPECT_EQ(parse_override("name=\"7\"")->value, "7");  // a JSON string stays one
+  EXPECT_EQ(parse_override("eval.every=1e1")->value, 10.0);
+  EXPECT_EQ(parse_override("x=true")->value, true);
+  EXPECT_EQ(parse_override("x=[0.5, 0.25]")->value, nlohmann::json({0.5, 0.25}));
+  EXPECT_EQ(parse_override("x={\"a\": 1}")->value, nlohmann::json({{"a", 1}}));
+  EXPECT_EQ(parse_override("a.b=c=d")->value, "c=d");  // the first '=' ends the path
+  EXPECT_TRUE(parse_override("x=null")->value.is_null());
+}
+
+TEST(SimConfig, SetChangesNestedKeysBeforeThePlan) {
+  const nlohmann::json config =
+      overridden(base(), {"data.max_examples_per_class=20", "local.augment.crop_padding=4",
+                          "data.root=/x/y", "simulation.seeds=1", "rounds=2",
+                          "simulation.strategies.1.mu=0.5", "local.epochs=1", "local.epochs=3"});
+  EXPECT_EQ(config["data"]["max_examples_per_class"], 20);
+  EXPECT_EQ(config["data"]["root"], "/x/y");
+  EXPECT_EQ(config["data"]["clients"], 6);                   // the rest of the section is kept
+  EXPECT_EQ(config["local"]["augment"]["crop_padding"], 4);  // missing objects are created
+  EXPECT_EQ(config["local"]["epochs"], 3);                   // the last one wins
+  EXPECT_EQ(config["simulation"]["strategies"][1]["mu"], 0.5);
+
+  Result<SimulationPlan> plan = make_plan(config, {});
+  ASSERT_TRUE(plan.ok()) << plan.status().to_string();
+  EXPECT_EQ(plan->seeds, (std::vector<uint64_t>{7}));
+  EXPECT_EQ(plan->rounds, 2);
+  const nlohmann::json run = run_config_for(*plan, plan->strategies[1], 7);
+  EXPECT_EQ(run["data"]["max_examples_per_class"], 20);
+  EXPECT_EQ(run["strategy"]["mu"], 0.5);
+
+  // null removes a key, as in a merge patch.
+  EXPECT_FALSE(
+      overridden(base(), {"strategy.fraction_fit=null"})["strategy"].contains("fraction_fit"));
+}
+
+TEST(SimConfig, SetErrorsNameTheFlagAndThePath) {
+  expect_override_error("data..x=1", "--set data..x: empty key");
+  expect_override_error(".data=1", "--set .data: empty key");
+  expect_override_error("data.=1", "--set data.: empty key");
+  expect_override_error("=1", "--set =1: empty path");
+  expect_override_error("data.root",
+                        "--set data.root: expected PATH=VALUE (e.g. data.root=/data/cifar10)");
+  expect_override_error("data.clients.x=1",
+                        "--set data.clients.x: config.data.clients is a number, not an object");
+  expect_override_error("simulation.strategies.7.mu=1",
+                        "--set simulation.strategies.7.mu: config.simulation.strategies has 3 "
+                        "entries (no index \"7\")");
+  expect_override_error("simulation.strategies.first.mu=1",
+                        "--set simulation.strategies.first.mu: config.simulation.strategies has "
+                        "3 entries (no index \"first\")");
+  expect_override_error("simulation.strategies.0=null",
+                        "--set simulation.strategies.0: cannot remove an entry of the array "
+                        "config.simulation.strategies[0]");
+
+  nlohmann::json not_object = nlohmann::json::array();
+  EXPECT_EQ(apply_overrides({"a=1"}, &not_object).message(),
+            "--set a: the config is not a JSON object");
+}
+
+TEST(SimConfig, OverridesAreRecordedInTheReport) {
+  ReportInfo info;
+  info.config_path = "sim.json";
+  info.config = overridden(base(), {"local.epochs=1", "data.root=/x y"});
+  info.overrides = {"local.epochs=1", "data.root=/x y"};
+  const nlohmann::json report = make_report(info, {});
+  EXPECT_EQ(report["overrides"], nlohmann::json({"local.epochs=1", "data.root=/x y"}));
+  EXPECT_NE(report_markdown(report).find(
+                "Config overrides: `--set local.epochs=1` `--set data.root=/x y`."),
+            std::string::npos)
+      << report_markdown(report);
+
+  info.overrides.clear();  // none: no key, no line
+  EXPECT_FALSE(make_report(info, {}).contains("overrides"));
+  EXPECT_EQ(report_markdown(make_report(info, {})).find("overrides"), std::string::npos);
 }
 
 TEST(SimConfig, SplitClientsEvenly) {
