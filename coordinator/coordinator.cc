@@ -191,6 +191,7 @@ Status Coordinator::start() {
   engine_config.num_classes = data_.num_classes();
   engine_config.train_class_counts = data_.train_class_counts;
   engine_config.server_test = options_.federation.server_eval ? &data_.test : nullptr;
+  engine_config.auxiliary = data_.auxiliary.size() > 0 ? &data_.auxiliary : nullptr;
   engine_config.device = device_;
   engine_config.first_round = first_round_;
   engine_config.resumed = resumed_;

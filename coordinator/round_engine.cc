@@ -131,17 +131,22 @@ void RoundEngine::thread_main() {
 Status RoundEngine::run_rounds() {
   const CoordinatorOptions& options = config_.options;
   completed_round_ = config_.first_round - 1;
+  strategies::RunContext context;
+  context.config = config_.run_config;
+  context.strategy_config = options.strategy_config;
+  context.total_rounds = options.rounds;
+  context.num_classes = config_.num_classes;
+  context.train_class_counts = config_.train_class_counts;
+  context.auxiliary = config_.auxiliary;
+  context.device = config_.device;
   if (!config_.resumed) {
-    strategies::RunContext context;
-    context.config = config_.run_config;
-    context.strategy_config = options.strategy_config;
-    context.total_rounds = options.rounds;
-    context.num_classes = config_.num_classes;
-    context.train_class_counts = config_.train_class_counts;
     Rng rng = Rng::derive(config_.run_config->seed, "init");
     Status status = strategy_->initialize(context, rng);
     if (!status.ok())
       return status.with_context("strategy " + options.strategy_name + ": initialize");
+  } else {
+    Status status = strategy_->resume(context);
+    if (!status.ok()) return status.with_context("strategy " + options.strategy_name + ": resume");
   }
   for (int round = config_.first_round; round <= options.rounds; ++round) {
     if (stop_.load()) break;

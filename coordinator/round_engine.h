@@ -72,9 +72,11 @@ struct EngineConfig {
   std::vector<int64_t> train_class_counts;  // global long-tailed training counts (may be empty)
   // The balanced test set for server-side evaluation; null: none. Borrowed, outlives the engine.
   const Dataset* server_test = nullptr;
-  torch::Device device = torch::kCPU;  // for server-side evaluation
+  // The server's balanced auxiliary set (RunContext::auxiliary); null: none. Borrowed.
+  const Dataset* auxiliary = nullptr;
+  torch::Device device = torch::kCPU;  // for server-side evaluation and computation
   // The first round to run: 1 for a fresh run (strategy->initialize is called first), checkpoint
-  // round + 1 on resume (the strategy's state has been loaded; initialize is not called). A value
+  // round + 1 on resume (the strategy's state has been loaded; strategy->resume is called). A value
   // above options.rounds runs nothing and goes straight to SHUTDOWN.
   int first_round = 1;
   bool resumed = false;

@@ -23,6 +23,7 @@
 #include "strategies/fedrep/fedrep.h"
 #include "strategies/fedrod/fedrod.h"
 #include "strategies/fedsa/fedsa.h"
+#include "strategies/ratioloss/ratioloss.h"
 
 namespace fedtail::strategies {
 namespace {
@@ -98,6 +99,7 @@ void register_builtin_strategies() {
     builtins.push_back(fedetf_strategy_entry());
     builtins.push_back(ccvr_strategy_entry());
     builtins.push_back(creff_strategy_entry());
+    builtins.push_back(ratioloss_strategy_entry());
     for (StrategyEntry& entry : builtins) {
       Status ignored = register_strategy(std::move(entry));
       (void)ignored;

@@ -58,7 +58,7 @@ Result<std::unique_ptr<ClientAlgorithm>> make_client_algorithm(const std::string
                                                                const nlohmann::json& config);
 
 // The plugin ABI version; a plugin built against another version is refused.
-constexpr int kPluginAbiVersion = 1;
+constexpr int kPluginAbiVersion = 2;  // 2: ServerStrategy::resume, RunContext::auxiliary
 
 // Handed to a plugin's init function; valid only during that call.
 class PluginHost {

@@ -48,13 +48,18 @@ struct ClientInfo {
   std::string model_family;  // its model architecture (heterogeneous federations)
 };
 
-// The run, constant for its whole length. Borrowed: valid for the strategy's lifetime.
+// The run, constant for its whole length. Borrowed: the pointers stay valid for the strategy's
+// lifetime.
 struct RunContext {
   const RunConfig* config = nullptr;  // data, model, local, eval sections
   nlohmann::json strategy_config;     // config.strategy: the strategy's own options (an object)
   int total_rounds = 0;               // rounds planned (rounds count from 1)
   int num_classes = 0;                // classes of the data set
   std::vector<int64_t> train_class_counts;  // global long-tailed training counts (may be empty)
+  // The balanced auxiliary set only the server holds (config.data.auxiliary_per_class examples
+  // per class, never given to a client); null when the run has none.
+  const Dataset* auxiliary = nullptr;
+  torch::Device device = torch::kCPU;  // the coordinator's device, for server-side computation
 };
 
 // One client's instruction for one round. The bundle is shared by every client given the same one.
@@ -116,8 +121,14 @@ class ServerStrategy {
   ServerStrategy& operator=(const ServerStrategy&) = delete;
 
   // Builds the initial global state (e.g. a model initialised from `rng`). Called once per run,
-  // before round 1, and not on resume (load_state is called instead). `run` outlives the strategy.
+  // before round 1, and not on resume (load_state, then resume, are called instead). `run`
+  // outlives the strategy.
   virtual Status initialize(const RunContext& run, Rng& rng) = 0;
+
+  // Called on resume, after load_state and before the first resumed round, with the same context
+  // initialize got: for a strategy that borrows something of the run (e.g. the auxiliary set)
+  // rather than saving it. The default does nothing.
+  virtual Status resume(const RunContext& /*run*/) { return Status::OK(); }
 
   // The clients to train in round `round` and what each gets. `available` is sorted by id. An empty
   // list skips the round's training. kFailedPrecondition when too few clients are available.

@@ -44,6 +44,7 @@ Result<DataOptions> parse_data_options(const nlohmann::json& j, const std::strin
   r.read("min_client_size", &o.min_client_size);
   r.read("max_examples_per_class", &o.max_examples_per_class);
   r.read("validation_per_class", &o.validation_per_class);
+  r.read("auxiliary_per_class", &o.auxiliary_per_class);
 
   r.check(std::isfinite(o.imbalance_factor) && o.imbalance_factor >= 1.0, "imbalance_factor",
           "must be >= 1 (got " + format_number(o.imbalance_factor) + ")");
@@ -62,22 +63,27 @@ Result<DataOptions> parse_data_options(const nlohmann::json& j, const std::strin
           "must be >= 0 (got " + std::to_string(o.max_examples_per_class) + ")");
   r.check(o.validation_per_class >= 0, "validation_per_class",
           "must be >= 0 (got " + std::to_string(o.validation_per_class) + ")");
+  r.check(o.auxiliary_per_class >= 0, "auxiliary_per_class",
+          "must be >= 0 (got " + std::to_string(o.auxiliary_per_class) + ")");
   r.check(o.dataset != "folder" || !o.root.empty(), "root", "required for dataset \"folder\"");
   FEDTAIL_RETURN_IF_ERROR(r.finish());
   return o;
 }
 
 nlohmann::json data_options_to_json(const DataOptions& o) {
-  return nlohmann::json{{"dataset", o.dataset},
-                        {"root", o.root},
-                        {"imbalance_factor", o.imbalance_factor},
-                        {"partition", o.partition},
-                        {"alpha", o.alpha},
-                        {"classes_per_client", o.classes_per_client},
-                        {"clients", o.clients},
-                        {"min_client_size", o.min_client_size},
-                        {"max_examples_per_class", o.max_examples_per_class},
-                        {"validation_per_class", o.validation_per_class}};
+  nlohmann::json j{{"dataset", o.dataset},
+                   {"root", o.root},
+                   {"imbalance_factor", o.imbalance_factor},
+                   {"partition", o.partition},
+                   {"alpha", o.alpha},
+                   {"classes_per_client", o.classes_per_client},
+                   {"clients", o.clients},
+                   {"min_client_size", o.min_client_size},
+                   {"max_examples_per_class", o.max_examples_per_class},
+                   {"validation_per_class", o.validation_per_class}};
+  // Written only when set, so that configs written before the key existed read back unchanged.
+  if (o.auxiliary_per_class > 0) j["auxiliary_per_class"] = o.auxiliary_per_class;
+  return j;
 }
 
 }  // namespace fedtail

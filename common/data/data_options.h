@@ -48,6 +48,12 @@ struct DataOptions {
   // test sets): a balanced validation set for choosing settings without looking at the test set.
   // Every class needs more than validation_per_class training examples.
   int64_t validation_per_class = 0;
+  // 0 (default): none. Otherwise the last auxiliary_per_class examples of each TRAIN class that
+  // remain after the validation hold-out are held out too, before trimming and long-tailing: a
+  // small balanced set that only the server holds (RunContext::auxiliary), for strategies that
+  // assume one (Ratio Loss). No client trains or is tested on it. Every class needs more than
+  // validation_per_class + auxiliary_per_class training examples.
+  int64_t auxiliary_per_class = 0;
 };
 
 // The datasets DataOptions::dataset accepts.

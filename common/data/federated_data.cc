@@ -25,16 +25,16 @@ std::vector<int64_t> trim_per_class(const std::vector<int64_t>& labels, int num_
 }
 
 // Splits off the last `per_class` examples of each class (file order): {kept, held out}.
-// kInvalidArgument naming the smallest class when a class has no more than `per_class` examples.
+// kInvalidArgument naming `field` and the class when a class has no more than `per_class` examples.
 Result<std::pair<std::vector<int64_t>, std::vector<int64_t>>> hold_out_per_class(
-    const std::vector<int64_t>& labels, int num_classes, int64_t per_class) {
+    const std::vector<int64_t>& labels, int num_classes, int64_t per_class,
+    const std::string& field) {
   std::vector<int64_t> total(num_classes, 0);
   for (int64_t label : labels) ++total[label];
   for (int c = 0; c < num_classes; ++c) {
     if (total[c] <= per_class) {
-      return Status::InvalidArgument("data.validation_per_class: class " + std::to_string(c) +
-                                     " has " + std::to_string(total[c]) +
-                                     " training examples; holding out " +
+      return Status::InvalidArgument("data." + field + ": class " + std::to_string(c) + " has " +
+                                     std::to_string(total[c]) + " training examples; holding out " +
                                      std::to_string(per_class) + " would leave none");
     }
   }
@@ -77,8 +77,17 @@ Result<FederatedData> build_federated_data(const DataOptions& options, uint64_t 
   std::vector<int64_t> labels = train.label_vector();
   if (options.validation_per_class > 0) {
     FEDTAIL_ASSIGN_OR_RETURN(auto split,
-                             hold_out_per_class(labels, num_classes, options.validation_per_class));
+                             hold_out_per_class(labels, num_classes, options.validation_per_class,
+                                                "validation_per_class"));
     fd.test = train.subset(split.second);
+    train = train.subset(split.first);
+    labels = train.label_vector();
+  }
+  if (options.auxiliary_per_class > 0) {
+    FEDTAIL_ASSIGN_OR_RETURN(auto split,
+                             hold_out_per_class(labels, num_classes, options.auxiliary_per_class,
+                                                "auxiliary_per_class"));
+    fd.auxiliary = train.subset(split.second);
     train = train.subset(split.first);
     labels = train.label_vector();
   }

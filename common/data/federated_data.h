@@ -18,8 +18,9 @@
 namespace fedtail {
 
 struct FederatedData {
-  Dataset train;                                   // the long-tailed training set
-  Dataset test;                                    // the balanced test set, untouched
+  Dataset train;      // the long-tailed training set
+  Dataset test;       // the balanced test set, untouched
+  Dataset auxiliary;  // the server's balanced auxiliary set (data.auxiliary_per_class; else empty)
   std::vector<std::vector<int64_t>> client_train;  // client_train[k]: indices into train, ascending
   std::vector<std::vector<int64_t>> client_test;   // client_test[k]: indices into test, ascending
   std::vector<int64_t> train_class_counts;         // examples per class in train
@@ -34,12 +35,13 @@ struct FederatedData {
   std::vector<std::vector<int64_t>> client_train_class_counts() const;
 };
 
-// Loads options.dataset (train and test splits), trims each train class to
-// options.max_examples_per_class when set, long-tails the train set with options.imbalance_factor,
-// partitions it with options.partition, and draws the personalised test sets. Each random step uses
-// its own Rng::derive(seed, "<step>"): "long_tail", "partition", "personal_test".
-// Errors: those of load_dataset(), long_tail_indices() and partition_labels(); kInvalidArgument
-// when the train and test splits disagree on classes or image shape.
+// Loads options.dataset (train and test splits), holds out the validation set and the auxiliary
+// set when asked (DataOptions::validation_per_class, auxiliary_per_class), trims each train class
+// to options.max_examples_per_class when set, long-tails the train set with
+// options.imbalance_factor, partitions it with options.partition, and draws the personalised test
+// sets. Each random step uses its own Rng::derive(seed, "<step>"): "long_tail", "partition",
+// "personal_test". Errors: those of load_dataset(), long_tail_indices() and partition_labels();
+// kInvalidArgument when the train and test splits disagree on classes or image shape.
 Result<FederatedData> build_federated_data(const DataOptions& options, uint64_t seed);
 
 }  // namespace fedtail

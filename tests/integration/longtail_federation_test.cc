@@ -1,8 +1,10 @@
-// The long-tail baselines over the real transport: one fedtail-sim of FedETF, CCVR and CReFF, and
+// The long-tail baselines over the real transport: one fedtail-sim of FedETF, CCVR, CReFF and Ratio
+// Loss, and
 // one of FedAvg and FedProx trained with config.local.loss (coordinator + fedtail-client worker
 // processes over loopback gRPC). Each run completes above chance; FedETF's clients adapt before
 // scoring; the last CCVR round is a statistics round in which every client uploaded class
-// statistics and the server calibrated its classifier.
+// statistics and the server calibrated its classifier; Ratio Loss's clients train with the class
+// weights the server estimated on its auxiliary set in the round before.
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
@@ -46,7 +48,7 @@ void expect_completed_above_chance(const nlohmann::json& summary, size_t runs, i
   }
 }
 
-TEST(LongTailFederation, FedEtfCcvrAndCreffInOneSimulation) {
+TEST(LongTailFederation, FedEtfCcvrCreffAndRatioLossInOneSimulation) {
   nlohmann::json config = test_support::tiny_sim_config(3);
   config["local"] = {{"epochs", 3}, {"batch_size", 16}, {"lr", 0.05}};
   config["simulation"] = {
@@ -57,12 +59,13 @@ TEST(LongTailFederation, FedEtfCcvrAndCreffInOneSimulation) {
          {"features_per_class", 20},
          {"match_steps", 20},
          {"retrain_epochs", 50},
-         {"gradient_repeats", 2}}}},
+         {"gradient_repeats", 2}},
+        {{"name", "ratioloss"}, {"overrides", {{"data", {{"auxiliary_per_class", 5}}}}}}}},
       {"seeds", {3}}};
   std::string out;
   const nlohmann::json summary = simulate("sim-longtail", config, &out);
   ASSERT_FALSE(summary.is_null());
-  expect_completed_above_chance(summary, 3, 3);
+  expect_completed_above_chance(summary, 4, 3);
 
   // FedETF: the clients adapted (one cycle) before their last-round report.
   const std::vector<nlohmann::json> etf =
@@ -95,6 +98,21 @@ TEST(LongTailFederation, FedEtfCcvrAndCreffInOneSimulation) {
   }
   EXPECT_TRUE(creff.back()["server_eval"].contains("generic_fedavg"))
       << creff.back()["server_eval"];
+
+  // Ratio Loss: round 1 is plain cross-entropy (α = 1); each round's probe on the server's
+  // auxiliary set gives the weights (>= 1) the next round's clients train with.
+  const std::vector<nlohmann::json> ratio =
+      test_support::metrics_lines(out + "/runs/ratioloss/seed-3/metrics.jsonl");
+  ASSERT_EQ(ratio.size(), 3u);
+  const nlohmann::json& first = ratio[0]["fit"]["metrics"]["ratioloss"];
+  ASSERT_EQ(first["alpha"].size(), 10u) << first;
+  for (const nlohmann::json& a : first["alpha"]) EXPECT_EQ(a.get<double>(), 1.0) << first;
+  for (size_t r = 0; r + 1 < ratio.size(); ++r) {
+    const nlohmann::json& now = ratio[r]["fit"]["metrics"]["ratioloss"];
+    const nlohmann::json& next = ratio[r + 1]["fit"]["metrics"]["ratioloss"];
+    EXPECT_EQ(now["next_alpha"], next["alpha"]) << "round " << r + 1;
+    for (const nlohmann::json& a : now["next_alpha"]) EXPECT_GE(a.get<double>(), 1.0) << now;
+  }
 }
 
 TEST(LongTailFederation, FedAvgAndFedProxWithABalancedLocalLoss) {
