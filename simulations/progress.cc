@@ -95,10 +95,11 @@ void Progress::round_done(int round, std::optional<double> accuracy,
   const int run_rounds = run_rounds_, done = done_rounds_;
   const std::optional<double> shown_accuracy = accuracy_, shown_personalized = personalized_;
   lock.unlock();  // logging comes back through print_above
-  spdlog::info("{}: round {}/{} done; accuracy {}, personalized {}; simulation {}/{} rounds, {} "
-               "elapsed, ETA {}",
-               run, round, run_rounds, percent(shown_accuracy), percent(shown_personalized), done,
-               total_rounds_, format_duration(elapsed), eta);
+  spdlog::info(
+      "{}: round {}/{} done; accuracy {}, personalized {}; simulation {}/{} rounds, {} "
+      "elapsed, ETA {}",
+      run, round, run_rounds, percent(shown_accuracy), percent(shown_personalized), done,
+      total_rounds_, format_duration(elapsed), eta);
 }
 
 void Progress::tick() {
@@ -131,8 +132,7 @@ std::string Progress::bar_locked() const {
   char text[512];
   std::snprintf(text, sizeof(text), "%s  round %d/%d [%s]  all %d/%d  %s elapsed, ETA %s  acc %s",
                 run_.c_str(), run_round_, run_rounds_, bar.c_str(), done_rounds_, total_rounds_,
-                format_duration(elapsed).c_str(), eta_locked().c_str(),
-                percent(accuracy_).c_str());
+                format_duration(elapsed).c_str(), eta_locked().c_str(), percent(accuracy_).c_str());
   std::string line = text;
   if (personalized_) line += "  pers " + percent(personalized_);
   return line;
@@ -162,8 +162,8 @@ Status init_simulation_logging(const std::string& level, const std::string& log_
   auto screen = std::make_shared<ProgressSink>(progress);
   screen->set_level(progress->terminal() ? std::max(parsed, spdlog::level::warn) : parsed);
   spdlog::drop("fedtail-sim");
-  auto logger = std::make_shared<spdlog::logger>(
-      "fedtail-sim", spdlog::sinks_init_list{file, screen});
+  auto logger =
+      std::make_shared<spdlog::logger>("fedtail-sim", spdlog::sinks_init_list{file, screen});
   logger->set_pattern("[%Y-%m-%d %H:%M:%S.%e] [%n] [%^%l%$] %v");
   logger->set_level(parsed);
   logger->flush_on(spdlog::level::info);

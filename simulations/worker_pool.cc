@@ -28,8 +28,8 @@ Result<std::unique_ptr<WorkerPool>> WorkerPool::start(const WorkerPoolOptions& o
   std::error_code ec;
   std::filesystem::create_directories(options.log_dir, ec);
   if (ec) {
-    return Status::IOError(options.log_dir + ": cannot create the workers' log directory: " +
-                           ec.message());
+    return Status::IOError(options.log_dir +
+                           ": cannot create the workers' log directory: " + ec.message());
   }
   std::unique_ptr<WorkerPool> pool(new WorkerPool());
   const auto ranges = split_clients(options.num_clients, options.workers);
