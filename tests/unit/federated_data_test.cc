@@ -116,5 +116,36 @@ TEST(FederatedData, ValidationReplacesTheTestSetWithHeldOutTrainingExamples) {
       << too_many.status().message();
 }
 
+TEST(FederatedData, TheAuxiliarySetIsHeldOutForTheServerAlone) {
+  if (!have_fashion_mnist()) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  DataOptions o = small_options();
+  o.validation_per_class = 50;
+  o.auxiliary_per_class = 20;
+  auto fd = build_federated_data(o, 1);
+  auto plain = build_federated_data(small_options(), 1);
+  ASSERT_TRUE(fd.ok()) << fd.status().to_string();
+  ASSERT_TRUE(plain.ok());
+  // Balanced, 20 per class, beside a validation set of 50 per class.
+  EXPECT_EQ(fd->auxiliary.class_counts(), std::vector<int64_t>(10, 20));
+  EXPECT_EQ(fd->test.class_counts(), std::vector<int64_t>(10, 50));
+  // Held out before trimming and long-tailing: the clients' data has the same profile.
+  EXPECT_EQ(fd->train_class_counts, plain->train_class_counts);
+  // Neither a training image nor a validation image: the last 20 of each class before the 50.
+  for (int64_t i = 0; i < fd->train.size(); ++i) {
+    ASSERT_FALSE(torch::equal(fd->train.images[i], fd->auxiliary.images[0])) << "train row " << i;
+  }
+  for (int64_t i = 0; i < fd->test.size(); ++i) {
+    ASSERT_FALSE(torch::equal(fd->test.images[i], fd->auxiliary.images[0])) << "test row " << i;
+  }
+  // Without the option there is none.
+  EXPECT_EQ(plain->auxiliary.size(), 0);
+
+  o.auxiliary_per_class = 5950;  // 6000 per class, 50 already held out for validation
+  auto too_many = build_federated_data(o, 1);
+  ASSERT_FALSE(too_many.ok());
+  EXPECT_EQ(too_many.status().message().rfind("data.auxiliary_per_class: class 0 has 5950", 0), 0u)
+      << too_many.status().message();
+}
+
 }  // namespace
 }  // namespace fedtail
