@@ -5,12 +5,11 @@
 #include <limits>
 
 #include "common/base/json_reader.h"
+#include "common/base/peer_text.h"
 
 namespace fedtail::client {
 
 namespace {
-
-constexpr size_t kMaxClientIdLength = 64;  // the X.509 bound on a CN
 
 // Parses a non-negative decimal int (no sign, no spaces); false on anything else or overflow.
 bool parse_index(const std::string& text, int* out) {
@@ -28,21 +27,14 @@ bool parse_index(const std::string& text, int* out) {
 }  // namespace
 
 Status validate_client_id(const std::string& id, const std::string& what) {
-  if (id.empty()) return Status::InvalidArgument(what + ": must not be empty");
-  if (id.size() > kMaxClientIdLength) {
-    return Status::InvalidArgument(what + ": longer than " + std::to_string(kMaxClientIdLength) +
-                                   " characters");
+  Status status = fedtail::validate_client_id(id, what);
+  // The coordinator's check never echoes a bad id (it may hold terminal escapes); here the id
+  // comes from this user's own flags or files, so show it.
+  if (!status.ok() && status.message().find("may hold only") != std::string::npos) {
+    return Status::InvalidArgument(
+        what + ": may hold only letters, digits, '.', '_' and '-' (got \"" + id + "\")");
   }
-  if (id[0] == '.') {
-    return Status::InvalidArgument(what + ": must not start with '.' (got \"" + id + "\")");
-  }
-  for (char c : id) {
-    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-')) {
-      return Status::InvalidArgument(
-          what + ": may hold only letters, digits, '.', '_' and '-' (got \"" + id + "\")");
-    }
-  }
-  return Status::OK();
+  return status;
 }
 
 Result<ClientOptions> parse_client_options(const nlohmann::json& json, const std::string& path,

@@ -3,7 +3,7 @@
 //
 //   {"client_id": "client-3",  // required unless --clients is given
 //    "partition": 3,           // required unless --clients is given: the client's data share
-//    "data_root": "",          // optional: overrides config.data.root of the run config
+//    "data_root": "",          // optional: where the data is here (--data-root wins)
 //    "threads": 0,             // optional: LibTorch threads (0 = the run config's choice)
 //    "state_dir": ""}          // optional: where per-client state files live
 //
@@ -26,7 +26,8 @@ struct ClientOptions {
   std::string client_id;
   // Index of the client's partition of the run's data, in [0, config.data.clients). -1 = not set.
   int partition = -1;
-  // Overrides config.data.root (where the dataset files are on this machine). "" = keep it.
+  // Where the dataset files are on this machine; --data-root overrides it. "" = the dataset's
+  // default location. The run config's config.data.root (the coordinator's) is never used.
   std::string data_root;
   // LibTorch intra-op threads. 0 (default) = use the run config's "threads".
   int threads = 0;

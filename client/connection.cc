@@ -7,7 +7,9 @@
 #include <grpcpp/grpcpp.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <chrono>
+#include <string>
 #include <utility>
 
 #include "client/connection_detail.h"
@@ -75,6 +77,9 @@ Connection::~Connection() = default;
 void Connection::set_join_request(const v1::JoinRequest& request) {
   std::lock_guard<std::mutex> lock(mu_);
   join_request_ = request;
+  bool counts = request.num_examples() > 0;
+  for (const v1::VirtualClient& v : request.virtual_clients()) counts |= v.num_examples() > 0;
+  declare_counts_ = counts;
 }
 
 void Connection::set_join_callback(JoinCallback callback) {
@@ -160,17 +165,39 @@ Result<PulledTask> Connection::pull_task(uint32_t poll_timeout_ms) {
     if (stop_.load()) return Status::Unavailable("stopping");
     if (session_token().empty()) FEDTAIL_RETURN_IF_ERROR(join().status());
 
+    // The poll time comes from the coordinator's run config: bound it client-side, and with it
+    // this call's deadline.
+    const uint32_t poll_ms = std::min(poll_timeout_ms, kMaxPollTimeoutMs);
     v1::PullTaskRequest request;
     request.set_session_token(session_token());
-    request.set_poll_timeout_ms(poll_timeout_ms);
+    request.set_poll_timeout_ms(poll_ms);
+    bool declaring = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (declare_counts_) {
+        declaring = true;
+        if (join_request_.virtual_clients_size() == 0) {
+          v1::ClientCount* c = request.add_declared();
+          c->set_client_id(options_.client_id);
+          c->set_num_examples(join_request_.num_examples());
+        }
+        for (const v1::VirtualClient& v : join_request_.virtual_clients()) {
+          v1::ClientCount* c = request.add_declared();
+          c->set_client_id(v.client_id());
+          c->set_num_examples(v.num_examples());
+        }
+      }
+    }
     grpc::ClientContext context;
-    context.set_deadline(deadline_in_ms(static_cast<int64_t>(poll_timeout_ms) + kPullMarginMs));
+    context.set_deadline(deadline_in_ms(static_cast<int64_t>(poll_ms) + kPullMarginMs));
     if (!track(&context)) return Status::Unavailable("stopping");
 
     PulledTask task;
     bool have_header = false;
     bool have_bundle = false;
-    BundleDecoder decoder;
+    DecodeLimits limits;
+    limits.max_payload_bytes = options_.max_bundle_bytes;
+    BundleDecoder decoder(limits);
     std::unique_ptr<grpc::ClientReader<v1::TaskChunk>> reader = stub_->PullTask(&context, request);
     v1::TaskChunk chunk;
     while (reader->Read(&chunk)) {
@@ -189,6 +216,17 @@ Result<PulledTask> Connection::pull_task(uint32_t poll_timeout_ms) {
           break;
         }
         have_bundle = true;
+        if (chunk.bundle().has_header() &&
+            chunk.bundle().header().payload_bytes() > options_.max_bundle_bytes) {
+          // Checked here, before the decoder allocates the tensors, so that the refusal names the
+          // flag that sets the limit.
+          task.bundle_status = Status::ResourceExhausted(
+              "the task's bundle has " + std::to_string(chunk.bundle().header().payload_bytes()) +
+              " bytes, more than this client accepts (--max-bundle-bytes " +
+              std::to_string(options_.max_bundle_bytes) + ")");
+          context.TryCancel();
+          break;
+        }
         if (task.bundle_status.ok()) {
           Status added = decoder.add(chunk.bundle());
           if (!added.ok()) {
@@ -206,6 +244,10 @@ Result<PulledTask> Connection::pull_task(uint32_t poll_timeout_ms) {
     grpc::Status status = reader->Finish();
     untrack(&context);
     if (stop_.load()) return Status::Unavailable("stopping");
+    if (declaring && status.ok()) {
+      std::lock_guard<std::mutex> lock(mu_);
+      declare_counts_ = false;  // the coordinator has them
+    }
 
     if (have_header && (status.ok() || !task.bundle_status.ok())) {
       note_success();

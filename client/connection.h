@@ -51,6 +51,9 @@ class ClientContext;
 
 namespace fedtail::client {
 
+// Default of ConnectionOptions::max_bundle_bytes (--max-bundle-bytes): 1 GiB.
+constexpr uint64_t kDefaultMaxBundleBytes = uint64_t{1} << 30;
+
 struct ConnectionOptions {
   // The coordinator, "HOST:PORT".
   std::string target;
@@ -69,7 +72,18 @@ struct ConnectionOptions {
   double retry_timeout_s = 600;
   // Deadline of Join, Heartbeat and Leave, in seconds.
   double rpc_timeout_s = 30;
+  // Largest task bundle (payload bytes, the sum of its tensors' sizes) this client accepts
+  // (--max-bundle-bytes). A task whose bundle header declares more is refused before anything is
+  // allocated for it. Default 1 GiB: the coordinator's own default limit on an update
+  // (federation.max_update_bytes), far above any built-in model (a few MiB), and a quarter of the
+  // decoder's 4 GiB default, which a hostile coordinator could otherwise make the client allocate.
+  uint64_t max_bundle_bytes = kDefaultMaxBundleBytes;
 };
+
+// The longest a PullTask long-poll may be held, in ms, whatever the run config asks for
+// (config.federation.poll_timeout_ms, up to ~49 days on the wire): a hostile or misconfigured
+// coordinator cannot park a client for longer than this per call.
+constexpr uint32_t kMaxPollTimeoutMs = 5 * 60 * 1000;
 
 // A task as pulled: its header and its decoded bundle.
 struct PulledTask {
@@ -105,16 +119,19 @@ class Connection {
   // retry_timeout_s of failures.
   Result<v1::JoinResponse> join();
 
-  // One long-poll for a task (blocks up to about `poll_timeout_ms`; the coordinator may answer
-  // sooner). Joins first when there is no session; retries and re-Joins as described above. A WAIT
-  // answer is returned as such (the caller polls again).
+  // One long-poll for a task (blocks up to about `poll_timeout_ms`, clamped to kMaxPollTimeoutMs;
+  // the coordinator may answer sooner). Joins first when there is no session; retries and re-Joins
+  // as described above. A WAIT answer is returned as such (the caller polls again). A bundle over
+  // max_bundle_bytes is not received: the task comes back with bundle_status kResourceExhausted
+  // naming --max-bundle-bytes.
   Result<PulledTask> pull_task(uint32_t poll_timeout_ms);
 
   // Uploads a result: `header` (its session_token is filled in here) then the bundle's chunks (none
   // when !header.ok()).
   // Retried with the same task_id until the coordinator answers, `give_up_unix_ms` passes (0 = no
-  // limit; kDeadlineExceeded) or stop is requested. The coordinator acknowledges a duplicate once.
-  // `round` is the task's round, used only by the FEDTAIL_FAULT_PAUSE test hook (fault_pause.h).
+  // limit; kDeadlineExceeded; the caller bounds it, see TaskRunner) or stop is requested. The
+  // coordinator acknowledges a duplicate once. `round` is the task's round, used only by the
+  // FEDTAIL_FAULT_PAUSE test hook (fault_pause.h).
   Result<v1::PushResultResponse> push_result(v1::ResultHeader header, const TensorBundle& bundle,
                                              uint64_t give_up_unix_ms, uint64_t round = 0);
 
@@ -167,7 +184,10 @@ class Connection {
   std::set<grpc::ClientContext*> active_;  // guarded by mu_
   std::string session_token_;              // guarded by mu_
   v1::JoinRequest join_request_;           // guarded by mu_
-  JoinCallback join_callback_;             // guarded by mu_
+  // Set when set_join_request() brings example counts: the next poll declares them (the first
+  // Join, made before the run config was known, declared 0). Guarded by mu_.
+  bool declare_counts_ = false;
+  JoinCallback join_callback_;  // guarded by mu_
 
   // Used by the driving thread only.
   Backoff backoff_;

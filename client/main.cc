@@ -3,9 +3,11 @@
 //
 //   fedtail-client --coordinator HOST:PORT --config client.json [--clients A-B]
 //                  [--device auto|cpu|cuda[:i]] [--tls-ca F [--tls-cert F --tls-key F]]
-//                  [--token T | --token-file F | --token-secret-file F] [--state-dir D]
+//                  [--token-file F | --token T | --token-secret-file F [--federation NAME]]
+//                  [--state-dir D]
 //                  [--insecure] [--plugin LIB.so]...
-//                  [--threads N] [--retry-timeout S] [--log-level L]
+//                  [--threads N] [--retry-timeout S] [--data-root D] [--max-bundle-bytes B]
+//                  [--log-level L]
 //
 // Exit status: 0 when the coordinator ends the run or on SIGTERM/SIGINT (the current task is
 // abandoned and the client leaves); 1 on an error (one line naming the flag, field or file); 2 on
@@ -28,6 +30,7 @@
 #include <atomic>
 #include <cctype>
 #include <cerrno>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
@@ -38,6 +41,7 @@
 #include <thread>
 #include <vector>
 
+#include "client/attack.h"
 #include "client/client_loop.h"
 #include "client/client_options.h"
 #include "client/connection.h"
@@ -48,6 +52,7 @@
 #include "common/base/status.h"
 #include "common/learning/device.h"
 #include "common/security/certs.h"
+#include "common/security/join_token.h"
 #include "common/security/tls.h"
 #include "strategies/registry.h"
 
@@ -80,11 +85,15 @@ struct Flags {
   std::string token;
   std::string token_file;
   std::string token_secret_file;
+  std::string federation = kDefaultFederation;  // of the tokens made from --token-secret-file
   std::string state_dir;
   bool insecure = false;
   std::vector<std::string> plugins;
   int threads = 0;
   double retry_timeout_s = 600;
+  std::string data_root;
+  uint64_t max_bundle_bytes = kDefaultMaxBundleBytes;
+  std::string attack;  // red-team mode (client/attack.h); "" = honest
   std::string log_level = "info";
 };
 
@@ -131,7 +140,7 @@ Result<Setup> make_setup(const Flags& flags) {
     setup.runner.clients.push_back({options.client_id, options.partition});
     setup.connection.client_id = options.client_id;
   }
-  setup.runner.data_root = options.data_root;
+  setup.runner.data_root = !flags.data_root.empty() ? flags.data_root : options.data_root;
   setup.runner.threads = flags.threads > 0 ? flags.threads : options.threads;
   if (flags.threads < 0) return Status::InvalidArgument("--threads: must be >= 0");
   if (!flags.device.empty()) {
@@ -147,14 +156,34 @@ Result<Setup> make_setup(const Flags& flags) {
     return Status::InvalidArgument("--retry-timeout: must be >= 0 (0 = retry forever)");
   }
   setup.connection.retry_timeout_s = flags.retry_timeout_s;
+  if (flags.max_bundle_bytes == 0)
+    return Status::InvalidArgument("--max-bundle-bytes: must be >= 1");
+  setup.connection.max_bundle_bytes = flags.max_bundle_bytes;
+  FEDTAIL_ASSIGN_OR_RETURN(setup.runner.attack, parse_attack(flags.attack));
+  if (setup.runner.attack.kind != AttackOptions::Kind::kNone) {
+    spdlog::warn(
+        "RED-TEAM MODE (--attack {}): every update this process uploads is hostile; "
+        "for robustness benchmarks only",
+        flags.attack);
+  }
   if (!flags.token.empty()) {
+    spdlog::warn(
+        "--token: a token on the command line is visible to other users of this machine (in "
+        "/proc and ps); prefer --token-file");
     setup.connection.join_token = flags.token;
   } else if (!flags.token_file.empty()) {
     FEDTAIL_ASSIGN_OR_RETURN(setup.connection.join_token, read_token_file(flags.token_file));
   } else if (!flags.token_secret_file.empty()) {
-    // A worker trusted with the secret derives every token itself.
+    // A worker trusted with the secret derives every token itself (virtual clients' at each Join).
+    FEDTAIL_RETURN_IF_ERROR(validate_federation_name(flags.federation, "--federation"));
     FEDTAIL_ASSIGN_OR_RETURN(setup.runner.token_secret, read_secret_file(flags.token_secret_file));
-    setup.connection.join_token = join_token(setup.runner.token_secret, setup.connection.client_id);
+    setup.runner.token_federation = flags.federation;
+    const int64_t now_s = std::chrono::duration_cast<std::chrono::seconds>(
+                              std::chrono::system_clock::now().time_since_epoch())
+                              .count();
+    setup.connection.join_token =
+        make_join_token(setup.runner.token_secret, setup.connection.client_id, flags.federation,
+                        now_s + kDerivedTokenLifetimeS);
   }
   if (!flags.tls_cert.empty()) {
     // Under mutual TLS the coordinator knows this connection by its certificate's CN.
@@ -292,13 +321,20 @@ int main(int argc, char** argv) {
   app.add_option("--tls-cert", flags.tls_cert,
                  "PEM client certificate (mutual TLS; CN = client id)");
   app.add_option("--tls-key", flags.tls_key, "PEM private key of --tls-cert");
-  auto* token = app.add_option("--token", flags.token, "join token (hex HMAC of the client id)");
+  auto* token = app.add_option("--token", flags.token,
+                               "join token (ft1.*; visible to other users in /proc: prefer "
+                               "--token-file)");
   auto* token_file =
-      app.add_option("--token-file", flags.token_file, "file holding the join token");
+      app.add_option("--token-file", flags.token_file,
+                     "file holding the join token (`fedtail-certs token` prints it)");
   auto* token_secret = app.add_option(
       "--token-secret-file", flags.token_secret_file,
       "the coordinator's join-token secret: derive the tokens here (for simulation workers "
       "hosting --clients, whose virtual clients each need one)");
+  app.add_option("--federation", flags.federation,
+                 "the coordinator's --federation, named by the tokens made from "
+                 "--token-secret-file (each valid for a day)")
+      ->capture_default_str();
   token->excludes(token_file);
   token->excludes(token_secret);
   token_file->excludes(token_secret);
@@ -313,6 +349,18 @@ int main(int argc, char** argv) {
   app.add_option("--retry-timeout", flags.retry_timeout_s,
                  "seconds to keep retrying an unreachable coordinator before exiting (0 = forever)")
       ->capture_default_str();
+  app.add_option("--data-root", flags.data_root,
+                 "where the dataset's files are on this machine (default: client.json's data_root, "
+                 "else the dataset's default location); the coordinator's config.data.root is "
+                 "ignored");
+  app.add_option("--max-bundle-bytes", flags.max_bundle_bytes,
+                 "largest task bundle (model) accepted from the coordinator, in bytes; a bigger "
+                 "task is refused")
+      ->capture_default_str();
+  app.add_option("--attack", flags.attack,
+                 "red-team mode for robustness benchmarks: train honestly, then upload a hostile "
+                 "update: sign_flip[:s], scale:S, noise:SIGMA or overclaim:N (see README, "
+                 "\"Robust aggregation\")");
   app.add_option("--log-level", flags.log_level, "trace, debug, info, warn, error or off")
       ->capture_default_str();
   try {

@@ -6,16 +6,20 @@
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <chrono>
 #include <exception>
+#include <string>
 #include <utility>
 
 #include "client/task_runner.h"
 #include "client/task_runner_detail.h"
+#include "common/base/json_reader.h"
 #include "common/base/rng.h"
+#include "common/data/dataset_readers.h"
 #include "common/learning/device.h"
 #include "common/learning/model_options.h"
-#include "common/security/tls.h"
+#include "common/security/join_token.h"
 #include "strategies/registry.h"
 
 namespace fedtail::client {
@@ -33,15 +37,13 @@ Status TaskRunner::prepare(const v1::JoinResponse& join) {
   models_.clear();
   algorithms_.clear();
 
-  nlohmann::json json;
-  try {
-    json = nlohmann::json::parse(join.run_config_json());
-  } catch (const nlohmann::json::exception& e) {
-    return Status::InvalidArgument(
-        std::string("the run config sent by the coordinator is not valid "
-                    "JSON: ") +
-        e.what());
+  // Depth-limited: a run config nested 100000 deep would parse, then overflow the stack in the
+  // first copy of the value.
+  Result<nlohmann::json> parsed = parse_json_text(join.run_config_json());
+  if (!parsed.ok()) {
+    return parsed.status().with_context("the run config sent by the coordinator");
   }
+  const nlohmann::json json = std::move(parsed).value();
   FEDTAIL_ASSIGN_OR_RETURN(RunConfig config,
                            parse_run_config(json, {"rounds", "strategy", "federation"}));
 
@@ -55,14 +57,32 @@ Status TaskRunner::prepare(const v1::JoinResponse& join) {
   nlohmann::json strategy_config = strategy;
   strategy_config.erase("name");
 
-  uint32_t poll_timeout_ms = 20000;
+  // Read wide (a uint32 read of a larger number would wrap), then clamped client-side.
+  uint64_t requested_poll_ms = 20000;
   const nlohmann::json federation = config.extra.value("federation", nlohmann::json::object());
   if (federation.is_object() && federation.contains("poll_timeout_ms") &&
       federation["poll_timeout_ms"].is_number_unsigned()) {
-    poll_timeout_ms = federation["poll_timeout_ms"].get<uint32_t>();
+    requested_poll_ms = federation["poll_timeout_ms"].get<uint64_t>();
   }
+  if (requested_poll_ms > kMaxPollTimeoutMs) {
+    spdlog::warn(
+        "config.federation.poll_timeout_ms {} is over this client's maximum; polling {} ms",
+        requested_poll_ms, kMaxPollTimeoutMs);
+  }
+  const uint32_t poll_timeout_ms =
+      static_cast<uint32_t>(std::min<uint64_t>(requested_poll_ms, kMaxPollTimeoutMs));
 
-  if (!options_.data_root.empty()) config.data.root = options_.data_root;
+  // Where the data is on this machine is the client's own setting (--data-root): a coordinator
+  // must not point the client at, and have it write a cache into, any folder it can read.
+  const std::string own_root =
+      options_.data_root.empty() ? default_data_root(config.data.dataset) : options_.data_root;
+  if (!config.data.root.empty() && config.data.root != own_root) {
+    spdlog::warn(
+        "ignoring the coordinator's config.data.root \"{}\": this client reads its data from "
+        "\"{}\" (--data-root)",
+        config.data.root, own_root.empty() ? "(none: pass --data-root)" : own_root);
+  }
+  config.data.root = options_.data_root;
   for (const HostedClient& c : options_.clients) {
     if (c.partition >= config.data.clients) {
       return Status::InvalidArgument(
@@ -129,7 +149,11 @@ Status TaskRunner::prepare(const v1::JoinResponse& join) {
   test_features_ = clients_.size() > 1 ? std::make_unique<FeatureCache>(&data_.test) : nullptr;
   device_ = *device;
   poll_timeout_ms_ = poll_timeout_ms;
-  heartbeat_interval_ms_ = join.heartbeat_interval_ms() > 0 ? join.heartbeat_interval_ms() : 5000;
+  // The coordinator's heartbeat interval, within client-side bounds: 0 (unset) means 5 s.
+  heartbeat_interval_ms_ = join.heartbeat_interval_ms() == 0
+                               ? 5000
+                               : std::clamp(join.heartbeat_interval_ms(), kMinHeartbeatIntervalMs,
+                                            kMaxHeartbeatIntervalMs);
   max_update_bytes_ = join.max_update_bytes();
 
   // Fail now, not at the first task, when the strategy is unknown or its options are bad.
@@ -171,8 +195,13 @@ v1::JoinRequest TaskRunner::join_request() const {
       v->set_client_id(c.id);
       v->set_num_examples(examples(c.id));
       v->set_model_family(family(c.id));
-      if (!options_.token_secret.empty())
-        v->set_join_token(join_token(options_.token_secret, c.id));
+      if (!options_.token_secret.empty()) {
+        const int64_t now_s = std::chrono::duration_cast<std::chrono::seconds>(
+                                  std::chrono::system_clock::now().time_since_epoch())
+                                  .count();
+        v->set_join_token(make_join_token(options_.token_secret, c.id, options_.token_federation,
+                                          now_s + kDerivedTokenLifetimeS));
+      }
     }
     properties["partitions"] = {options_.clients.front().partition,
                                 options_.clients.back().partition};

@@ -13,6 +13,7 @@
 
 #include "client/fault_pause.h"
 #include "client/task_runner_detail.h"
+#include "common/base/json_reader.h"
 #include "common/base/rng.h"
 #include "common/wire/bundle_checks.h"
 #include "common/wire/tensor_bundle.h"
@@ -197,8 +198,11 @@ Result<TaskOutcome> TaskRunner::push(const v1::TaskHeader& header, bool ok,
   result.set_num_examples(num_examples);
   result.set_metrics_json(
       detail::dump_json(metrics.is_object() ? metrics : nlohmann::json::object()));
+  // The deadline is the coordinator's word; the client bounds how long it keeps retrying.
+  const uint64_t latest = unix_now_ms() + kMaxResultDeliveryMs;
+  const uint64_t deadline = header.deadline_unix_ms();
   const uint64_t give_up =
-      header.deadline_unix_ms() == 0 ? 0 : header.deadline_unix_ms() + kPushGraceMs;
+      deadline == 0 || deadline >= latest - kPushGraceMs ? latest : deadline + kPushGraceMs;
   FEDTAIL_ASSIGN_OR_RETURN(
       v1::PushResultResponse response,
       connection_->push_result(std::move(result), bundle, give_up, header.round()));
@@ -244,11 +248,10 @@ Result<TaskOutcome> TaskRunner::handle(PulledTask task) {
   if (!algorithm.ok()) return refuse(algorithm.status().to_string());
   nlohmann::json task_config = nlohmann::json::object();
   if (!header.config_json().empty()) {
-    try {
-      task_config = nlohmann::json::parse(header.config_json());
-    } catch (const nlohmann::json::exception& e) {
-      return refuse(std::string("the task's config is not valid JSON: ") + e.what());
-    }
+    // Depth-limited: the value is copied into the worker's job and the strategy's context.
+    Result<nlohmann::json> parsed = parse_json_text(header.config_json());
+    if (!parsed.ok()) return refuse("the task's config_json: " + parsed.status().message());
+    task_config = std::move(parsed).value();
   }
 
   const int kind = static_cast<int>(header.kind());
@@ -324,6 +327,9 @@ Result<TaskOutcome> TaskRunner::handle(PulledTask task) {
       return refuse("the strategy reported num_examples " +
                     std::to_string(result.fit.num_examples) + " (must be > 0)");
     }
+    Status attacked = apply_attack(options_.attack, job->task.bundle, client_id, config_->seed,
+                                   round, &result.fit.update, &result.fit.num_examples);
+    if (!attacked.ok()) return refuse(attacked.message());
   }
 
   // Save before pushing: if the process dies between the two, the coordinator re-sends the task

@@ -34,6 +34,7 @@
 #include <thread>
 #include <vector>
 
+#include "client/attack.h"
 #include "client/connection.h"
 #include "client/state_store.h"
 #include "common/base/status.h"
@@ -42,6 +43,7 @@
 #include "common/learning/feature_cache.h"
 #include "common/learning/models.h"
 #include "common/learning/run_config.h"
+#include "common/security/join_token.h"
 #include "fedtail/v1/federation.pb.h"
 #include "strategies/strategy.h"
 
@@ -53,20 +55,41 @@ struct HostedClient {
   int partition = 0;  // index into the run's partition
 };
 
+// How long a join token that a client makes from the secret (--token-secret-file) is valid, in
+// seconds from when it is made.
+constexpr int64_t kDerivedTokenLifetimeS = 24 * 3600;
+
 struct TaskRunnerOptions {
   std::vector<HostedClient> clients;  // at least one; ids unique
   // True for --clients A-B (announced as JoinRequest.virtual_clients).
   bool virtual_clients = false;
-  // Overrides config.data.root when not empty.
+  // Where the dataset's files are on this machine (--data-root, or client.json's data_root); ""
+  // = the dataset's default location (default_data_root()). Always replaces the run config's
+  // config.data.root: the coordinator does not choose which folder the client reads (a differing
+  // value is logged once per prepare()).
   std::string data_root;
   // --device (auto|cpu|cuda|cuda:i); "" = the run config's "device".
   std::string device;
   // LibTorch intra-op threads; 0 = the run config's "threads".
   int threads = 0;
   // The coordinator's join-token secret, when this process may know it (a simulation worker):
-  // each virtual client's JoinRequest entry then carries its own token. "" = none.
+  // each virtual client's JoinRequest entry then carries its own token, made at each Join for
+  // `token_federation` and valid for kDerivedTokenLifetimeS. "" = none.
   std::string token_secret;
+  // --federation: the coordinator's federation, named by the tokens made from token_secret.
+  std::string token_federation = kDefaultFederation;
+  // --attack: red-team mode for robustness benchmarks (client/attack.h). Default: honest.
+  AttackOptions attack;
 };
+
+// Client-side bounds on what the coordinator asks for, so that a hostile or misconfigured
+// coordinator cannot make the client spin or hang on to a result for weeks:
+// JoinResponse.heartbeat_interval_ms is clamped to [kMinHeartbeatIntervalMs,
+// kMaxHeartbeatIntervalMs], and a result is given up kMaxResultDeliveryMs after its upload began at
+// the latest, whatever the task's deadline_unix_ms says.
+constexpr uint32_t kMinHeartbeatIntervalMs = 100;
+constexpr uint32_t kMaxHeartbeatIntervalMs = 60'000;
+constexpr uint64_t kMaxResultDeliveryMs = 60 * 60 * 1000;
 
 // The result of one task, as pushed (exposed for tests and logs).
 struct TaskOutcome {
@@ -114,7 +137,8 @@ class TaskRunner {
   // Waits up to `timeout_ms` for an abandoned task's worker thread; true when none is running.
   bool wait_for_worker(int64_t timeout_ms);
 
-  // The poll time to ask for (config.federation.poll_timeout_ms, default 20000).
+  // The poll time to ask for (config.federation.poll_timeout_ms, default 20000, at most
+  // kMaxPollTimeoutMs).
   uint32_t poll_timeout_ms() const { return poll_timeout_ms_; }
   const std::string& run_id() const { return run_id_; }
   bool prepared() const { return config_ != nullptr; }

@@ -14,6 +14,12 @@ bool SessionView::serves(const std::string& client_id) const {
   return std::binary_search(client_ids.begin(), client_ids.end(), client_id);
 }
 
+int64_t SessionView::declared_examples(const std::string& client_id) const {
+  auto it = std::lower_bound(client_ids.begin(), client_ids.end(), client_id);
+  if (it == client_ids.end() || *it != client_id) return 0;
+  return num_examples[static_cast<size_t>(it - client_ids.begin())];
+}
+
 std::string random_token(size_t bytes) {
   std::string raw(bytes, '\0');
   FEDTAIL_CHECK(
@@ -33,7 +39,10 @@ SessionView ClientRegistry::view_of(const Session& session) {
   SessionView view;
   view.token = session.token;
   view.name = session.name;
-  for (const auto& [id, record] : session.clients) view.client_ids.push_back(id);
+  for (const auto& [id, record] : session.clients) {
+    view.client_ids.push_back(id);
+    view.num_examples.push_back(record.num_examples);
+  }
   return view;
 }
 
@@ -45,7 +54,8 @@ RemovedSession ClientRegistry::removed_of(const Session& session) {
   return removed;
 }
 
-Admission ClientRegistry::admit(const std::string& name, const std::vector<ClientRecord>& clients) {
+Admission ClientRegistry::admit(const std::string& name, const std::vector<ClientRecord>& clients,
+                                int max_clients) {
   Admission admission;
   if (clients.empty()) {
     admission.status = Status::InvalidArgument("join: no client to register");
@@ -82,6 +92,15 @@ Admission ClientRegistry::admit(const std::string& name, const std::vector<Clien
     }
   }
 
+  int new_clients = 0;
+  for (const ClientRecord& client : clients) new_clients += owners_.count(client.id) == 0;
+  if (static_cast<int64_t>(owners_.size()) + new_clients > max_clients) {
+    admission.status = Status::ResourceExhausted(
+        "join: the federation is full (" + std::to_string(owners_.size()) + " clients connected, " +
+        "federation.max_clients " + std::to_string(max_clients) + ")");
+    return admission;
+  }
+
   Session session;
   session.token = random_token();
   session.name = name;
@@ -101,6 +120,44 @@ Admission ClientRegistry::admit(const std::string& name, const std::vector<Clien
   admission.session_token = session.token;
   sessions_.emplace(session.token, std::move(session));
   return admission;
+}
+
+int ClientRegistry::client_count() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return static_cast<int>(owners_.size());
+}
+
+Status ClientRegistry::declare(const std::string& token, const std::vector<ClientRecord>& counts,
+                               int64_t max_examples) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = sessions_.find(token);
+  if (it == sessions_.end()) return Status::NotFound("unknown session");
+  Session& session = it->second;
+  for (const ClientRecord& c : counts) {
+    auto record = session.clients.find(c.id);
+    if (record == session.clients.end()) {
+      return Status::InvalidArgument("declared: this session does not host a client of that id");
+    }
+    if (c.num_examples < 0 || c.num_examples > max_examples) {
+      return Status::InvalidArgument("declared: client \"" + c.id + "\" declares " +
+                                     std::to_string(c.num_examples) + " examples (at most " +
+                                     std::to_string(max_examples) + ")");
+    }
+    const int64_t before = record->second.num_examples;
+    if (before != 0 && before != c.num_examples) {
+      return Status::InvalidArgument("declared: client \"" + c.id + "\" declared " +
+                                     std::to_string(before) + " examples already (got " +
+                                     std::to_string(c.num_examples) + "); a declaration is final");
+    }
+  }
+  for (const ClientRecord& c : counts) session.clients.at(c.id).num_examples = c.num_examples;
+  return Status::OK();
+}
+
+std::string ClientRegistry::session_of(const std::string& client_id) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto owner = owners_.find(client_id);
+  return owner == owners_.end() ? std::string() : owner->second;
 }
 
 std::optional<SessionView> ClientRegistry::authenticate(const std::string& token) {

@@ -22,6 +22,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -50,7 +51,10 @@ struct SessionView {
   std::string token;
   std::string name;                     // the Join's identity (client id or worker name), for logs
   std::vector<std::string> client_ids;  // the clients it hosts, sorted
+  std::vector<int64_t> num_examples;    // what each declared at Join, in client_ids' order
   bool serves(const std::string& client_id) const;
+  // What `client_id` declared at Join; 0 when the session does not host it.
+  int64_t declared_examples(const std::string& client_id) const;
 };
 
 // The outcome of admit().
@@ -81,9 +85,22 @@ class ClientRegistry {
   // Registers a new session named `name` hosting `clients` (non-empty, distinct non-empty ids).
   // Refused with already_connected = true (status kFailedPrecondition, naming the client and when
   // its session expires) when a live session hosts one of the ids; kInvalidArgument for an empty
-  // list, an empty id or a repeated id. Clients of stale sessions move to the new session (a stale
-  // session left with no client is removed).
-  Admission admit(const std::string& name, const std::vector<ClientRecord>& clients);
+  // list, an empty id or a repeated id; kResourceExhausted when the registry would then hold more
+  // than `max_clients` clients (counting those of stale sessions this Join does not take over).
+  // Clients of stale sessions move to the new session (a stale session left with no client is
+  // removed).
+  Admission admit(const std::string& name, const std::vector<ClientRecord>& clients,
+                  int max_clients = std::numeric_limits<int>::max());
+  // Clients registered now (of live and stale sessions).
+  int client_count() const;
+  // Records the example counts a session's clients declare after Join (PullTaskRequest.declared):
+  // a client that declared 0 takes the count; the same count again is accepted; another count is
+  // kInvalidArgument (a declaration is final), as is a client the session does not host or a count
+  // outside [0, max_examples]. kNotFound for an unknown token. Nothing changes on error.
+  Status declare(const std::string& token, const std::vector<ClientRecord>& counts,
+                 int64_t max_examples);
+  // The token of the session hosting `client_id` ("" when none does).
+  std::string session_of(const std::string& client_id) const;
 
   // The session presenting `token`, which is marked as seen now (and no longer disconnected).
   // nullopt when the token is unknown (never issued, left, expired or taken over).

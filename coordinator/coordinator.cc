@@ -15,6 +15,11 @@
 namespace fedtail::coordinator {
 namespace {
 
+// The largest message the server reads (gRPC refuses larger ones before any handler runs).
+constexpr int kMaxReceiveMessageBytes = 4 << 20;
+// Concurrent calls per connection (a client uses 2-3; a simulation worker the same).
+constexpr int kMaxConcurrentStreams = 32;
+
 // Longest wait after the last round for connected clients to collect their SHUTDOWN.
 constexpr std::chrono::seconds kShutdownGraceCap{30};
 
@@ -89,13 +94,32 @@ Status Coordinator::init() {
                            make_server_credentials(flags_.tls, loopback || flags_.insecure));
   if (!flags_.token_secret_file.empty()) {
     FEDTAIL_ASSIGN_OR_RETURN(token_secret_, read_secret_file(flags_.token_secret_file));
+    TokenPolicyOptions token_options;
+    token_options.secret = token_secret_;
+    token_options.federation = flags_.federation;
+    token_options.revocation_file = flags_.token_revocation_file;
+    FEDTAIL_ASSIGN_OR_RETURN(tokens_, TokenPolicy::create(std::move(token_options)));
+  } else if (!flags_.token_revocation_file.empty()) {
+    return Status::InvalidArgument(
+        "--token-revocation-file: join tokens are not checked without --token-secret-file");
   }
   const bool tls = !flags_.tls.cert.empty();
   if (!tls && !loopback) {
     spdlog::warn("--insecure: plaintext on the non-loopback address {}", flags_.listen);
   }
   if (flags_.tls.ca.empty() && token_secret_.empty() && !loopback) {
-    spdlog::warn("clients are not authenticated: give --tls-client-ca or --token-secret-file");
+    // Anyone who reaches the port could join under any id and send updates.
+    if (!flags_.allow_unauthenticated_clients) {
+      return Status::FailedPrecondition(
+          "--listen " + flags_.listen +
+          ": clients would not be authenticated (any host that reaches the port could join "
+          "under any id); give --tls-client-ca (mutual TLS) or --token-secret-file (join "
+          "tokens), or --allow-unauthenticated-clients to accept that");
+    }
+    spdlog::warn(
+        "clients are not authenticated (--allow-unauthenticated-clients): anyone who "
+        "reaches {} can join",
+        flags_.listen);
   }
 
   // The strategy (config.strategy without "name").
@@ -123,10 +147,8 @@ Status Coordinator::init() {
 
 Status Coordinator::prepare_state_dir() {
   std::error_code ec;
-  std::filesystem::create_directories(flags_.state_dir, ec);
-  if (ec) {
-    return Status::IOError("--state-dir: cannot create " + flags_.state_dir + ": " + ec.message());
-  }
+  // Mode 0700: the directory holds the checkpoint key (an existing open one is tightened).
+  FEDTAIL_RETURN_IF_ERROR(prepare_state_directory(flags_.state_dir).with_context("--state-dir"));
   const std::string checkpoint_path = state_path(kCheckpointFile);
   const bool has_checkpoint = std::filesystem::exists(checkpoint_path, ec);
   if (flags_.resume && has_checkpoint) {
@@ -176,6 +198,10 @@ Status Coordinator::prepare_state_dir() {
     std::filesystem::remove(state_path(name), ec);
   }
   run_id_ = random_token(8);
+  // The key that authenticates this run's checkpoints, created now (0600) rather than at the
+  // first checkpoint, so that a state directory that cannot hold it fails before round 1.
+  Result<std::string> key = load_or_create_checkpoint_key(flags_.state_dir);
+  if (!key.ok()) return key.status().with_context("--state-dir");
   return Status::OK();
 }
 
@@ -209,6 +235,7 @@ Status Coordinator::start() {
   service_options.federation = options_.federation;
   service_options.mutual_tls = !flags_.tls.ca.empty();
   service_options.token_secret = token_secret_;
+  service_options.tokens = tokens_;
   service_ = std::make_unique<FederationService>(std::move(service_options), registry_.get(),
                                                  engine_.get());
 
@@ -216,15 +243,19 @@ Status Coordinator::start() {
   int selected_port = 0;
   builder.AddListeningPort(flags_.listen, credentials_, &selected_port);
   builder.RegisterService(service_.get());
-  // Bundle chunks are 1 MiB; headers carry tensor specs and metadata.
-  builder.SetMaxReceiveMessageSize(64 << 20);
+  // Bundle chunks are 1 MiB; a ResultHeader carries at most 1 MiB of metrics; a Join a few KiB per
+  // hosted client. Each handler bounds its own request further (coordinator/service.cc).
+  builder.SetMaxReceiveMessageSize(kMaxReceiveMessageBytes);
   builder.SetMaxSendMessageSize(64 << 20);
+  // No connection may open unbounded concurrent calls (an honest client has two or three).
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, kMaxConcurrentStreams);
   // Detect dead peers (half-open connections) and tolerate clients' keepalive pings.
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 5000);
-  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
+  // Pings more often than that (with no data) are strikes; after a few, the connection is closed.
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 3);
   server_ = builder.BuildAndStart();
   if (!server_ || selected_port == 0) {
     server_.reset();

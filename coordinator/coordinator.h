@@ -21,11 +21,13 @@
 #include "common/base/status.h"
 #include "common/data/federated_data.h"
 #include "common/learning/run_config.h"
+#include "common/security/join_token.h"
 #include "common/security/tls.h"
 #include "coordinator/client_registry.h"
 #include "coordinator/options.h"
 #include "coordinator/round_engine.h"
 #include "coordinator/service.h"
+#include "coordinator/token_policy.h"
 #include "strategies/strategy.h"
 
 namespace fedtail::coordinator {
@@ -35,14 +37,19 @@ struct CoordinatorFlags {
   std::string listen = "127.0.0.1:50051";  // HOST:PORT; port 0 picks a free port
   TlsFiles tls;                            // cert + key: TLS; + ca (--tls-client-ca): mutual TLS
   std::string token_secret_file;           // join-token secret; "" = no token check
+  std::string federation = kDefaultFederation;  // join tokens must be issued for this federation
+  std::string token_revocation_file;  // revoked client ids / token MACs; "" = none (TokenPolicy)
   std::string state_dir = "./fedtail-state";
   // Continue from <state_dir>/checkpoint.bundle; without one (killed before round 1 ended), start a
   // new run there, with a warning.
   bool resume = false;
   bool insecure = false;  // allow plaintext on a non-loopback address
-  std::string device;     // server-side evaluation device; "" = config.device
-  int threads = -1;       // LibTorch threads; < 0 = config.threads
-  int rounds = 0;         // > 0 overrides config.rounds
+  // Off loopback, without --tls-client-ca or --token-secret-file the coordinator refuses to start
+  // unless this is set (clients would not be authenticated).
+  bool allow_unauthenticated_clients = false;
+  std::string device;  // server-side evaluation device; "" = config.device
+  int threads = -1;    // LibTorch threads; < 0 = config.threads
+  int rounds = 0;      // > 0 overrides config.rounds
 };
 
 class Coordinator {
@@ -111,6 +118,7 @@ class Coordinator {
   torch::Device device_ = torch::kCPU;
   std::string run_id_;
   std::string token_secret_;
+  std::shared_ptr<TokenPolicy> tokens_;  // null without a token secret
   std::shared_ptr<grpc::ServerCredentials> credentials_;
   std::unique_ptr<strategies::ServerStrategy> strategy_;
   int first_round_ = 1;

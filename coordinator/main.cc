@@ -1,7 +1,9 @@
 // fedtail-coordinator: runs one federated run (docs/architecture.md, "The binaries' contract").
 //
 //   fedtail-coordinator --config run.json [--listen HOST:PORT] [--tls-cert F --tls-key F
-//       [--tls-client-ca F]] [--token-secret-file F] [--state-dir D] [--resume] [--insecure]
+//       [--tls-client-ca F]] [--token-secret-file F [--federation NAME]
+//       [--token-revocation-file F]] [--state-dir D] [--resume] [--insecure]
+//       [--allow-unauthenticated-clients]
 //       [--plugin LIB.so]... [--device D] [--threads N] [--rounds N] [--log-level L]
 //
 // Exit status: 0 when every round ran; 128+signal after SIGINT/SIGTERM (the checkpoint of the last
@@ -80,12 +82,22 @@ int main(int argc, char** argv) {
   app.add_option("--tls-client-ca", c.tls.ca,
                  "CA (PEM) that client certificates must chain to: mutual TLS");
   app.add_option("--token-secret-file", c.token_secret_file,
-                 "secret for join tokens (hex HMAC-SHA256 of the client id)");
+                 "secret of the join tokens (at least 32 bytes; `fedtail-certs secret` makes one)");
+  app.add_option("--federation", c.federation,
+                 "this federation's name: join tokens must be issued for it "
+                 "(`fedtail-certs token --federation NAME`)")
+      ->capture_default_str();
+  app.add_option("--token-revocation-file", c.token_revocation_file,
+                 "revoked client ids or token MACs, one per line (# comments); re-read when it "
+                 "changes (needs --token-secret-file)");
   app.add_option("--state-dir", c.state_dir,
                  "checkpoints, metrics.jsonl, summary.json, final_model.bundle, port")
       ->capture_default_str();
   app.add_flag("--resume", c.resume, "continue from the state directory's checkpoint");
   app.add_flag("--insecure", c.insecure, "allow plaintext on a non-loopback address");
+  app.add_flag("--allow-unauthenticated-clients", c.allow_unauthenticated_clients,
+               "off loopback, accept clients without --tls-client-ca or --token-secret-file "
+               "(anyone who reaches the port can join)");
   app.add_option("--plugin", flags.plugins, "strategy plugin (shared library); repeatable");
   app.add_option("--device", c.device,
                  "server-side evaluation device: auto, cpu, cuda, cuda:i (default: config.device)");

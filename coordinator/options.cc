@@ -48,6 +48,21 @@ Result<FederationOptions> parse_federation_options(const nlohmann::json& json,
   r.check(options.max_concurrent_uploads >= 1, "max_concurrent_uploads",
           "must be >= 1 (got " + std::to_string(options.max_concurrent_uploads) + ")");
   r.read("server_eval", &options.server_eval);
+  r.read("max_examples_per_client", &options.max_examples_per_client);
+  r.check(options.max_examples_per_client >= 0, "max_examples_per_client",
+          "must be >= 0 (got " + std::to_string(options.max_examples_per_client) + ")");
+  r.read("max_clients", &options.max_clients);
+  r.check(options.max_clients >= 1, "max_clients",
+          "must be >= 1 (got " + std::to_string(options.max_clients) + ")");
+  r.read("max_virtual_clients_per_session", &options.max_virtual_clients_per_session);
+  r.check(options.max_virtual_clients_per_session >= 1, "max_virtual_clients_per_session",
+          "must be >= 1 (got " + std::to_string(options.max_virtual_clients_per_session) + ")");
+  r.read("upload_idle_timeout_s", &options.upload_idle_timeout_s);
+  r.check(options.upload_idle_timeout_s > 0, "upload_idle_timeout_s",
+          "must be > 0 (got " + number_text(options.upload_idle_timeout_s) + ")");
+  r.read("upload_min_bytes_per_s", &options.upload_min_bytes_per_s);
+  r.check(options.upload_min_bytes_per_s >= 0, "upload_min_bytes_per_s",
+          "must be >= 0 (got " + number_text(options.upload_min_bytes_per_s) + ")");
   FEDTAIL_RETURN_IF_ERROR(r.finish());
   return options;
 }

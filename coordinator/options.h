@@ -7,7 +7,9 @@
 //   "federation": {"min_available_clients": 2, "round_timeout_s": 600, "poll_timeout_ms": 20000,
 //                  "heartbeat_interval_ms": 5000, "client_timeout_s": 60,
 //                  "max_update_bytes": 1073741824, "max_concurrent_uploads": 4,
-//                  "server_eval": true}
+//                  "server_eval": true, "max_examples_per_client": 0, "max_clients": 10000,
+//                  "max_virtual_clients_per_session": 4096, "upload_idle_timeout_s": 30,
+//                  "upload_min_bytes_per_s": 16384}
 #ifndef FEDTAIL_COORDINATOR_OPTIONS_H_
 #define FEDTAIL_COORDINATOR_OPTIONS_H_
 
@@ -41,7 +43,28 @@ struct FederationOptions {
   int max_concurrent_uploads = 4;
   // Evaluate the global model on the balanced test set (built from config.data). Default true.
   bool server_eval = true;
+
+  // Limits that bound what any one client can do (see README, "Reliability and security").
+  // An update or evaluation report may claim at most the examples its client declared at Join;
+  // this caps the declaration too (Joins declaring more are refused). 0 = no cap beyond the
+  // declaration and the hard ceiling kMaxDeclaredExamples. >= 0; default 0.
+  int64_t max_examples_per_client = 0;
+  // Clients (virtual ones included) connected at once; Joins beyond are refused with
+  // RESOURCE_EXHAUSTED. >= 1; default 10000.
+  int max_clients = 10000;
+  // Virtual clients one Join may host (a simulation worker). >= 1; default 4096.
+  int max_virtual_clients_per_session = 4096;
+  // An upload that sends nothing for this long is cancelled (its slot freed, the task offered
+  // again), as is one of a phase that has closed. > 0; default 30.
+  double upload_idle_timeout_s = 30;
+  // An upload slower than this on average, once it has run for upload_idle_timeout_s, is
+  // cancelled. >= 0 (0 = no rate floor); default 16384 (16 KiB/s).
+  double upload_min_bytes_per_s = 16384;
 };
+
+// The most examples a client may declare at Join (2^40): a trillion examples is beyond any real
+// client, and with it the example-weighted sums of 2^23 clients cannot overflow int64.
+constexpr int64_t kMaxDeclaredExamples = int64_t{1} << 40;
 
 struct CoordinatorOptions {
   // Rounds to run (rounds count from 1). Required; >= 1.

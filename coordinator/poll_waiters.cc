@@ -1,10 +1,9 @@
 #include "coordinator/poll_waiters.h"
 
-#include <algorithm>
-
 namespace fedtail::coordinator {
 
-PollWaiters::PollWaiters() : timer_([this] { timer_loop(); }) {}
+PollWaiters::PollWaiters(size_t max_per_session)
+    : max_per_session_(max_per_session), timer_([this] { timer_loop(); }) {}
 
 PollWaiters::~PollWaiters() {
   {
@@ -22,9 +21,12 @@ uint64_t PollWaiters::park(std::string session_token, std::vector<std::string> c
   bool earliest;
   {
     std::lock_guard<std::mutex> lock(mu_);
+    std::set<uint64_t>& mine = by_session_[session_token];
+    if (mine.size() >= max_per_session_) return 0;
     id = next_id_++;
-    earliest = std::all_of(waiters_.begin(), waiters_.end(),
-                           [&](const auto& entry) { return deadline < entry.second.deadline; });
+    earliest = by_deadline_.empty() || deadline < by_deadline_.begin()->first;
+    mine.insert(id);
+    by_deadline_.emplace(deadline, id);
     Entry entry{Waiter{id, std::move(session_token), std::move(client_ids), std::move(done)},
                 deadline};
     waiters_.emplace(id, std::move(entry));
@@ -34,22 +36,31 @@ uint64_t PollWaiters::park(std::string session_token, std::vector<std::string> c
   return id;
 }
 
-bool PollWaiters::cancel(uint64_t id) {
-  std::lock_guard<std::mutex> lock(mu_);
-  return waiters_.erase(id) > 0;
+PollWaiters::Waiter PollWaiters::erase_locked(std::map<uint64_t, Entry>::iterator it) {
+  by_deadline_.erase({it->second.deadline, it->first});
+  auto mine = by_session_.find(it->second.waiter.session_token);
+  if (mine != by_session_.end()) {
+    mine->second.erase(it->first);
+    if (mine->second.empty()) by_session_.erase(mine);
+  }
+  Waiter waiter = std::move(it->second.waiter);
+  waiters_.erase(it);
+  return waiter;
 }
 
-std::optional<PollWaiters::Waiter> PollWaiters::take_for_client(const std::string& client_id) {
+bool PollWaiters::cancel(uint64_t id) {
   std::lock_guard<std::mutex> lock(mu_);
-  for (auto it = waiters_.begin(); it != waiters_.end(); ++it) {
-    const std::vector<std::string>& ids = it->second.waiter.client_ids;
-    if (std::binary_search(ids.begin(), ids.end(), client_id)) {
-      Waiter waiter = std::move(it->second.waiter);
-      waiters_.erase(it);
-      return waiter;
-    }
-  }
-  return std::nullopt;
+  auto it = waiters_.find(id);
+  if (it == waiters_.end()) return false;
+  erase_locked(it);
+  return true;
+}
+
+std::optional<PollWaiters::Waiter> PollWaiters::take_for_session(const std::string& session_token) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto mine = by_session_.find(session_token);
+  if (mine == by_session_.end() || mine->second.empty()) return std::nullopt;
+  return erase_locked(waiters_.find(*mine->second.begin()));
 }
 
 std::vector<PollWaiters::Waiter> PollWaiters::take_all() {
@@ -57,6 +68,8 @@ std::vector<PollWaiters::Waiter> PollWaiters::take_all() {
   std::vector<Waiter> all;
   for (auto& [id, entry] : waiters_) all.push_back(std::move(entry.waiter));
   waiters_.clear();
+  by_deadline_.clear();
+  by_session_.clear();
   return all;
 }
 
@@ -72,23 +85,15 @@ void PollWaiters::timer_loop() {
       wake_.wait(lock);
       continue;
     }
-    auto earliest = std::min_element(
-        waiters_.begin(), waiters_.end(),
-        [](const auto& a, const auto& b) { return a.second.deadline < b.second.deadline; });
-    const auto deadline = earliest->second.deadline;
+    const auto deadline = by_deadline_.begin()->first;
     if (std::chrono::steady_clock::now() < deadline) {
       wake_.wait_until(lock, deadline);
       continue;
     }
     std::vector<Waiter> expired;
     const auto now = std::chrono::steady_clock::now();
-    for (auto it = waiters_.begin(); it != waiters_.end();) {
-      if (it->second.deadline <= now) {
-        expired.push_back(std::move(it->second.waiter));
-        it = waiters_.erase(it);
-      } else {
-        ++it;
-      }
+    while (!by_deadline_.empty() && by_deadline_.begin()->first <= now) {
+      expired.push_back(erase_locked(waiters_.find(by_deadline_.begin()->second)));
     }
     lock.unlock();
     for (Waiter& waiter : expired) waiter.done(PollAnswer{PollAnswer::Kind::kWait, nullptr});

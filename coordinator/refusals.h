@@ -43,6 +43,9 @@ enum class Refusal {
   kOversized,           // a bundle over federation.max_update_bytes (or decode limits)
   kNonFinite,           // NaN or Inf in an update
   kIncompatibleUpdate,  // names, dtypes or shapes the strategy cannot fold
+  kStalledUpload,       // an upload idle past upload_idle_timeout_s or below its rate floor
+  // Any call
+  kResourceLimit,  // over a cap: max_clients, virtual clients per Join, parked polls per session
   kCount
 };
 
@@ -64,7 +67,9 @@ inline constexpr std::array<const char*, static_cast<size_t>(Refusal::kCount)> k
     "digest_mismatch",
     "oversized",
     "non_finite",
-    "incompatible_update"};
+    "incompatible_update",
+    "stalled_upload",
+    "resource_limit"};
 
 // The kind of a refused decode (BundleDecoder / check_finite status).
 Refusal classify_bundle_error(const Status& status);

@@ -52,9 +52,18 @@ RoundEngine::RoundEngine(EngineConfig config, strategies::ServerStrategy* strate
   FEDTAIL_CHECK(strategy_ != nullptr);
   FEDTAIL_CHECK(registry_ != nullptr);
   FEDTAIL_CHECK(config_.run_config != nullptr);
+  const FederationOptions& federation = config_.options.federation;
+  UploadWatch::Limits limits;
+  limits.idle = std::chrono::milliseconds(
+      static_cast<int64_t>(std::ceil(federation.upload_idle_timeout_s * 1000)));
+  limits.min_bytes_per_s = federation.upload_min_bytes_per_s;
+  limits.period = std::min(std::chrono::milliseconds(250), limits.idle);
+  watch_ = std::make_unique<UploadWatch>(
+      limits, [this](const std::string& task_id) { return upload_closed(task_id); });
 }
 
 RoundEngine::~RoundEngine() {
+  watch_.reset();
   request_stop();
   if (thread_.joinable()) thread_.join();
 }
@@ -430,9 +439,13 @@ Result<RoundEngine::PhaseOutcome> RoundEngine::run_phase(
                                            " s): the task was never pulled");
           break;
         case TaskEntry::State::kDelivered:
-          fail_locked(entry, stopped ? "coordinator stopping"
-                                     : std::string("deadline exceeded (") + timeout_text +
-                                           " s): no result");
+          fail_locked(entry,
+                      stopped
+                          ? "coordinator stopping"
+                          : std::string("deadline exceeded (") + timeout_text + " s): no result" +
+                                (entry.last_stall.empty()
+                                     ? std::string()
+                                     : " (its upload was stopped: " + entry.last_stall + ")"));
           break;
         case TaskEntry::State::kReceiving:
           fail_locked(entry, stopped ? "coordinator stopping"

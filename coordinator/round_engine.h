@@ -59,6 +59,7 @@
 #include "coordinator/refusals.h"
 #include "coordinator/task.h"
 #include "coordinator/upload_gate.h"
+#include "coordinator/upload_watch.h"
 #include "fedtail/v1/federation.pb.h"
 #include "strategies/strategy.h"
 
@@ -150,6 +151,7 @@ class RoundEngine {
 
   // The outcome of pull(): an immediate answer, or the id of the parked poll.
   struct PullStart {
+    Status status;                     // not OK: refused (too many polls parked by the session)
     std::optional<PollAnswer> answer;  // set: answer now (`done` was dropped)
     uint64_t parked_id = 0;            // else: `done` will be called once, from another thread
   };
@@ -182,6 +184,15 @@ class RoundEngine {
   v1::PushResultResponse complete_push(std::unique_ptr<PendingUpload> upload);
   // Ends an upload whose stream broke: the task is again awaiting a result (the client may retry).
   void abandon_push(std::unique_ptr<PendingUpload> upload);
+  // Ends an upload that UploadWatch stopped (stalled or too slow; counted as kStalledUpload). The
+  // first time for a task it is abandoned (the client may retry, as after a network cut: its new
+  // stream is no longer blocked by the stalled one) and `reason` is kept for the deadline's
+  // failure message; the second time the task fails at once.
+  void stalled_push(std::unique_ptr<PendingUpload> upload, const std::string& reason);
+  // Whether `task_id` no longer takes a result now (its phase closed, or it is not receiving).
+  bool upload_closed(const std::string& task_id);
+  // Ends uploads that stall or belong to a closed phase (federation.upload_idle_timeout_s, ...).
+  UploadWatch& upload_watch() { return *watch_; }
   // Bounds concurrent decodes: the service takes a slot before reading an upload's bundle.
   UploadGate& upload_gate() { return gate_; }
   // Counts of refused inputs; the engine counts the results it refuses, the service the rest.
@@ -216,7 +227,9 @@ class RoundEngine {
     // Outcome, when kDone.
     bool received = false;  // a push of it arrived (so a later push is a duplicate)
     bool accepted = false;
-    std::string reason;  // why it failed or was refused
+    std::string reason;      // why it failed or was refused
+    int stalls = 0;          // uploads of it that UploadWatch stopped
+    std::string last_stall;  // why the last one was stopped
   };
   struct Phase {
     int round = 0;
@@ -300,6 +313,9 @@ class RoundEngine {
   std::set<std::string> shutdown_sent_;       // guarded by mu_; session tokens
   std::function<void()> on_done_;             // guarded by mu_
   Status result_;                             // written by the engine thread before done_
+
+  // Last: its timer thread calls upload_closed(), so it stops before anything else goes.
+  std::unique_ptr<UploadWatch> watch_;
 };
 
 }  // namespace fedtail::coordinator

@@ -7,6 +7,7 @@
 #include <exception>
 
 #include "common/base/json_reader.h"
+#include "common/base/peer_text.h"
 #include "common/wire/bundle_checks.h"
 #include "coordinator/round_engine.h"
 
@@ -67,7 +68,10 @@ void RoundEngine::fail_locked(TaskEntry& entry, const std::string& reason) {
 void RoundEngine::requeue_locked(TaskEntry& entry, std::vector<Delivery>* deliveries) {
   entry.state = TaskEntry::State::kQueued;
   entry.delivered_to.clear();
-  if (std::optional<PollWaiters::Waiter> waiter = waiters_.take_for_client(entry.task->client_id)) {
+  const std::string owner = registry_->session_of(entry.task->client_id);
+  std::optional<PollWaiters::Waiter> waiter;
+  if (!owner.empty()) waiter = waiters_.take_for_session(owner);
+  if (waiter) {
     entry.state = TaskEntry::State::kDelivered;
     entry.delivered_to = waiter->session_token;
     phase_->bytes_down += entry.task->bundle->payload_bytes();
@@ -156,6 +160,12 @@ RoundEngine::PullStart RoundEngine::pull(const SessionView& session,
       max_wait.count() <= 0 ? longest : std::min(max_wait, longest);
   start.parked_id =
       waiters_.park(session.token, session.client_ids, SteadyClock::now() + wait, std::move(done));
+  if (start.parked_id == 0) {
+    refusals_.add(Refusal::kResourceLimit);
+    start.status = Status::ResourceExhausted("PullTask: this session already has " +
+                                             std::to_string(PollWaiters::kDefaultMaxPerSession) +
+                                             " polls waiting (a client needs one)");
+  }
   return start;
 }
 
@@ -178,6 +188,25 @@ void RoundEngine::delivery_failed(const std::string& task_id) {
 RoundEngine::PushStart RoundEngine::begin_push(const SessionView& session,
                                                const v1::ResultHeader& header) {
   PushStart start;
+  // Parse the metrics before taking mu_: up to 1 MiB of JSON must not hold up polls and pushes.
+  // (Refused only after the task checks below, so that a bad header still fails its task.)
+  nlohmann::json metrics = nlohmann::json::object();
+  std::string metrics_error;
+  if (header.ok()) {
+    if (header.metrics_json().size() > kMaxMetricsJsonBytes) {
+      metrics_error = "result refused: metrics_json has " +
+                      std::to_string(header.metrics_json().size()) + " bytes (at most " +
+                      std::to_string(kMaxMetricsJsonBytes) + ")";
+    } else if (!header.metrics_json().empty()) {
+      Result<nlohmann::json> parsed = parse_json_text(header.metrics_json(), kMaxMetricsJsonDepth);
+      if (!parsed.ok() || !parsed->is_object()) {
+        metrics_error = "result refused: metrics_json is not a JSON object" +
+                        (parsed.ok() ? std::string() : " (" + parsed.status().message() + ")");
+      } else {
+        metrics = std::move(parsed).value();
+      }
+    }
+  }
   std::lock_guard<std::mutex> lock(mu_);
   const std::string& task_id = header.task_id();
   TaskEntry* entry = find_current_locked(task_id);
@@ -239,37 +268,42 @@ RoundEngine::PushStart RoundEngine::begin_push(const SessionView& session,
   }
   if (!header.ok()) {
     entry->received = true;
+    // The client's own words, cut to kMaxPeerTextBytes: they go into the log and metrics.jsonl.
     fail_locked(*entry,
-                "client error: " +
-                    (header.error().empty() ? std::string("(no reason given)") : header.error()));
+                "client error: " + (header.error().empty() ? std::string("(no reason given)")
+                                                           : bounded_text(header.error())));
     // Recorded: the failure is what the client reported.
     start.response = make_response(/*accepted=*/true, /*duplicate=*/false, "");
     return start;
   }
-  nlohmann::json metrics = nlohmann::json::object();
-  if (header.metrics_json().size() > kMaxMetricsJsonBytes) {
-    start.response = refuse_locked(
-        *entry, Refusal::kBadHeader,
-        "result refused: metrics_json has " + std::to_string(header.metrics_json().size()) +
-            " bytes (at most " + std::to_string(kMaxMetricsJsonBytes) + ")");
+  if (!metrics_error.empty()) {
+    start.response = refuse_locked(*entry, Refusal::kBadHeader, metrics_error);
     return start;
   }
-  if (!header.metrics_json().empty()) {
-    Result<nlohmann::json> parsed = parse_json_text(header.metrics_json(), kMaxMetricsJsonDepth);
-    if (!parsed.ok() || !parsed->is_object()) {
-      start.response =
-          refuse_locked(*entry, Refusal::kBadHeader,
-                        "result refused: metrics_json is not a JSON object" +
-                            (parsed.ok() ? std::string() : " (" + parsed.status().message() + ")"));
-      return start;
-    }
-    metrics = std::move(parsed).value();
+  // An update weighs what its client declared at Join, at most (and at most
+  // federation.max_examples_per_client): a client cannot make itself the global model by claiming
+  // 2^62 examples, nor overflow the weighted sums that fold the honest updates.
+  const int64_t cap = config_.options.federation.max_examples_per_client;
+  int64_t bound = task.kind == TaskKind::kFit ? session.declared_examples(task.client_id)
+                                              : kMaxDeclaredExamples;
+  if (cap > 0) bound = std::min(bound, cap);
+  const int64_t least = task.kind == TaskKind::kFit ? 1 : 0;
+  if (task.kind == TaskKind::kFit && bound == 0) {
+    start.response =
+        refuse_locked(*entry, Refusal::kBadHeader,
+                      "update refused: client \"" + task.client_id +
+                          "\" has not declared its example count (at Join, or in a poll after it)");
+    return start;
   }
-  if (task.kind == TaskKind::kFit ? header.num_examples() <= 0 : header.num_examples() < 0) {
-    start.response = refuse_locked(*entry, Refusal::kBadHeader,
-                                   "update refused: num_examples must be " +
-                                       std::string(task.kind == TaskKind::kFit ? "> 0" : ">= 0") +
-                                       " (got " + std::to_string(header.num_examples()) + ")");
+  if (header.num_examples() < least || header.num_examples() > bound) {
+    start.response = refuse_locked(
+        *entry, Refusal::kBadHeader,
+        "update refused: num_examples must be in [" + std::to_string(least) + ", " +
+            std::to_string(bound) + "] (got " + std::to_string(header.num_examples()) + "; " +
+            (task.kind == TaskKind::kFit
+                 ? "at most what client \"" + task.client_id + "\" declared at Join"
+                 : std::string("evaluation examples")) +
+            (cap > 0 ? ", federation.max_examples_per_client " + std::to_string(cap) : "") + ")");
     return start;
   }
   entry->state = TaskEntry::State::kReceiving;
@@ -375,6 +409,27 @@ void RoundEngine::abandon_push(std::unique_ptr<PendingUpload> upload) {
     entry->state = TaskEntry::State::kDelivered;
     entry->delivered_to = upload->session_token_;
   }
+}
+
+void RoundEngine::stalled_push(std::unique_ptr<PendingUpload> upload, const std::string& reason) {
+  std::lock_guard<std::mutex> lock(mu_);
+  refusals_.add(Refusal::kStalledUpload);
+  TaskEntry* entry = find_current_locked(upload->task_id());
+  if (entry == nullptr || entry->state != TaskEntry::State::kReceiving || !phase_->open) return;
+  if (++entry->stalls >= 2) {
+    entry->received = true;
+    fail_locked(*entry, reason + " (the second stalled upload of this task)");
+    return;
+  }
+  entry->last_stall = reason;
+  entry->state = TaskEntry::State::kDelivered;
+  entry->delivered_to = upload->session_token_;
+}
+
+bool RoundEngine::upload_closed(const std::string& task_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  TaskEntry* entry = find_current_locked(task_id);
+  return entry == nullptr || !phase_->open || entry->state != TaskEntry::State::kReceiving;
 }
 
 // ---- Heartbeats and membership ----

@@ -3,11 +3,13 @@
 #include <grpc/grpc_security_constants.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <exception>
 #include <memory>
 #include <mutex>
 #include <utility>
 
+#include "common/base/peer_text.h"
 #include "common/security/tls.h"
 #include "common/wire/bundle_codec.h"
 #include "common/wire/grpc_status.h"
@@ -19,6 +21,48 @@ grpc::Status unauthenticated() {
   return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
                       "unknown session token (the session ended or the coordinator restarted): "
                       "join again");
+}
+
+// Requests other than Join and PushResult carry a token and a few fields; Join a few per hosted
+// client. Larger ones are refused before any work, HMAC or log line (gRPC has read them whole,
+// within the server's receive limit, kMaxReceiveMessageBytes).
+constexpr size_t kMaxSmallRequestBytes = 4 << 10;
+constexpr size_t kMaxJoinBytesPerClient = 4 << 10;
+
+grpc::Status too_large(const char* method, size_t bytes, size_t limit) {
+  return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                      std::string(method) + ": request of " + std::to_string(bytes) +
+                          " bytes (at most " + std::to_string(limit) + ")");
+}
+
+// The common name of the connection's client certificate ("" when there is none).
+std::string peer_common_name(const grpc::ServerContextBase* context) {
+  std::shared_ptr<const grpc::AuthContext> auth = context->auth_context();
+  if (!auth) return "";
+  std::vector<grpc::string_ref> names = auth->FindPropertyValues(GRPC_X509_CN_PROPERTY_NAME);
+  if (names.empty()) return "";
+  return std::string(names.front().data(), names.front().size());
+}
+
+// The session presenting `token`. Under mutual TLS the connection's certificate must be the one
+// that joined: a token stolen from one client is of no use to another. Sets *refused otherwise.
+std::optional<SessionView> authenticate_call(ClientRegistry* registry, RoundEngine* engine,
+                                             bool mutual_tls,
+                                             const grpc::ServerContextBase* context,
+                                             const std::string& token, grpc::Status* refused) {
+  std::optional<SessionView> session = registry->authenticate(token);
+  if (!session) {
+    engine->refusals().add(Refusal::kUnknownSession);
+    *refused = unauthenticated();
+    return std::nullopt;
+  }
+  if (mutual_tls && peer_common_name(context) != session->name) {
+    engine->refusals().add(Refusal::kCertificate);
+    *refused = grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
+                            "this session belongs to another client certificate");
+    return std::nullopt;
+  }
+  return session;
 }
 
 grpc::Status internal_error(const char* where, const std::exception* e) {
@@ -44,8 +88,13 @@ v1::TaskKind wire_kind(const PollAnswer& answer) {
 // and the bundle chunks one write at a time. Deletes itself in OnDone.
 class PullReactor final : public grpc::ServerWriteReactor<v1::TaskChunk> {
  public:
-  PullReactor(ClientRegistry* registry, RoundEngine* engine, const v1::PullTaskRequest& request)
-      : registry_(registry), engine_(engine) {
+  PullReactor(ClientRegistry* registry, RoundEngine* engine, bool mutual_tls, int64_t max_examples,
+              grpc::CallbackServerContext* context, const v1::PullTaskRequest& request)
+      : registry_(registry),
+        engine_(engine),
+        mutual_tls_(mutual_tls),
+        max_examples_(max_examples),
+        context_(context) {
     try {
       start(request);
     } catch (const std::exception& e) {
@@ -86,11 +135,35 @@ class PullReactor final : public grpc::ServerWriteReactor<v1::TaskChunk> {
 
  private:
   void start(const v1::PullTaskRequest& request) {
-    std::optional<SessionView> session = registry_->authenticate(request.session_token());
+    const size_t limit = kMaxSmallRequestBytes * std::max(1, request.declared_size());
+    if (request.ByteSizeLong() > limit) {
+      std::lock_guard<std::mutex> lock(mu_);
+      engine_->refusals().add(Refusal::kMalformedStream);
+      finish_locked(too_large("PullTask", request.ByteSizeLong(), limit));
+      return;
+    }
+    grpc::Status refused;
+    std::optional<SessionView> session = authenticate_call(
+        registry_, engine_, mutual_tls_, context_, request.session_token(), &refused);
+    if (session && request.declared_size() > 0) {
+      // The example counts the client could not declare at its first Join (before it had the
+      // run config): final from now on, and the bound of its updates' num_examples.
+      std::vector<ClientRecord> counts;
+      for (const v1::ClientCount& c : request.declared()) {
+        counts.push_back({c.client_id(), c.num_examples(), ""});
+      }
+      Status declared = registry_->declare(session->token, counts, max_examples_);
+      if (!declared.ok()) {
+        engine_->refusals().add(Refusal::kBadHeader);
+        std::lock_guard<std::mutex> lock(mu_);
+        finish_locked(to_grpc(declared.with_context("PullTask")));
+        return;
+      }
+      session = registry_->authenticate(request.session_token());  // with the counts
+    }
     std::lock_guard<std::mutex> lock(mu_);
     if (!session) {
-      engine_->refusals().add(Refusal::kUnknownSession);
-      finish_locked(unauthenticated());
+      finish_locked(refused.ok() ? unauthenticated() : refused);
       return;
     }
     token_ = session->token;
@@ -99,7 +172,9 @@ class PullReactor final : public grpc::ServerWriteReactor<v1::TaskChunk> {
     RoundEngine::PullStart start =
         engine_->pull(*session, std::chrono::milliseconds(request.poll_timeout_ms()),
                       [this](PollAnswer answer) { on_answer(std::move(answer)); });
-    if (start.answer) {
+    if (!start.status.ok()) {
+      finish_locked(to_grpc(start.status));
+    } else if (start.answer) {
       answer_locked(std::move(*start.answer));
     } else {
       parked_ = true;
@@ -149,6 +224,9 @@ class PullReactor final : public grpc::ServerWriteReactor<v1::TaskChunk> {
 
   ClientRegistry* const registry_;
   RoundEngine* const engine_;
+  const bool mutual_tls_;
+  const int64_t max_examples_;
+  grpc::CallbackServerContext* const context_;
 
   std::mutex mu_;
   std::string token_;
@@ -165,9 +243,13 @@ class PullReactor final : public grpc::ServerWriteReactor<v1::TaskChunk> {
 // engine's decoder. Deletes itself in OnDone.
 class PushReactor final : public grpc::ServerReadReactor<v1::ResultChunk> {
  public:
-  PushReactor(ClientRegistry* registry, RoundEngine* engine, grpc::CallbackServerContext* context,
-              v1::PushResultResponse* response)
-      : registry_(registry), engine_(engine), context_(context), response_(response) {
+  PushReactor(ClientRegistry* registry, RoundEngine* engine, bool mutual_tls,
+              grpc::CallbackServerContext* context, v1::PushResultResponse* response)
+      : registry_(registry),
+        engine_(engine),
+        mutual_tls_(mutual_tls),
+        context_(context),
+        response_(response) {
     StartRead(&chunk_);
   }
 
@@ -186,7 +268,7 @@ class PushReactor final : public grpc::ServerReadReactor<v1::ResultChunk> {
         finish_locked(internal_error("PushResult", &e));
       }
     }
-    if (release) engine_->upload_gate().release();
+    if (release) engine_->upload_gate().release(token_);
   }
 
   void OnCancel() override {
@@ -199,9 +281,25 @@ class PushReactor final : public grpc::ServerReadReactor<v1::ResultChunk> {
     }
   }
 
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    engine_->upload_watch().remove(watched_);  // waits for a stop() call in progress
+    delete this;
+  }
 
  private:
+  // UploadWatch asks this stream to stop (timer thread; mu_ not held by the caller).
+  void on_watch_stop(UploadWatch::Reason reason, const std::string& message) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (finished_) return;
+      if (reason != UploadWatch::Reason::kPhaseClosed) stalled_ = message;
+    }
+    spdlog::warn("upload of task {} by \"{}\" cancelled: {}", task_id_, session_name_, message);
+    // Last: gRPC may run OnCancel, OnReadDone and OnDone inline here, deleting this reactor.
+    grpc::CallbackServerContext* const context = context_;
+    context->TryCancel();
+  }
+
   void on_header_locked(bool ok) {
     if (!ok) {
       engine_->refusals().add(Refusal::kMalformedStream);
@@ -216,13 +314,16 @@ class PushReactor final : public grpc::ServerReadReactor<v1::ResultChunk> {
       return;
     }
     const v1::ResultHeader& header = chunk_.header();
-    std::optional<SessionView> session = registry_->authenticate(header.session_token());
+    grpc::Status refused;
+    std::optional<SessionView> session = authenticate_call(
+        registry_, engine_, mutual_tls_, context_, header.session_token(), &refused);
     if (!session) {
-      engine_->refusals().add(Refusal::kUnknownSession);
-      finish_locked(unauthenticated());
+      finish_locked(refused);
       return;
     }
     token_ = session->token;
+    session_name_ = session->name;
+    task_id_ = header.task_id();
     RoundEngine::PushStart start = engine_->begin_push(*session, header);
     if (!start.status.ok()) {
       finish_locked(to_grpc(start.status));
@@ -234,9 +335,16 @@ class PushReactor final : public grpc::ServerReadReactor<v1::ResultChunk> {
       return;
     }
     upload_ = std::move(start.upload);
+    watched_ = engine_->upload_watch().add(
+        task_id_, [this](UploadWatch::Reason reason, const std::string& message) {
+          on_watch_stop(reason, message);
+        });
     uint64_t ticket = 0;
-    if (engine_->upload_gate().acquire([this] { on_slot(); }, &ticket)) {
+    // One slot per session: a client's further uploads wait for its first.
+    if (engine_->upload_gate().acquire(
+            token_, [this] { on_slot(); }, &ticket)) {
       holds_slot_ = true;
+      watched_->reading();
       StartRead(&chunk_);
     } else {
       waiting_slot_ = true;
@@ -255,10 +363,11 @@ class PushReactor final : public grpc::ServerReadReactor<v1::ResultChunk> {
         release = end_upload_locked(/*abandon=*/true);
         finish_locked(grpc::Status::CANCELLED);
       } else {
+        watched_->reading();
         StartRead(&chunk_);
       }
     }
-    if (release) engine_->upload_gate().release();
+    if (release) engine_->upload_gate().release(token_);
   }
 
   // Returns whether the caller must release the upload slot (outside mu_).
@@ -267,6 +376,11 @@ class PushReactor final : public grpc::ServerReadReactor<v1::ResultChunk> {
       // End of stream: a clean half-close, or a broken/cancelled call.
       const bool broken = cancelled_ || context_->IsCancelled();
       if (broken) {
+        if (!stalled_.empty() && upload_) {
+          // Stopped by UploadWatch: counted; the task is free for a retry (or fails, the second
+          // time).
+          engine_->stalled_push(std::move(upload_), stalled_);
+        }
         bool release = end_upload_locked(/*abandon=*/true);
         finish_locked(grpc::Status::CANCELLED);
         return release;
@@ -281,6 +395,7 @@ class PushReactor final : public grpc::ServerReadReactor<v1::ResultChunk> {
       return release;
     }
     registry_->touch(token_);
+    watched_->progress(chunk_.ByteSizeLong());
     Status added = upload_->add(chunk_.bundle());
     // A refused chunk refuses the result: answer now, without reading the rest.
     if (!added.ok()) return complete_locked();
@@ -313,11 +428,16 @@ class PushReactor final : public grpc::ServerReadReactor<v1::ResultChunk> {
 
   ClientRegistry* const registry_;
   RoundEngine* const engine_;
+  const bool mutual_tls_;
   grpc::CallbackServerContext* const context_;
   v1::PushResultResponse* const response_;
 
   std::mutex mu_;
   std::string token_;
+  std::string session_name_;
+  std::string task_id_;
+  std::shared_ptr<UploadWatch::Entry> watched_;  // once the header is accepted
+  std::string stalled_;                          // why UploadWatch stopped the upload
   std::unique_ptr<PendingUpload> upload_;
   bool waiting_slot_ = false;
   bool holds_slot_ = false;
@@ -331,7 +451,9 @@ class PushReactor final : public grpc::ServerReadReactor<v1::ResultChunk> {
 
 FederationService::FederationService(ServiceOptions options, ClientRegistry* registry,
                                      RoundEngine* engine)
-    : options_(std::move(options)), registry_(registry), engine_(engine) {}
+    : options_(std::move(options)), registry_(registry), engine_(engine) {
+  FEDTAIL_CHECK(options_.token_secret.empty() || options_.tokens != nullptr);
+}
 
 grpc::Status FederationService::join(grpc::CallbackServerContext* context,
                                      const v1::JoinRequest& request, v1::JoinResponse* response) {
@@ -344,30 +466,82 @@ grpc::Status FederationService::join(grpc::CallbackServerContext* context,
   }
   const bool has_secret = !options_.token_secret.empty();
   const bool is_virtual = request.virtual_clients_size() > 0;
+  // Bounds and ids first: nothing of an unchecked request is hashed, logged or echoed.
+  const size_t hosted = static_cast<size_t>(std::max(1, request.virtual_clients_size()));
+  if (request.virtual_clients_size() > options_.federation.max_virtual_clients_per_session) {
+    refusals.add(Refusal::kResourceLimit);
+    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                        "join: " + std::to_string(request.virtual_clients_size()) +
+                            " virtual clients in one Join (federation."
+                            "max_virtual_clients_per_session " +
+                            std::to_string(options_.federation.max_virtual_clients_per_session) +
+                            ")");
+  }
+  if (request.ByteSizeLong() > hosted * kMaxJoinBytesPerClient) {
+    refusals.add(Refusal::kBadJoin);
+    return too_large("Join", request.ByteSizeLong(), hosted * kMaxJoinBytesPerClient);
+  }
+  const int64_t examples_cap = options_.federation.max_examples_per_client > 0
+                                   ? options_.federation.max_examples_per_client
+                                   : kMaxDeclaredExamples;
+  // `id` empty: the identity comes from the certificate; only the count is checked.
+  auto check_declared = [&](const std::string& id, int64_t n) -> grpc::Status {
+    if (!id.empty() || !options_.mutual_tls) {
+      Status valid = validate_client_id(id, "join: client id");
+      if (!valid.ok()) return to_grpc(valid);
+    }
+    if (n < 0 || n > examples_cap) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          "join: client \"" + (id.empty() ? std::string("(certificate)") : id) +
+                              "\" declares " + std::to_string(n) +
+                              " examples (at least 0, at most " + std::to_string(examples_cap) +
+                              (options_.federation.max_examples_per_client > 0
+                                   ? ", federation.max_examples_per_client)"
+                                   : ")"));
+    }
+    return grpc::Status::OK;
+  };
+  {
+    // The session's own id (a worker's name when it hosts virtual clients); under mutual TLS the
+    // certificate names the client instead.
+    grpc::Status checked = check_declared(options_.mutual_tls ? std::string() : request.client_id(),
+                                          is_virtual ? 0 : request.num_examples());
+    if (!checked.ok()) {
+      refusals.add(Refusal::kBadJoin);
+      return checked;
+    }
+  }
+  for (const v1::VirtualClient& v : request.virtual_clients()) {
+    grpc::Status checked = check_declared(v.client_id(), v.num_examples());
+    if (!checked.ok()) {
+      refusals.add(Refusal::kBadJoin);
+      return checked;
+    }
+  }
   std::string identity;
   if (options_.mutual_tls) {
-    std::shared_ptr<const grpc::AuthContext> auth = context->auth_context();
-    std::vector<grpc::string_ref> names;
-    if (auth) names = auth->FindPropertyValues(GRPC_X509_CN_PROPERTY_NAME);
-    if (names.empty() || names.front().empty()) {
+    identity = peer_common_name(context);
+    if (identity.empty()) {
       refusals.add(Refusal::kCertificate);
       return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
                           "the client certificate has no common name (CN)");
     }
-    identity.assign(names.front().data(), names.front().size());
+    if (!validate_client_id(identity, "certificate CN").ok()) {
+      refusals.add(Refusal::kCertificate);
+      return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                          "the client certificate's common name is not a valid client id");
+    }
   } else {
     identity = request.client_id();
-    if (identity.empty()) {
-      refusals.add(Refusal::kBadJoin);
-      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "join: client_id is empty");
-    }
-    if (has_secret && !is_virtual &&
-        !verify_join_token(options_.token_secret, identity, request.join_token())) {
+    const Status token = has_secret && !is_virtual
+                             ? options_.tokens->check(identity, request.join_token())
+                             : Status::OK();
+    if (!token.ok()) {
       refusals.add(Refusal::kJoinToken);
-      spdlog::warn("join refused: bad join token for client \"{}\" from {}", identity,
-                   context->peer());
+      spdlog::warn("join refused: bad join token for client \"{}\" from {}: {}", identity,
+                   context->peer(), token.message());
       return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
-                          "bad join token for client \"" + identity + "\"");
+                          "bad join token for client \"" + identity + "\": " + token.message());
     }
   }
 
@@ -382,21 +556,27 @@ grpc::Status FederationService::join(grpc::CallbackServerContext* context,
                           "coordinator with --token-secret-file");
     }
     for (const v1::VirtualClient& v : request.virtual_clients()) {
-      if (has_secret && !verify_join_token(options_.token_secret, v.client_id(), v.join_token())) {
+      const Status token =
+          has_secret ? options_.tokens->check(v.client_id(), v.join_token()) : Status::OK();
+      if (!token.ok()) {
         refusals.add(Refusal::kJoinToken);
-        spdlog::warn("join refused: bad join token for virtual client \"{}\" from {}",
-                     v.client_id(), context->peer());
-        return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
-                            "bad join token for virtual client \"" + v.client_id() + "\"");
+        spdlog::warn("join refused: bad join token for virtual client \"{}\" from {}: {}",
+                     v.client_id(), context->peer(), token.message());
+        return grpc::Status(
+            grpc::StatusCode::UNAUTHENTICATED,
+            "bad join token for virtual client \"" + v.client_id() + "\": " + token.message());
       }
       clients.push_back({v.client_id(), v.num_examples(), v.model_family()});
     }
   }
 
-  Admission admission = registry_->admit(identity, clients);
+  Admission admission = registry_->admit(identity, clients, options_.federation.max_clients);
   if (!admission.status.ok()) {
     spdlog::warn("join of \"{}\" refused: {}", identity, admission.status.message());
-    refusals.add(admission.already_connected ? Refusal::kAlreadyConnected : Refusal::kBadJoin);
+    refusals.add(admission.already_connected ? Refusal::kAlreadyConnected
+                 : admission.status.code() == StatusCode::kResourceExhausted
+                     ? Refusal::kResourceLimit
+                     : Refusal::kBadJoin);
     if (admission.already_connected) {
       return grpc::Status(grpc::StatusCode::ALREADY_EXISTS, admission.status.message());
     }
@@ -442,13 +622,16 @@ grpc::ServerUnaryReactor* FederationService::Join(grpc::CallbackServerContext* c
 }
 
 grpc::ServerWriteReactor<v1::TaskChunk>* FederationService::PullTask(
-    grpc::CallbackServerContext* /*context*/, const v1::PullTaskRequest* request) {
-  return new PullReactor(registry_, engine_, *request);
+    grpc::CallbackServerContext* context, const v1::PullTaskRequest* request) {
+  const int64_t max_examples = options_.federation.max_examples_per_client > 0
+                                   ? options_.federation.max_examples_per_client
+                                   : kMaxDeclaredExamples;
+  return new PullReactor(registry_, engine_, options_.mutual_tls, max_examples, context, *request);
 }
 
 grpc::ServerReadReactor<v1::ResultChunk>* FederationService::PushResult(
     grpc::CallbackServerContext* context, v1::PushResultResponse* response) {
-  return new PushReactor(registry_, engine_, context, response);
+  return new PushReactor(registry_, engine_, options_.mutual_tls, context, response);
 }
 
 grpc::ServerUnaryReactor* FederationService::Heartbeat(grpc::CallbackServerContext* context,
@@ -457,11 +640,12 @@ grpc::ServerUnaryReactor* FederationService::Heartbeat(grpc::CallbackServerConte
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   grpc::Status status;
   try {
-    std::optional<SessionView> session = registry_->authenticate(request->session_token());
-    if (!session) {
-      engine_->refusals().add(Refusal::kUnknownSession);
-      status = unauthenticated();
-    } else {
+    if (request->ByteSizeLong() > kMaxSmallRequestBytes) {
+      engine_->refusals().add(Refusal::kMalformedStream);
+      status = too_large("Heartbeat", request->ByteSizeLong(), kMaxSmallRequestBytes);
+    } else if (std::optional<SessionView> session =
+                   authenticate_call(registry_, engine_, options_.mutual_tls, context,
+                                     request->session_token(), &status)) {
       response->set_cancel(engine_->heartbeat(*session, request->task_id()));
     }
   } catch (const std::exception& e) {
@@ -479,15 +663,21 @@ grpc::ServerUnaryReactor* FederationService::Leave(grpc::CallbackServerContext* 
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   grpc::Status status;
   try {
-    std::optional<RemovedSession> removed = registry_->leave(request->session_token());
-    if (!removed) {
-      engine_->refusals().add(Refusal::kUnknownSession);
-      status = unauthenticated();
-    } else {
-      const std::string reason =
-          "client left" + (request->reason().empty() ? "" : ": " + request->reason());
+    std::optional<RemovedSession> removed;
+    if (request->ByteSizeLong() > kMaxSmallRequestBytes) {
+      engine_->refusals().add(Refusal::kMalformedStream);
+      status = too_large("Leave", request->ByteSizeLong(), kMaxSmallRequestBytes);
+    } else if (authenticate_call(registry_, engine_, options_.mutual_tls, context,
+                                 request->session_token(), &status)) {
+      removed = registry_->leave(request->session_token());
+      if (!removed) status = unauthenticated();  // it expired or left meanwhile
+    }
+    if (removed) {
+      // The client's words go into the log and metrics.jsonl: cut and made printable.
+      const std::string said = bounded_text(request->reason());
+      const std::string reason = "client left" + (said.empty() ? "" : ": " + said);
       spdlog::info("\"{}\" left ({} client(s)){}", removed->name, removed->client_ids.size(),
-                   request->reason().empty() ? "" : ": " + request->reason());
+                   said.empty() ? "" : ": " + said);
       engine_->clients_gone(*removed, reason);
     }
   } catch (const std::exception& e) {

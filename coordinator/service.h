@@ -8,7 +8,8 @@
 //   - Join: protocol version (FAILED_PRECONDITION), identity (below), admission (ALREADY_EXISTS
 //     while a live session hosts the id), then the run's config, heartbeat interval and update size
 //     limit. Identity: the mTLS certificate's CN when client certificates are required; else a join
-//     token checked against the secret when one is configured (UNAUTHENTICATED on a bad token);
+//     token checked by the TokenPolicy when a secret is configured (UNAUTHENTICATED naming why: not
+//     an ft1 token, another federation, bad signature, expired, revoked);
 //     else (loopback plaintext without a secret) the claimed id. With virtual clients, each one's
 //     VirtualClient.join_token is checked when there is a secret; under mTLS without a secret
 //     virtual clients are refused (PERMISSION_DENIED).
@@ -30,11 +31,13 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <memory>
 #include <string>
 
 #include "coordinator/client_registry.h"
 #include "coordinator/options.h"
 #include "coordinator/round_engine.h"
+#include "coordinator/token_policy.h"
 #include "fedtail/v1/federation.grpc.pb.h"
 
 namespace fedtail::coordinator {
@@ -45,6 +48,9 @@ struct ServiceOptions {
   FederationOptions federation;
   bool mutual_tls = false;   // client certificates are required: identity = certificate CN
   std::string token_secret;  // join-token secret; empty: tokens are not checked
+  // Checks join tokens (federation, expiry, signature, revocation); required when token_secret is
+  // set. Shared with the coordinator; thread-safe.
+  std::shared_ptr<TokenPolicy> tokens;
 };
 
 class FederationService final : public v1::Federation::CallbackService {

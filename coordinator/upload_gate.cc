@@ -6,21 +6,24 @@ namespace fedtail::coordinator {
 
 UploadGate::UploadGate(int slots) : slots_(slots) { FEDTAIL_CHECK(slots >= 1); }
 
-bool UploadGate::acquire(std::function<void()> ready, uint64_t* ticket) {
+bool UploadGate::acquire(const std::string& owner, std::function<void()> ready, uint64_t* ticket) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (in_use_ < slots_ && waiting_.empty()) {
+  // Every queued waiter is blocked by its owner's slot whenever a slot is free (release() hands
+  // free slots to the runnable ones), so a free slot may go to `owner` without queue-jumping.
+  if (in_use_ < slots_ && holders_.count(owner) == 0) {
     ++in_use_;
+    holders_[owner] = 1;
     return true;
   }
   *ticket = next_ticket_++;
-  waiting_.emplace_back(*ticket, std::move(ready));
+  waiting_.push_back({*ticket, owner, std::move(ready)});
   return false;
 }
 
 bool UploadGate::cancel(uint64_t ticket) {
   std::lock_guard<std::mutex> lock(mu_);
   for (auto it = waiting_.begin(); it != waiting_.end(); ++it) {
-    if (it->first == ticket) {
+    if (it->ticket == ticket) {
       waiting_.erase(it);
       return true;
     }
@@ -28,18 +31,21 @@ bool UploadGate::cancel(uint64_t ticket) {
   return false;
 }
 
-void UploadGate::release() {
+void UploadGate::release(const std::string& owner) {
   std::function<void()> next;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (waiting_.empty()) {
-      FEDTAIL_CHECK(in_use_ > 0);
+    FEDTAIL_CHECK(in_use_ > 0 && holders_.erase(owner) == 1);
+    auto it = waiting_.begin();
+    while (it != waiting_.end() && holders_.count(it->owner) != 0) ++it;
+    if (it == waiting_.end()) {
       --in_use_;
       return;
     }
-    // The slot passes to the oldest waiter: in_use_ is unchanged.
-    next = std::move(waiting_.front().second);
-    waiting_.pop_front();
+    // The slot passes to the oldest runnable waiter: in_use_ is unchanged.
+    holders_[it->owner] = 1;
+    next = std::move(it->ready);
+    waiting_.erase(it);
   }
   next();
 }

@@ -3,6 +3,10 @@
 // finds no free slot is not read further until one frees, so gRPC flow control holds its bytes at
 // the sender.
 //
+// Each slot is held on behalf of an owner (a client session): one owner holds at most one slot at a
+// time, so a client that opens many uploads (or stalls one) takes no more than its share; its
+// further uploads wait, FIFO among those that may run.
+//
 // Thread-safe. A waiter's `ready` callback runs on the thread that calls release(), outside the
 // internal lock.
 #ifndef FEDTAIL_COORDINATOR_UPLOAD_GATE_H_
@@ -11,7 +15,9 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <map>
 #include <mutex>
+#include <string>
 #include <utility>
 
 namespace fedtail::coordinator {
@@ -24,16 +30,18 @@ class UploadGate {
   UploadGate(const UploadGate&) = delete;
   UploadGate& operator=(const UploadGate&) = delete;
 
-  // Takes a slot at once and returns true (`ready` is dropped), or queues `ready` (FIFO), to be
-  // called when a slot is handed over to it, and returns false with its ticket in *ticket.
-  bool acquire(std::function<void()> ready, uint64_t* ticket);
+  // Takes a slot for `owner` at once and returns true (`ready` is dropped) when one is free and
+  // `owner` holds none; otherwise queues `ready`, to be called when a slot is handed over to it,
+  // and returns false with its ticket in *ticket.
+  bool acquire(const std::string& owner, std::function<void()> ready, uint64_t* ticket);
 
   // Removes a queued waiter. True when it was still queued (it holds no slot and will not be
   // called); false when its slot was already handed over (it must release() it).
   bool cancel(uint64_t ticket);
 
-  // Frees a slot, or hands it straight to the oldest queued waiter (calling its `ready`).
-  void release();
+  // Frees `owner`'s slot, or hands it straight to the oldest queued waiter whose owner holds no
+  // slot (calling its `ready`). Precondition (FEDTAIL_CHECK): `owner` holds a slot.
+  void release(const std::string& owner);
 
   int in_use() const;
   int queued() const;
@@ -42,10 +50,17 @@ class UploadGate {
  private:
   const int slots_;
 
+  struct Waiter {
+    uint64_t ticket;
+    std::string owner;
+    std::function<void()> ready;
+  };
+
   mutable std::mutex mu_;
-  int in_use_ = 0;                                                  // guarded by mu_
-  uint64_t next_ticket_ = 1;                                        // guarded by mu_
-  std::deque<std::pair<uint64_t, std::function<void()>>> waiting_;  // guarded by mu_
+  int in_use_ = 0;              // guarded by mu_
+  uint64_t next_ticket_ = 1;    // guarded by mu_
+  std::deque<Waiter> waiting_;  // guarded by mu_; invariant: none may run while a slot is free
+  std::map<std::string, int> holders_;  // owners holding a slot (value 1); guarded by mu_
 };
 
 }  // namespace fedtail::coordinator

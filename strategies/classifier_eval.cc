@@ -173,7 +173,8 @@ nlohmann::json aggregate_personalized_accuracy(const std::vector<EvalReport>& re
     const bool valid = m.is_object() && m.contains("correct") && m.contains("examples") &&
                        m["correct"].is_number_integer() && m["examples"].is_number_integer() &&
                        m["correct"].get<int64_t>() >= 0 &&
-                       m["correct"].get<int64_t>() <= m["examples"].get<int64_t>();
+                       m["correct"].get<int64_t>() <= m["examples"].get<int64_t>() &&
+                       m["examples"].get<int64_t>() <= kMaxReportedExamples;
     if (!valid) {
       invalid.push_back(r.client_id);
       continue;

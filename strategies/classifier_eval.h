@@ -66,6 +66,7 @@ Result<nlohmann::json> evaluate_classifier_on_client(
 // {"personalized": {"mean", "weighted", "clients"}, "masked": bool (any report masked),
 //  "reports": n, "failures": m, "invalid_reports": [client ids]}. A report without non-negative
 // integer "correct" <= "examples" is listed as invalid and left out, not an error.
+constexpr int64_t kMaxReportedExamples = int64_t{1} << 40;
 nlohmann::json aggregate_personalized_accuracy(const std::vector<EvalReport>& reports,
                                                const std::vector<ClientFailure>& failures);
 

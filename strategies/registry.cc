@@ -1,8 +1,14 @@
 #include "strategies/registry.h"
 
 #include <dlfcn.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <climits>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <exception>
 #include <map>
 #include <mutex>
@@ -151,8 +157,69 @@ Result<std::unique_ptr<ClientAlgorithm>> make_client_algorithm(const std::string
   }
 }
 
+namespace {
+
+std::string octal_mode(mode_t mode) {
+  char text[8];
+  std::snprintf(text, sizeof(text), "%04o", static_cast<unsigned>(mode & 07777));
+  return text;
+}
+
+// Refuses `file` (the plugin or its directory) when someone other than this user or root could
+// have put code there: it is owned by another user, or group/others may write it. A directory
+// with the sticky bit (e.g. /tmp) is accepted when writable by others: they cannot replace or
+// remove entries they do not own, and the plugin itself must be ours or root's.
+Status check_plugin_owner_and_mode(const std::string& where, const std::string& file, bool is_dir) {
+  struct stat st;
+  if (::stat(file.c_str(), &st) != 0) {
+    return Status::IOError(where + ": stat " + file + ": " + std::strerror(errno));
+  }
+  const std::string mode = octal_mode(st.st_mode);
+  if (st.st_uid != ::geteuid() && st.st_uid != 0) {
+    return Status::FailedPrecondition(where + ": " + file + " (mode " + mode +
+                                      ") is owned by uid " + std::to_string(st.st_uid) +
+                                      ", neither this user nor root; refusing to load it");
+  }
+  const bool sticky = is_dir && (st.st_mode & S_ISVTX) != 0;
+  if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0 && !sticky) {
+    return Status::FailedPrecondition(where + ": " + file + " has mode " + mode +
+                                      ": writable by group or others, who could replace the code "
+                                      "it runs; refusing to load it (chmod go-w)");
+  }
+  return Status::OK();
+}
+
+// The checks load_plugin makes before dlopen: a path (not a bare name dlopen would search for),
+// an existing regular file, and trusted owners and modes for the file and its directory.
+Status check_plugin_path(const std::string& where, const std::string& path) {
+  if (path.find('/') == std::string::npos) {
+    return Status::InvalidArgument(where + ": give a path (e.g. ./" + path +
+                                   "), not a bare name: dlopen would search LD_LIBRARY_PATH and "
+                                   "the system library directories for it");
+  }
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT || errno == ENOTDIR) return Status::NotFound(where + ": no such file");
+    return Status::IOError(where + ": stat: " + std::strerror(errno));
+  }
+  if (!S_ISREG(st.st_mode)) return Status::InvalidArgument(where + ": not a regular file");
+  // Check what dlopen will map: the file a symlink points to, and the directory holding it.
+  char resolved[PATH_MAX];
+  if (::realpath(path.c_str(), resolved) == nullptr) {
+    return Status::IOError(where + ": realpath: " + std::strerror(errno));
+  }
+  const std::string file = resolved;
+  const size_t slash = file.find_last_of('/');
+  const std::string dir = slash == 0 ? "/" : file.substr(0, slash);
+  FEDTAIL_RETURN_IF_ERROR(check_plugin_owner_and_mode(where, file, /*is_dir=*/false));
+  return check_plugin_owner_and_mode(where, dir, /*is_dir=*/true);
+}
+
+}  // namespace
+
 Status load_plugin(const std::string& path) {
   const std::string where = "plugin " + path;
+  FEDTAIL_RETURN_IF_ERROR(check_plugin_path(where, path));
   // One plugin load at a time: init functions register under the registry mutex in turn, and two
   // threads loading the same library must not both run its init.
   static std::mutex load_mu;
@@ -165,7 +232,7 @@ Status load_plugin(const std::string& path) {
   void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
   if (handle == nullptr) {
     const std::string error = dl_error_text();
-    if (path.find('/') != std::string::npos && access(path.c_str(), F_OK) != 0) {
+    if (access(path.c_str(), F_OK) != 0) {
       return Status::NotFound(where + ": no such file (" + error + ")");
     }
     return Status::InvalidArgument(where + ": cannot be loaded: " + error);

@@ -67,9 +67,14 @@ class PluginHost {
   virtual Status register_strategy(StrategyEntry entry) = 0;
 };
 
-// Loads the shared library at `path` and runs its fedtail_plugin_init. kNotFound / kInvalidArgument
-// with dlerror()'s text when it cannot be loaded or has no entry point, kFailedPrecondition on an
-// ABI mismatch, the plugin's own Status when its registration fails. The library stays loaded.
+// Loads the shared library at `path` and runs its fedtail_plugin_init. Before dlopen:
+// kInvalidArgument when `path` has no '/' (a bare name would be searched on LD_LIBRARY_PATH: give
+// ./libfoo.so) or is not a regular file; kNotFound when it does not exist; kFailedPrecondition
+// naming the file and its mode when the library (symlinks resolved) or its directory is owned by
+// neither this user nor root, or is writable by group/others (a sticky directory such as /tmp
+// excepted). Then kNotFound / kInvalidArgument with dlerror()'s text when it cannot be loaded or
+// has no entry point, kFailedPrecondition on an ABI mismatch, the plugin's own Status when its
+// registration fails. The library stays loaded.
 Status load_plugin(const std::string& path);
 
 }  // namespace fedtail::strategies

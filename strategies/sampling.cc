@@ -13,6 +13,16 @@ void read_round_options(JsonReader& reader, RoundOptions* options) {
   reader.read("fraction_evaluate", &options->fraction_evaluate);
   reader.read("min_evaluate_clients", &options->min_evaluate_clients);
   reader.read("accept_failures", &options->accept_failures);
+  if (reader.has("robust")) {
+    nlohmann::json robust;
+    reader.read_raw("robust", &robust);
+    Result<RobustOptions> parsed = parse_robust_options(robust, reader.path() + ".robust");
+    if (parsed.ok()) {
+      options->robust = *parsed;
+    } else {
+      reader.absorb(parsed.status());
+    }
+  }
   reader.check(options->fraction_fit > 0 && options->fraction_fit <= 1, "fraction_fit",
                "must be in (0, 1] (got " + std::to_string(options->fraction_fit) + ")");
   reader.check(options->min_fit_clients >= 1, "min_fit_clients",

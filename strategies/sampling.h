@@ -10,6 +10,7 @@
 #include "common/base/json_reader.h"
 #include "common/base/rng.h"
 #include "common/base/status.h"
+#include "strategies/robust_aggregation.h"
 #include "strategies/strategy.h"
 
 namespace fedtail::strategies {
@@ -28,6 +29,11 @@ struct RoundOptions {
   int min_evaluate_clients = 0;
   // false: a round in which any selected client failed keeps the old model. Default true.
   bool accept_failures = true;
+  // "robust": defences against hostile clients (strategies/robust_aggregation.h): update-norm
+  // clipping, coordinate-wise median, trimmed mean, Krum, Multi-Krum, Bulyan. Honoured by every
+  // strategy that averages models (FedAvgServer and its relatives); the prototype strategies
+  // (fedproto, fedsa) refuse anything but the default. Default: none.
+  RobustOptions robust;
 };
 
 // Reads the RoundOptions keys from `reader` (a reader on config.strategy, which may hold other

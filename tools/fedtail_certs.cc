@@ -6,7 +6,8 @@
 //   fedtail-certs client --ca DIR --out DIR --id CLIENT_ID [--days N] [--force]
 //                                                                  -> DIR/<id>.pem, <id>.key
 //   fedtail-certs secret --out FILE [--force]       (the coordinator's --token-secret-file)
-//   fedtail-certs token  --secret-file FILE --client-id ID    (prints the client's join token)
+//   fedtail-certs token  --secret-file FILE --client-id ID [--expires 30d] [--federation NAME]
+//                        (prints the client's join token: ft1.<federation>.<expiry>.<mac>)
 //
 // Private keys and secrets are written with mode 0600. Existing files are kept unless --force.
 // Exit status 0 on success, 1 with a one-line error naming the flag or file otherwise, 2 on bad
@@ -14,6 +15,8 @@
 #include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
+#include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -21,6 +24,7 @@
 #include "common/base/logging.h"
 #include "common/base/status.h"
 #include "common/security/certs.h"
+#include "common/security/join_token.h"
 #include "common/security/tls.h"
 
 namespace {
@@ -47,6 +51,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
 
   std::string out, ca_dir, cn, sans, id, secret_file, client_id;
+  std::string expires = "30d";
+  std::string federation = fedtail::kDefaultFederation;
   int ca_days = 3650;
   int days = 365;
   bool force = false;
@@ -82,9 +88,14 @@ int main(int argc, char** argv) {
   secret->add_option("--out", out, "the secret file to write")->required();
   secret->add_flag("--force", force, "replace an existing file");
 
-  CLI::App* token = app.add_subcommand("token", "print the join token of a client id");
+  CLI::App* token = app.add_subcommand(
+      "token", "print the join token of a client id (ft1.<federation>.<expiry>.<mac>)");
   token->add_option("--secret-file", secret_file, "the coordinator's secret file")->required();
   token->add_option("--client-id", client_id, "the client id")->required();
+  token->add_option("--expires", expires, "validity from now: Ns, Nm, Nh or Nd")
+      ->capture_default_str();
+  token->add_option("--federation", federation, "the coordinator's --federation")
+      ->capture_default_str();
 
   try {
     app.parse(argc, argv);
@@ -135,6 +146,10 @@ int main(int argc, char** argv) {
   }
   if (token->parsed()) {
     if (client_id.empty()) return report(Status::InvalidArgument("--client-id: must not be empty"));
+    Result<int64_t> lifetime_s = fedtail::parse_duration_s(expires, "--expires");
+    if (!lifetime_s.ok()) return report(lifetime_s.status());
+    Status federation_ok = fedtail::validate_federation_name(federation, "--federation");
+    if (!federation_ok.ok()) return report(federation_ok);
     Result<std::string> key = fedtail::read_secret_file(secret_file);
     if (!key.ok()) {
       // read_secret_file names the coordinator's flag; here the flag is --secret-file.
@@ -145,7 +160,11 @@ int main(int argc, char** argv) {
       }
       return report(Status(key.status().code(), message));
     }
-    std::printf("%s\n", fedtail::join_token(*key, client_id).c_str());
+    const int64_t now_s = std::chrono::duration_cast<std::chrono::seconds>(
+                              std::chrono::system_clock::now().time_since_epoch())
+                              .count();
+    const int64_t expires_at = now_s + *lifetime_s;
+    std::printf("%s\n", fedtail::make_join_token(*key, client_id, federation, expires_at).c_str());
     return 0;
   }
   return 2;

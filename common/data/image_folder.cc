@@ -19,6 +19,8 @@
 #include <mutex>
 #include <thread>
 
+#include "common/base/temp_file.h"
+
 namespace fedtail {
 namespace {
 
@@ -152,6 +154,10 @@ class CacheFile {
   CacheFile(const std::string& path, const char* mode) : f_(std::fopen(path.c_str(), mode)) {
     if (f_) std::setvbuf(f_, nullptr, _IOFBF, 1 << 20);
   }
+  // Takes ownership of an open stream.
+  explicit CacheFile(std::FILE* f) : f_(f) {
+    if (f_) std::setvbuf(f_, nullptr, _IOFBF, 1 << 20);
+  }
   ~CacheFile() {
     if (f_) std::fclose(f_);
   }
@@ -280,14 +286,21 @@ bool read_cache(const std::string& path, uint64_t want_fingerprint, int64_t want
 
 // Writes the cache atomically (temporary file + rename). False if any step failed.
 bool write_cache(const std::string& path, uint64_t fp, const Dataset& d) {
-  static std::atomic<int> counter{0};
-  const std::string tmp =
-      path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(counter.fetch_add(1));
   {
     std::error_code ec;
     fs::create_directories(fs::path(path).parent_path(), ec);
   }
-  CacheFile f(tmp, "wb");
+  // Exclusive and never through a planted symlink (common/base/temp_file.h).
+  Result<TempFile> temp = create_temp_file(path, /*mode=*/0644);
+  if (!temp.ok()) return false;
+  const std::string tmp = temp->path;
+  std::FILE* stream = ::fdopen(temp->fd, "wb");
+  if (stream == nullptr) {
+    ::close(temp->fd);
+    std::remove(tmp.c_str());
+    return false;
+  }
+  CacheFile f(stream);
   if (!f.is_open()) return false;
   f.write(kCacheMagic, sizeof(kCacheMagic), /*checksum=*/false);
   f.write_pod(kCacheVersion);

@@ -182,10 +182,16 @@ PersonalizedAccuracy personalized_accuracy(const std::vector<ClientAccuracy>& cl
   double sum = 0;
   int64_t correct = 0, examples = 0;
   for (const auto& c : clients) {
-    if (c.examples <= 0) continue;
+    if (c.examples <= 0 || c.correct < 0 || c.correct > c.examples) continue;
+    // Checked sums: a report that would overflow them is left out rather than wrap.
+    int64_t next_correct, next_examples;
+    if (__builtin_add_overflow(correct, c.correct, &next_correct) ||
+        __builtin_add_overflow(examples, c.examples, &next_examples)) {
+      continue;
+    }
     sum += static_cast<double>(c.correct) / static_cast<double>(c.examples);
-    correct += c.correct;
-    examples += c.examples;
+    correct = next_correct;
+    examples = next_examples;
     ++out.clients;
   }
   out.mean = out.clients > 0 ? sum / out.clients : kNaN;

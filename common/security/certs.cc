@@ -24,6 +24,7 @@
 #include <memory>
 #include <sstream>
 
+#include "common/base/temp_file.h"
 #include "common/security/crypto.h"
 
 namespace fedtail::certs {
@@ -100,34 +101,34 @@ Status check_overwrite(const std::vector<std::string>& paths, bool overwrite) {
   return Status::OK();
 }
 
-// Writes `data` to `path` with `mode`: to "<path>.tmp" (created with that mode), fsync, rename.
+// Writes `data` to `path` with `mode`: to a new temporary file (create_temp_file: exclusive,
+// never a planted symlink or FIFO, created with that mode), fsync, rename.
 Status write_file_atomic(const std::string& path, const std::string& data, mode_t mode) {
-  const std::string tmp = path + ".tmp";
+  Result<TempFile> temp = create_temp_file(path, mode);
+  if (!temp.ok()) return temp.status().with_context(path);
+  const std::string tmp = temp->path;
+  const int fd = temp->fd;
   auto io_error = [&](const char* step) {
     std::string message = path + ": " + step + " failed (" + std::strerror(errno) + ")";
     ::unlink(tmp.c_str());
     return Status::IOError(message);
   };
-  ::unlink(tmp.c_str());
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
-  if (fd < 0) return io_error("open");
-  // The umask may have removed bits; a key must not have gained any either.
-  if (::fchmod(fd, mode) != 0) {
-    ::close(fd);
-    return io_error("chmod");
-  }
   size_t done = 0;
   while (done < data.size()) {
     ssize_t n = ::write(fd, data.data() + done, data.size() - done);
     if (n < 0) {
       if (errno == EINTR) continue;
+      const int err = errno;
       ::close(fd);
+      errno = err;
       return io_error("write");
     }
     done += static_cast<size_t>(n);
   }
   if (::fsync(fd) != 0) {
+    const int err = errno;
     ::close(fd);
+    errno = err;
     return io_error("fsync");
   }
   if (::close(fd) != 0) return io_error("close");

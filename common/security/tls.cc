@@ -11,8 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
-
-#include "common/security/crypto.h"
+#include <string>
 
 namespace fedtail {
 namespace {
@@ -145,25 +144,18 @@ bool is_loopback_address(const std::string& host_port) {
   return false;
 }
 
-std::string join_token(std::string_view secret, std::string_view client_id) {
-  return to_hex(hmac_sha256(secret, client_id));
-}
-
-bool verify_join_token(std::string_view secret, std::string_view client_id,
-                       std::string_view token) {
-  std::string expected = join_token(secret, client_id);
-  std::string given(token);
-  std::transform(given.begin(), given.end(), given.begin(),
-                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  return constant_time_equal(expected, given);
-}
-
 Result<std::string> read_secret_file(const std::string& path) {
   FEDTAIL_ASSIGN_OR_RETURN(std::string secret, read_file(path, "--token-secret-file"));
   if (!secret.empty() && secret.back() == '\n') secret.pop_back();
   if (!secret.empty() && secret.back() == '\r') secret.pop_back();
   if (secret.empty()) {
     return Status::InvalidArgument("--token-secret-file: " + path + " is empty");
+  }
+  if (secret.size() < kMinTokenSecretBytes) {
+    return Status::InvalidArgument("--token-secret-file: " + path + " holds a secret of " +
+                                   std::to_string(secret.size()) + " bytes, fewer than " +
+                                   std::to_string(kMinTokenSecretBytes) +
+                                   "; make one with `fedtail-certs secret --out FILE`");
   }
   return secret;
 }

@@ -1,12 +1,13 @@
 // Transport security shared by the coordinator and the clients: gRPC credentials from PEM files
 // (TLS, mutual TLS, or plaintext where allowed), the loopback test that decides whether plaintext
-// is allowed, and join tokens (hex HMAC-SHA256 of the client id under a shared secret), used to
-// authenticate clients that have no certificate.
+// is allowed, and the secret file of join tokens (common/security/join_token.h), which authenticate
+// clients that have no certificate.
 //
 // Thread-safe: every function is a pure function of its arguments (and of the files it reads).
 #ifndef FEDTAIL_COMMON_SECURITY_TLS_H_
 #define FEDTAIL_COMMON_SECURITY_TLS_H_
 
+#include <cstddef>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -50,15 +51,14 @@ Result<std::shared_ptr<grpc::ChannelCredentials>> make_channel_credentials(const
 // 0.0.0.0, [::], names that would need resolving, malformed input) is false.
 bool is_loopback_address(const std::string& host_port);
 
-// The join token of `client_id` under `secret`: lower-case hex of HMAC-SHA256(secret, client_id).
-std::string join_token(std::string_view secret, std::string_view client_id);
-
-// True when `token` is join_token(secret, client_id) (either hex case), compared in constant time.
-bool verify_join_token(std::string_view secret, std::string_view client_id, std::string_view token);
+// The shortest join-token secret accepted, in bytes (as read: the HMAC key is the file's text, e.g.
+// the 64 hex digits that `fedtail-certs secret` writes).
+constexpr size_t kMinTokenSecretBytes = 32;
 
 // Reads a secret file (e.g. --token-secret-file), stripping one trailing newline ("\n" or "\r\n").
-// kNotFound naming the file when it does not exist, kIOError when it cannot be read,
-// kInvalidArgument when it is empty.
+// The bytes are the HMAC key as they are (hex is not decoded). kNotFound naming the file when it
+// does not exist, kIOError when it cannot be read, kInvalidArgument naming the file when it is
+// empty or shorter than kMinTokenSecretBytes.
 Result<std::string> read_secret_file(const std::string& path);
 
 }  // namespace fedtail

@@ -9,6 +9,8 @@
 #include <limits>
 #include <system_error>
 
+#include "common/base/temp_file.h"
+
 namespace fedtail {
 
 namespace {
@@ -122,11 +124,11 @@ Status write_records(int fd, const std::string& tmp, const TensorBundle& bundle)
 }  // namespace
 
 Status write_bundle_file(const std::string& path, const TensorBundle& bundle) {
-  const std::string tmp = path + ".tmp";
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) {
-    return Status::IOError(path + ": open " + tmp + ": " + errno_text(errno));
-  }
+  // A fresh, exclusively created name (never an existing entry: see common/base/temp_file.h).
+  Result<TempFile> temp = create_temp_file(path, /*mode=*/0600);
+  if (!temp.ok()) return temp.status().with_context(path);
+  const std::string tmp = temp->path;
+  const int fd = temp->fd;
   FdCloser closer(fd);
   Status status = write_records(fd, tmp, bundle);
   if (status.ok() && ::fsync(fd) != 0) {

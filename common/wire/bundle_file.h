@@ -6,8 +6,8 @@
 // gets the same validation as a peer's upload (specs, sizes, chunk order, XXH3-128 digest of the
 // payload).
 //
-// Both functions are thread-safe for distinct paths; concurrent writers of one path race (the last
-// rename wins, and both use the same temporary file).
+// Both functions are thread-safe; concurrent writers of one path race (the last rename wins; each
+// writes its own temporary file).
 #ifndef FEDTAIL_COMMON_WIRE_BUNDLE_FILE_H_
 #define FEDTAIL_COMMON_WIRE_BUNDLE_FILE_H_
 
@@ -23,8 +23,10 @@ namespace fedtail {
 // Current bundle file format version.
 constexpr uint32_t kBundleFileVersion = 1;
 
-// Writes `bundle` to `path` atomically: to "<path>.tmp", fsync, rename over `path`, fsync the
-// directory. On success the file is durable; on any failure `path` is untouched (an old file stays
+// Writes `bundle` to `path` atomically: to a new temporary file beside it (create_temp_file:
+// "<path>.tmp.<pid>.<random>", O_EXCL|O_NOFOLLOW, mode 0600), fsync, rename over `path`, fsync the
+// directory. The file ends up with mode 0600. On success the file is durable; on any failure `path`
+// is untouched (an old file stays
 // as it was), the temporary file is removed, and the result is kIOError naming the path, the failed
 // step and the errno text (e.g. "No space left on device"). Blocks for the disk.
 Status write_bundle_file(const std::string& path, const TensorBundle& bundle);

@@ -2,8 +2,10 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cmath>
 #include <exception>
+#include <functional>
 #include <limits>
 #include <set>
 #include <utility>
@@ -42,7 +44,10 @@ Status require_client_context(const ClientContext& context, const char* what, bo
 class FedAvgAggregation final : public Aggregation {
  public:
   FedAvgAggregation(FedAvgServer* server, int round, WeightedAverage average)
-      : server_(server), round_(round), average_(std::move(average)) {}
+      : server_(server),
+        round_(round),
+        robust_(server->round_options().robust),
+        average_(std::move(average)) {}
 
   Status add(ClientUpdate update) override {
     if (seen_.count(update.client_id) != 0) {
@@ -52,10 +57,26 @@ class FedAvgAggregation final : public Aggregation {
     FEDTAIL_RETURN_IF_ERROR(average_.check(update.bundle, update.num_examples));
     int64_t pending_examples = 0;  // committed only once the update is accepted
     if (__builtin_add_overflow(pending_examples_, update.num_examples, &pending_examples) ||
-        pending_examples > std::numeric_limits<int64_t>::max() - average_.total_examples()) {
+        pending_examples >
+            std::numeric_limits<int64_t>::max() - average_.total_examples() - buffered_examples_) {
       return Status::InvalidArgument("num_examples: the total example count overflows int64");
     }
-    pending_examples_ = pending_examples;
+    if (robust_.buffered() && buffered_bytes(update.bundle.payload_bytes(), buffered_.size() + 1) >
+                                  robust_.max_buffered_bytes) {
+      return Status::ResourceExhausted("robust " + std::string(robust_method_name(robust_.method)) +
+                                       ": holding " + std::to_string(buffered_.size() + 1) +
+                                       " updates would exceed " +
+                                       "config.strategy.robust.max_buffered_bytes (" +
+                                       std::to_string(robust_.max_buffered_bytes) + ")");
+    }
+    // Bound what this client can do to the model: clip its step, keep BatchNorm variances >= 0.
+    if (robust_.clip_norm > 0) {
+      FEDTAIL_ASSIGN_OR_RETURN(double norm,
+                               clip_update(server_->global(), &update.bundle, robust_.clip_norm));
+      max_norm_ = std::max(max_norm_, norm);
+      if (norm > robust_.clip_norm) ++clipped_;
+    }
+    batchnorm_fixed_ += sanitize_batchnorm(&update.bundle);
     seen_.insert(update.client_id);
     const nlohmann::json& m = update.metrics;
     if (m.is_object() && m.contains("loss") && m["loss"].is_number()) {
@@ -65,6 +86,12 @@ class FedAvgAggregation final : public Aggregation {
         loss_weight_ += static_cast<double>(update.num_examples);
       }
     }
+    if (robust_.buffered()) {
+      buffered_examples_ += update.num_examples;
+      buffered_.push_back(std::move(update));
+      return Status::OK();
+    }
+    pending_examples_ = pending_examples;
     const size_t group = fold_group_size(update.bundle.payload_bytes());
     pending_.push_back(std::move(update));
     if (pending_.size() >= group) return fold();
@@ -73,15 +100,41 @@ class FedAvgAggregation final : public Aggregation {
 
   Result<nlohmann::json> finish(const std::vector<ClientFailure>& failures) override {
     FEDTAIL_RETURN_IF_ERROR(fold());
-    Result<nlohmann::json> metrics =
-        server_->finish_round(round_, average_, loss_sum_, loss_weight_, failures);
+    Result<nlohmann::json> metrics = Status::Internal("unset");
+    if (robust_.buffered()) {
+      metrics = server_->finish_round(
+          round_, static_cast<int>(buffered_.size()), buffered_examples_,
+          [this]() { return robust_mean(); }, loss_sum_, loss_weight_, failures);
+    } else {
+      metrics = server_->finish_round(
+          round_, average_.updates(), average_.total_examples(),
+          [this]() { return average_.finish(); }, loss_sum_, loss_weight_, failures);
+    }
     server_->spare_average_ = std::move(average_);
+    if (metrics.ok() &&
+        (robust_.method != RobustMethod::kNone || robust_.clip_norm > 0 || batchnorm_fixed_ > 0)) {
+      nlohmann::json robust = report_.to_json();
+      robust["method"] = robust_method_name(robust_.method);
+      if (robust_.clip_norm > 0) {
+        robust["clip_norm"] = robust_.clip_norm;
+        robust["clipped"] = clipped_;
+        robust["max_update_norm"] = max_norm_;
+      }
+      if (robust_.buffered()) {
+        uint64_t bytes = 0;
+        for (const ClientUpdate& u : buffered_) bytes += u.bundle.payload_bytes();
+        robust["buffered_bytes"] = bytes;
+      }
+      robust["batchnorm_variances_clamped"] = batchnorm_fixed_;
+      (*metrics)["robust"] = std::move(robust);
+    }
     return metrics;
   }
 
  private:
   // Folds the pending updates (checked on arrival, so this cannot fail short of a bug).
   Status fold() {
+    if (pending_.empty()) return Status::OK();
     std::vector<WeightedAverage::Weighted> batch;
     batch.reserve(pending_.size());
     for (const ClientUpdate& u : pending_) batch.push_back({&u.bundle, u.num_examples});
@@ -91,14 +144,35 @@ class FedAvgAggregation final : public Aggregation {
     return status;
   }
 
+  // The buffered method's aggregate of the round's updates.
+  Result<TensorBundle> robust_mean() {
+    std::vector<const TensorBundle*> updates;
+    std::vector<int64_t> examples;
+    for (const ClientUpdate& u : buffered_) {
+      updates.push_back(&u.bundle);
+      examples.push_back(u.num_examples);
+    }
+    FEDTAIL_ASSIGN_OR_RETURN(TensorBundle mean,
+                             robust_aggregate(robust_, updates, examples, &report_));
+    batchnorm_fixed_ += sanitize_batchnorm(&mean);
+    return mean;
+  }
+
   FedAvgServer* const server_;  // borrowed; outlives this
   const int round_;
+  const RobustOptions robust_;
   WeightedAverage average_;
   std::vector<ClientUpdate> pending_;  // checked, not yet folded
   int64_t pending_examples_ = 0;
-  std::set<std::string> seen_;  // clients whose update was accepted
-  double loss_sum_ = 0;         // Σ n_k · loss_k over updates that reported a finite loss
-  double loss_weight_ = 0;      // Σ n_k over the same updates
+  std::vector<ClientUpdate> buffered_;  // buffered robust methods: the round's updates
+  int64_t buffered_examples_ = 0;
+  RobustReport report_;
+  int64_t clipped_ = 0;          // updates whose step exceeded clip_norm
+  double max_norm_ = 0;          // the largest step norm before clipping
+  int64_t batchnorm_fixed_ = 0;  // negative running variances clamped to 0
+  std::set<std::string> seen_;   // clients whose update was accepted
+  double loss_sum_ = 0;          // Σ n_k · loss_k over updates that reported a finite loss
+  double loss_weight_ = 0;       // Σ n_k over the same updates
 };
 
 FedAvgServer::FedAvgServer(std::string name, RoundOptions options)
@@ -130,6 +204,7 @@ Result<std::vector<TaskSpec>> FedAvgServer::configure_fit(int round,
   FEDTAIL_ASSIGN_OR_RETURN(
       std::vector<ClientInfo> chosen,
       sample_clients(available, options_.fraction_fit, options_.min_fit_clients, rng));
+  FEDTAIL_RETURN_IF_ERROR(check_buffered_bytes(chosen.size()));
   std::vector<TaskSpec> tasks;
   tasks.reserve(chosen.size());
   for (const ClientInfo& c : chosen) {
@@ -139,6 +214,18 @@ Result<std::vector<TaskSpec>> FedAvgServer::configure_fit(int round,
     tasks.push_back(std::move(task));
   }
   return tasks;
+}
+
+Status FedAvgServer::check_buffered_bytes(size_t clients) const {
+  const RobustOptions& robust = options_.robust;
+  if (!robust.buffered() || !global_) return Status::OK();
+  const uint64_t bytes = buffered_bytes(global_->payload_bytes(), clients);
+  if (bytes <= robust.max_buffered_bytes) return Status::OK();
+  return Status::FailedPrecondition(
+      name_ + ": robust " + robust_method_name(robust.method) + " would hold " +
+      std::to_string(clients) + " updates of " + std::to_string(global_->payload_bytes()) +
+      " bytes (" + std::to_string(bytes) + " bytes), over config.strategy.robust." +
+      "max_buffered_bytes (" + std::to_string(robust.max_buffered_bytes) + ")");
 }
 
 Result<std::unique_ptr<Aggregation>> FedAvgServer::begin_aggregation(int round) {
@@ -154,14 +241,14 @@ Result<std::unique_ptr<Aggregation>> FedAvgServer::begin_aggregation(int round) 
       std::make_unique<FedAvgAggregation>(this, round, std::move(*average)));
 }
 
-Result<nlohmann::json> FedAvgServer::finish_round(int round, const WeightedAverage& average,
-                                                  double loss_sum, double loss_weight,
-                                                  const std::vector<ClientFailure>& failures) {
+Result<nlohmann::json> FedAvgServer::finish_round(
+    int round, int updates, int64_t examples, const std::function<Result<TensorBundle>()>& mean_of,
+    double loss_sum, double loss_weight, const std::vector<ClientFailure>& failures) {
   nlohmann::json metrics = {
       {"updated", false},
-      {"updates", average.updates()},
+      {"updates", updates},
       {"failures", failures.size()},
-      {"examples", average.total_examples()},
+      {"examples", examples},
       {"loss", loss_weight > 0 ? nlohmann::json(loss_sum / loss_weight) : nlohmann::json()}};
   if (!options_.accept_failures && !failures.empty()) {
     metrics["reason"] = std::to_string(failures.size()) +
@@ -169,13 +256,13 @@ Result<nlohmann::json> FedAvgServer::finish_round(int round, const WeightedAvera
                         "model is kept";
     return metrics;
   }
-  if (average.updates() < options_.min_fit_clients) {
-    metrics["reason"] = std::to_string(average.updates()) + " valid update(s), fewer than " +
+  if (updates < options_.min_fit_clients) {
+    metrics["reason"] = std::to_string(updates) + " valid update(s), fewer than " +
                         "min_fit_clients = " + std::to_string(options_.min_fit_clients) +
                         "; the global model is kept";
     return metrics;
   }
-  FEDTAIL_ASSIGN_OR_RETURN(TensorBundle mean, average.finish());
+  FEDTAIL_ASSIGN_OR_RETURN(TensorBundle mean, mean_of());
   FEDTAIL_ASSIGN_OR_RETURN(TensorBundle next, next_global(round, std::move(mean)));
   FEDTAIL_RETURN_IF_ERROR(check_compatible(next, *global_).with_context(name_ + ": next_global"));
   next.mutable_metadata() = {{"strategy", name_}, {"round", round}};

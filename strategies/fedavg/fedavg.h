@@ -2,7 +2,9 @@
 // server replaces the global model by the example-weighted mean of the returned models, every
 // state tensor included (BatchNorm running statistics and counters too; the FedLoGe authors' code).
 //
-// config.strategy keys: RoundOptions (strategies/sampling.h). Nothing else.
+// config.strategy keys: RoundOptions (strategies/sampling.h), "robust" included: update-norm
+// clipping (streaming) or a buffered robust rule (median, trimmed mean, Krum, Multi-Krum, Bulyan)
+// in place of the weighted mean, with metrics under "robust". Nothing else.
 //
 // FedAvgServer is also the base of FedAvg variants that change only the server update (FedAvgM)
 // or only the client loss (FedProx pairs it with FedProxClient): override next_global() and the
@@ -12,6 +14,7 @@
 #ifndef FEDTAIL_STRATEGIES_FEDAVG_FEDAVG_H_
 #define FEDTAIL_STRATEGIES_FEDAVG_FEDAVG_H_
 
+#include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -107,10 +110,16 @@ class FedAvgServer : public ServerStrategy {
  private:
   friend class FedAvgAggregation;
 
-  // The body of FedAvgAggregation::finish.
-  Result<nlohmann::json> finish_round(int round, const WeightedAverage& average, double loss_sum,
-                                      double loss_weight,
+  // The body of FedAvgAggregation::finish: `updates` valid updates of `examples` examples in
+  // all; `mean_of` computes the aggregate (the weighted mean, or a robust rule's) when the round
+  // updates the model.
+  Result<nlohmann::json> finish_round(int round, int updates, int64_t examples,
+                                      const std::function<Result<TensorBundle>()>& mean_of,
+                                      double loss_sum, double loss_weight,
                                       const std::vector<ClientFailure>& failures);
+  // kFailedPrecondition when a buffered robust method would hold more than
+  // robust.max_buffered_bytes for `clients` updates.
+  Status check_buffered_bytes(size_t clients) const;
   Status check_ready() const;
 
   // Constant after construction.

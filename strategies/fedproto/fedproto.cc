@@ -20,6 +20,9 @@ Result<FedProtoOptions> parse_fedproto_options(const nlohmann::json& config) {
   JsonReader reader(config.is_null() ? empty : config, "config.strategy");
   FedProtoOptions o;
   read_round_options(reader, &o.server.round);
+  reader.check(
+      !o.server.round.robust.enabled(), "robust",
+      "fedproto averages class prototypes, not models: robust aggregation is not supported");
   reader.read("lambda", &o.lambda);
   reader.read("weighted", &o.server.weighted);
   reader.read("drop_last", &o.drop_last);

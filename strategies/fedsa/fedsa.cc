@@ -39,6 +39,8 @@ Result<FedSaOptions> parse_fedsa_options(const nlohmann::json& config) {
   JsonReader reader(config.is_null() ? empty : config, "config.strategy");
   FedSaOptions o;
   read_round_options(reader, &o.server.round);
+  reader.check(!o.server.round.robust.enabled(), "robust",
+               "fedsa averages class prototypes, not models: robust aggregation is not supported");
   reader.read("gamma", &o.weights.gamma);
   reader.read("lambda", &o.weights.lambda);
   reader.read("mu", &o.weights.mu);

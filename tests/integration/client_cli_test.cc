@@ -199,7 +199,9 @@ TEST_F(ClientCliTest, CertsToolMakesAWorkingSet) {
   test_support::CliRun token =
       run_cli(certs, "token --secret-file " + dir_ + "/pki/secret --client-id client-5");
   EXPECT_EQ(token.exit_code, 0);
-  EXPECT_EQ(token.out.size(), 65u) << token.out;  // 64 hex digits and a newline
+  // ft1.<federation>.<expiry>.<64 hex digits> and a newline; federation "fedtail" by default.
+  EXPECT_EQ(token.out.rfind("ft1.fedtail.", 0), 0u) << token.out;
+  EXPECT_EQ(token.out.size(), std::string("ft1.fedtail.1234567890.").size() + 64 + 1) << token.out;
 
   test_support::CliRun again = run_cli(certs, "ca --out " + dir_ + "/pki");
   EXPECT_EQ(again.exit_code, 1);

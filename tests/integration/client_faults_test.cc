@@ -553,10 +553,11 @@ class ClientFaultsNetns : public ClientFaults {
   void start_and_cut_victim_mid_upload(const nlohmann::json& config, int clients,
                                        const std::string& victim_pause) {
     test_support::write_file(dir_ + "/run.json", config.dump(2));
-    coordinator_ = start_in(coordinator_ns_, "fedtail-coordinator",
-                            {"--config", dir_ + "/run.json", "--listen", "0.0.0.0:0", "--insecure",
-                             "--state-dir", state_dir_, "--threads", "1"},
-                            "coordinator.log");
+    coordinator_ =
+        start_in(coordinator_ns_, "fedtail-coordinator",
+                 {"--config", dir_ + "/run.json", "--listen", "0.0.0.0:0", "--insecure",
+                  "--allow-unauthenticated-clients", "--state-dir", state_dir_, "--threads", "1"},
+                 "coordinator.log");
     port_ = test_support::wait_for_file(state_dir_ + "/port", 120s);
     ASSERT_FALSE(port_.empty()) << coordinator_->log();
     clients_.resize(clients);

@@ -8,11 +8,13 @@
 //   time restarted with --resume on the same --state-dir and --listen address while the client
 //   process keeps running: in round 1 before any checkpoint exists (then --resume finds no
 //   checkpoint and starts a new run), in round 1 of that new run, and in two rounds drawn from
-//   std::mt19937(kKillSeed), with drawn delays. Two of the kills are traps: a FIFO at
-//   checkpoint.bundle.tmp makes the checkpoint write block in open(), so the kill certainly falls
-//   between a round's metrics line and its checkpoint. The kill points and where each one landed
+//   std::mt19937(kKillSeed), with drawn delays. Two of the kills are traps: the test hook
+//   FEDTAIL_FAULT_PAUSE_CHECKPOINT=<round> (coordinator/checkpoint.cc) makes that round's
+//   checkpoint write pause after its metrics line, so the kill certainly falls between the two.
+//   (A FIFO at the temporary file's name no longer works: temporary names are unique and opened
+//   with O_EXCL.) The kill points and where each one landed
 //   are printed, so a failure can be reproduced.
-// - DiskFullAtCheckpointTime, CheckpointTemporaryPathIsADirectory, ReadOnlyStateDir: a write in
+// - DiskFullAtCheckpointTime, ReadOnlyStateDir: a write in
 //   the state directory fails after round kFaultAfterRound's checkpoint. The coordinator must exit
 //   1 with an error line naming the file and the OS reason, keep the last checkpoint readable, and
 //   leave metrics.jsonl made of complete lines, at most one beyond the checkpoint's count (which
@@ -251,7 +253,8 @@ class CoordinatorFaults : public ::testing::Test {
   }
 
   std::unique_ptr<Process> start_coordinator(const std::string& state, const std::string& listen,
-                                             bool resume, const std::string& log_name) {
+                                             bool resume, const std::string& log_name,
+                                             std::vector<std::string> env = {}) {
     std::vector<std::string> argv = {test_support::binary_path("fedtail-coordinator"),
                                      "--config",
                                      dir_ + "/run.json",
@@ -262,7 +265,7 @@ class CoordinatorFaults : public ::testing::Test {
                                      "--threads",
                                      "1"};
     if (resume) argv.push_back("--resume");
-    return std::make_unique<Process>(argv, dir_ + "/" + log_name + ".log");
+    return std::make_unique<Process>(argv, dir_ + "/" + log_name + ".log", std::move(env));
   }
 
   std::unique_ptr<Process> start_clients(const std::string& port, const std::string& name) {
@@ -442,8 +445,8 @@ class CoordinatorFaults : public ::testing::Test {
 
 // How the coordinator is killed in one incarnation.
 struct KillPoint {
-  // kTrap: a FIFO at checkpoint.bundle.tmp blocks round `round`'s checkpoint write (open() waits
-  // for a reader); the kill comes once that round's metrics line is on disk. kTimed: the kill
+  // kTrap: FEDTAIL_FAULT_PAUSE_CHECKPOINT pauses round `round`'s checkpoint write after its
+  // metrics line; the kill comes once that line is on disk. kTimed: the kill
   // comes `delay_ms` after round `round` started (round - 1 metrics lines on disk, or the clients'
   // join when the incarnation resumed at that round).
   enum class Kind { kTrap, kTimed } kind;
@@ -491,7 +494,6 @@ TEST_F(CoordinatorFaults, KilledRepeatedlyAtRandomPointsResumesBitExactly) {
   }
 
   const std::string state = dir_ + "/killed-state";
-  const std::string trap = state + "/" + kCheckpointFile + ".tmp";
   const std::string metrics = state + "/" + kMetricsFile;
   fs::create_directories(state);
   std::string port;
@@ -506,16 +508,13 @@ TEST_F(CoordinatorFaults, KilledRepeatedlyAtRandomPointsResumesBitExactly) {
     // What this incarnation resumes from (nothing runs now); a point already passed moves up.
     const StateSnapshot start = inspect(state);
     const int round = std::max(point.round, start.checkpoint_round + 1);
-    const bool trap_now =
-        point.kind == KillPoint::Kind::kTrap && round == start.checkpoint_round + 1;
-    if (trap_now) {
-      // Any checkpoint.bundle.tmp now is the leftover of a killed write.
-      fs::remove(trap);
-      ASSERT_EQ(::mkfifo(trap.c_str(), 0600), 0) << trap << ": " << std::strerror(errno);
+    std::vector<std::string> env;
+    if (point.kind == KillPoint::Kind::kTrap) {
+      env.push_back("FEDTAIL_FAULT_PAUSE_CHECKPOINT=" + std::to_string(round));
     }
     const std::string name = "killed-" + std::to_string(i + 1);
     coordinator = start_coordinator(state, port.empty() ? "127.0.0.1:0" : "127.0.0.1:" + port,
-                                    /*resume=*/i > 0, name);
+                                    /*resume=*/i > 0, name, std::move(env));
     // Listening means the state directory is prepared (on --resume: metrics.jsonl cut back).
     ASSERT_TRUE(coordinator->wait_for_log_line("listening on", kStartTimeout))
         << coordinator->log();
@@ -537,32 +536,16 @@ TEST_F(CoordinatorFaults, KilledRepeatedlyAtRandomPointsResumesBitExactly) {
 
     std::string at;
     if (point.kind == KillPoint::Kind::kTrap) {
-      if (!trap_now) {
-        // Set the trap once round - 1's checkpoint is on disk. Stopped, the coordinator is not
-        // inside a checkpoint write unless the temporary file exists (the incarnation's first
-        // write has replaced any leftover).
-        ASSERT_TRUE(wait_until(
-            [&] { return inspect(state).checkpoint_round >= round - 1 || !coordinator->running(); },
-            kRunTimeout))
-            << coordinator->log();
-        ASSERT_TRUE(wait_until(
-            [&] {
-              coordinator->signal(SIGSTOP);
-              const bool set = !fs::exists(trap) && ::mkfifo(trap.c_str(), 0600) == 0;
-              coordinator->signal(SIGCONT);
-              return set;
-            },
-            30s))
-            << trap;
-      }
+      // The hook logs once the round's metrics line is on disk and its checkpoint write sleeps
+      // (earlier rounds' short natural windows must not count).
+      const std::string paused = "pausing the checkpoint write of round " + std::to_string(round);
       ASSERT_TRUE(wait_until(
           [&] {
-            const StateSnapshot s = inspect(state);
-            return s.lines > s.recorded_lines || !coordinator->running();
+            return coordinator->log().find(paused) != std::string::npos || !coordinator->running();
           },
           kRunTimeout))
           << coordinator->log();
-      at = "its checkpoint write blocked";
+      at = "its checkpoint write paused";
     } else {
       if (round == start.checkpoint_round + 1) {
         ASSERT_TRUE(coordinator->wait_for_log_line("joined hosting", kRunTimeout))
@@ -603,8 +586,6 @@ TEST_F(CoordinatorFaults, KilledRepeatedlyAtRandomPointsResumesBitExactly) {
         kill_landing(killed).c_str(), killed.describe().c_str());
     EXPECT_EQ(killed.checkpoint_error, "");
     EXPECT_FALSE(killed.torn) << killed.describe();
-    struct stat st;
-    if (::lstat(trap.c_str(), &st) == 0 && S_ISFIFO(st.st_mode)) fs::remove(trap);
     ASSERT_TRUE(clients->running()) << clients->log();
   }
 
@@ -659,27 +640,6 @@ TEST_F(CoordinatorFaults, DiskFullAtCheckpointTime) {
   fault.os_error = "No space left on device";
   fault.same_checkpoint = false;
   run_with_fault(mnt + "/state", fault);
-}
-
-TEST_F(CoordinatorFaults, CheckpointTemporaryPathIsADirectory) {
-  // Root ignores file permissions: a directory where write_bundle_file creates its temporary file
-  // makes the open fail (EISDIR) for root too.
-  Fault fault;
-  fault.name = "tmp-is-dir";
-  fault.inject = [](Process&, const std::string& state) -> std::string {
-    const std::string tmp = state + "/" + kCheckpointFile + ".tmp";
-    // EEXIST: a checkpoint write is in progress; its rename frees the name.
-    const bool made = wait_until([&] { return ::mkdir(tmp.c_str(), 0755) == 0; }, 30s);
-    return made ? "" : tmp + ": mkdir: " + std::strerror(errno);
-  };
-  fault.repair = [](const std::string& state) {
-    std::error_code ec;
-    fs::remove(state + "/" + kCheckpointFile + ".tmp", ec);
-    return ec ? ec.message() : std::string();
-  };
-  fault.os_error = "Is a directory";
-  fault.failing_file = kCheckpointFile;
-  run_with_fault(dir_ + "/tmp-is-dir-state", fault);
 }
 
 TEST_F(CoordinatorFaults, ReadOnlyStateDir) {

@@ -37,6 +37,7 @@
 #include "common/wire/bundle_file.h"
 #include "fedtail/v1/federation.grpc.pb.h"
 #include "tests/support/cli.h"
+#include "tests/support/mallory.h"
 #include "tests/support/process.h"
 
 namespace fedtail {
@@ -44,6 +45,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
+using test_support::Mallory;
 using test_support::Process;
 
 constexpr int kRounds = 8;  // one bad result per round (see Mallory::attack)
@@ -75,120 +77,8 @@ nlohmann::json run_config(int min_available_clients) {
 }
 
 std::vector<v1::BundleChunk> encode(const TensorBundle& bundle) {
-  std::vector<v1::BundleChunk> chunks;
-  BundleEncoder encoder(bundle, kChunkBytes);
-  v1::BundleChunk chunk;
-  while (encoder.next(&chunk)) chunks.push_back(chunk);
-  return chunks;
+  return test_support::encode_chunks(bundle, kChunkBytes);
 }
-
-// The peer that misbehaves: a plain gRPC client of the Federation service.
-class Mallory {
- public:
-  explicit Mallory(const std::string& address)
-      : channel_(grpc::CreateChannel(address, grpc::InsecureChannelCredentials())),
-        stub_(v1::Federation::NewStub(channel_)) {}
-
-  grpc::Status join(const v1::JoinRequest& request, v1::JoinResponse* response) {
-    grpc::ClientContext context;
-    context.set_deadline(std::chrono::system_clock::now() + 30s);
-    return stub_->Join(&context, request, response);
-  }
-
-  static v1::JoinRequest join_request(const std::string& id) {
-    v1::JoinRequest request;
-    request.set_client_id(id);
-    request.set_protocol_version(v1::PROTOCOL_VERSION_1);
-    request.set_num_examples(100);
-    return request;
-  }
-
-  grpc::Status heartbeat(const std::string& token) {
-    grpc::ClientContext context;
-    v1::HeartbeatRequest request;
-    request.set_session_token(token);
-    v1::HeartbeatResponse response;
-    return stub_->Heartbeat(&context, request, &response);
-  }
-
-  grpc::Status leave(const std::string& token) {
-    grpc::ClientContext context;
-    v1::LeaveRequest request;
-    request.set_session_token(token);
-    request.set_reason("mallory is done");
-    v1::LeaveResponse response;
-    return stub_->Leave(&context, request, &response);
-  }
-
-  // One PullTask: the header and, for a task, its decoded bundle.
-  grpc::Status pull(const std::string& token, v1::TaskHeader* header, TensorBundle* bundle) {
-    grpc::ClientContext context;
-    context.set_deadline(std::chrono::system_clock::now() + 60s);
-    v1::PullTaskRequest request;
-    request.set_session_token(token);
-    request.set_poll_timeout_ms(1000);
-    std::unique_ptr<grpc::ClientReader<v1::TaskChunk>> reader = stub_->PullTask(&context, request);
-    BundleDecoder decoder;
-    v1::TaskChunk chunk;
-    bool have_header = false;
-    while (reader->Read(&chunk)) {
-      if (chunk.has_header()) {
-        *header = chunk.header();
-        have_header = true;
-      } else if (chunk.has_bundle()) {
-        EXPECT_TRUE(decoder.add(chunk.bundle()).ok());
-      }
-    }
-    grpc::Status status = reader->Finish();
-    if (status.ok() && have_header && header->kind() == v1::TASK_KIND_FIT) {
-      Result<TensorBundle> decoded = decoder.finish();
-      EXPECT_TRUE(decoded.ok()) << decoded.status().to_string();
-      if (decoded.ok()) *bundle = std::move(decoded).value();
-    }
-    return status;
-  }
-
-  // One PushResult with these messages, in this order.
-  grpc::Status push(const std::vector<v1::ResultChunk>& messages,
-                    v1::PushResultResponse* response) {
-    grpc::ClientContext context;
-    context.set_deadline(std::chrono::system_clock::now() + 60s);
-    std::unique_ptr<grpc::ClientWriter<v1::ResultChunk>> writer =
-        stub_->PushResult(&context, response);
-    for (const v1::ResultChunk& message : messages) {
-      if (!writer->Write(message)) break;  // the coordinator answered early
-    }
-    writer->WritesDone();
-    return writer->Finish();
-  }
-
-  static std::vector<v1::ResultChunk> result(const v1::ResultHeader& header,
-                                             const std::vector<v1::BundleChunk>& chunks) {
-    std::vector<v1::ResultChunk> messages(1);
-    *messages[0].mutable_header() = header;
-    for (const v1::BundleChunk& chunk : chunks) *messages.emplace_back().mutable_bundle() = chunk;
-    return messages;
-  }
-
-  // Raw bytes that are not a JoinRequest, sent to Join.
-  grpc::Status garbage_join() {
-    grpc::GenericStub generic(channel_);
-    grpc::ClientContext context;
-    context.set_deadline(std::chrono::system_clock::now() + 30s);
-    const std::string bytes = "\xff\xff\xff\xff\x0f not a protobuf \x0a\xff";
-    grpc::Slice slice(bytes.data(), bytes.size());
-    grpc::ByteBuffer request(&slice, 1);
-    grpc::ByteBuffer response;
-    std::promise<grpc::Status> done;
-    generic.UnaryCall(&context, "/fedtail.v1.Federation/Join", grpc::StubOptions(), &request,
-                      &response, [&done](grpc::Status status) { done.set_value(status); });
-    return done.get_future().get();
-  }
-
- private:
-  std::shared_ptr<grpc::Channel> channel_;
-  std::unique_ptr<v1::Federation::Stub> stub_;
-};
 
 // What mallory saw of one attack.
 struct Outcome {

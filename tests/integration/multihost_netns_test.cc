@@ -253,20 +253,21 @@ TEST_F(MultihostNetns, TlsWithJoinTokensAcrossNamespaces) {
   make_ca_and_server_certificate();
   const std::string pki = dir_ + "/pki";
   certs("secret --out " + pki + "/secret.hex");
-  std::vector<std::string> tokens;
+  // As in README: each client's token in a file (not on its command line), bound to the
+  // coordinator's --federation, valid for an hour.
   for (int k = 0; k < kClients; ++k) {
-    std::string token =
-        certs("token --secret-file " + pki + "/secret.hex --client-id client-" + std::to_string(k));
-    while (!token.empty() && token.back() == '\n') token.pop_back();
-    tokens.push_back(token);
+    const std::string token =
+        certs("token --secret-file " + pki + "/secret.hex --client-id client-" + std::to_string(k) +
+              " --expires 1h --federation netns-test");
+    test_support::write_file(pki + "/client-" + std::to_string(k) + ".token", token);
   }
   ASSERT_FALSE(HasFailure());
-  run_federation(
-      {"--tls-cert", pki + "/server.pem", "--tls-key", pki + "/server.key", "--token-secret-file",
-       pki + "/secret.hex"},
-      [&](int k) {
-        return std::vector<std::string>{"--tls-ca", pki + "/ca.pem", "--token", tokens[k]};
-      });
+  run_federation({"--tls-cert", pki + "/server.pem", "--tls-key", pki + "/server.key",
+                  "--token-secret-file", pki + "/secret.hex", "--federation", "netns-test"},
+                 [&](int k) {
+                   return std::vector<std::string>{"--tls-ca", pki + "/ca.pem", "--token-file",
+                                                   pki + "/client-" + std::to_string(k) + ".token"};
+                 });
 }
 
 }  // namespace

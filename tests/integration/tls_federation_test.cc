@@ -4,7 +4,8 @@
 //     a client whose certificate comes from another CA is refused;
 //   - a plaintext client to a TLS coordinator fails with a clear error;
 //   - join tokens (server TLS, no client certificates): a good token completes the run, a forged
-//     one is refused at once.
+//     one is refused at once, and so are an expired one and one of another federation, each with
+//     a message that says why.
 // Runs are tiny: Fashion-MNIST trimmed to 50 examples per class, the small CNN, 2 SGD steps.
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -18,6 +19,7 @@
 #include <vector>
 
 #include "common/security/certs.h"
+#include "common/security/join_token.h"
 #include "common/security/tls.h"
 #include "tests/support/process.h"
 
@@ -29,6 +31,12 @@ using namespace std::chrono_literals;
 using test_support::Process;
 
 const std::string kBin = FEDTAIL_BIN_DIR;
+
+int64_t now_unix_s() {
+  return std::chrono::duration_cast<std::chrono::seconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
 
 class TlsFederationTest : public ::testing::Test {
  protected:
@@ -188,21 +196,66 @@ TEST_F(TlsFederationTest, JoinTokensAdmitGoodAndRefuseForgedTokens) {
   ASSERT_TRUE(secret.ok());
 
   // A forged token (the HMAC under another secret) is refused at once, without retries.
-  const std::string forged = join_token("not the secret", "client-0");
+  const std::string forged = make_join_token("not the secret, but as long as one", "client-0",
+                                             kDefaultFederation, now_unix_s() + 3600);
   std::unique_ptr<Process> intruder =
       start_client("forged", port, {"--tls-ca", root_ + "/ca/ca.pem", "--token", forged});
   EXPECT_EQ(intruder->wait(60s), 1) << intruder->log();
   const std::string refused = intruder->log();
   EXPECT_NE(refused.find("bad join token"), std::string::npos) << refused;
+  EXPECT_NE(refused.find("bad signature"), std::string::npos) << refused;
   EXPECT_EQ(refused.find("retrying"), std::string::npos) << refused;
+  // A token on the command line is visible in /proc: the client says so.
+  EXPECT_NE(refused.find("prefer --token-file"), std::string::npos) << refused;
 
   // The right token, from a file as fedtail-certs prints it.
-  std::ofstream(dir_ + "/token") << join_token(*secret, "client-0") << "\n";
+  std::ofstream(dir_ + "/token") << make_join_token(*secret, "client-0", kDefaultFederation,
+                                                    now_unix_s() + 3600)
+                                 << "\n";
   std::unique_ptr<Process> client = start_client(
       "client", port, {"--tls-ca", root_ + "/ca/ca.pem", "--token-file", dir_ + "/token"});
   EXPECT_EQ(client->wait(180s), 0) << client->log();
   EXPECT_EQ(coordinator->wait(60s), 0) << coordinator->log();
   EXPECT_NE(client->log().find("round 1 fit done"), std::string::npos) << client->log();
+}
+
+TEST_F(TlsFederationTest, ExpiredOrForeignTokensAreRefusedSayingWhy) {
+  std::unique_ptr<Process> coordinator;
+  const int port =
+      start_coordinator(&coordinator, {"--tls-cert", root_ + "/server/server.pem", "--tls-key",
+                                       root_ + "/server/server.key", "--token-secret-file",
+                                       root_ + "/secret", "--federation", "tls-test"});
+  ASSERT_GT(port, 0) << coordinator->log();
+  Result<std::string> secret = read_secret_file(root_ + "/secret");
+  ASSERT_TRUE(secret.ok());
+
+  // A genuine token that expired a minute ago: refused at once (no retries), naming the expiry.
+  const int64_t expired_at = now_unix_s() - 60;
+  std::ofstream(dir_ + "/expired")
+      << make_join_token(*secret, "client-0", "tls-test", expired_at) << "\n";
+  const auto started = std::chrono::steady_clock::now();
+  std::unique_ptr<Process> expired = start_client(
+      "expired", port, {"--tls-ca", root_ + "/ca/ca.pem", "--token-file", dir_ + "/expired"});
+  EXPECT_EQ(expired->wait(60s), 1) << expired->log();
+  EXPECT_LT(std::chrono::steady_clock::now() - started, 30s);
+  const std::string expired_log = expired->log();
+  EXPECT_NE(expired_log.find("expired at " + format_utc_time(expired_at)), std::string::npos)
+      << expired_log;
+  EXPECT_EQ(expired_log.find("retrying"), std::string::npos) << expired_log;
+
+  // A valid token of another federation (the default one), under the same secret.
+  std::ofstream(dir_ + "/foreign")
+      << make_join_token(*secret, "client-0", kDefaultFederation, now_unix_s() + 3600) << "\n";
+  std::unique_ptr<Process> foreign = start_client(
+      "foreign", port, {"--tls-ca", root_ + "/ca/ca.pem", "--token-file", dir_ + "/foreign"});
+  EXPECT_EQ(foreign->wait(60s), 1) << foreign->log();
+  EXPECT_NE(foreign->log().find("issued for federation \"fedtail\", this coordinator is "
+                                "\"tls-test\""),
+            std::string::npos)
+      << foreign->log();
+  // The coordinator logged both refusals with their reasons.
+  EXPECT_NE(coordinator->log().find("expired at"), std::string::npos) << coordinator->log();
+  EXPECT_NE(coordinator->stop(30s), Process::kTimedOut);
 }
 
 TEST_F(TlsFederationTest, VirtualClientsDeriveTheirTokensFromTheSecret) {
@@ -227,6 +280,7 @@ TEST_F(TlsFederationTest, VirtualClientsDeriveTheirTokensFromTheSecret) {
 }
 
 TEST_F(TlsFederationTest, CertsToolPrintsTheTokenTheCoordinatorExpects) {
+  const int64_t before = now_unix_s();
   std::unique_ptr<Process> tool = std::make_unique<Process>(
       std::vector<std::string>{kBin + "/fedtail-certs", "token", "--secret-file", root_ + "/secret",
                                "--client-id", "client-7"},
@@ -234,7 +288,39 @@ TEST_F(TlsFederationTest, CertsToolPrintsTheTokenTheCoordinatorExpects) {
   ASSERT_EQ(tool->wait(30s), 0) << tool->log();
   Result<std::string> secret = read_secret_file(root_ + "/secret");
   ASSERT_TRUE(secret.ok());
-  EXPECT_EQ(tool->log(), join_token(*secret, "client-7") + "\n");
+  std::string token = tool->log();
+  ASSERT_FALSE(token.empty());
+  EXPECT_EQ(token.back(), '\n');
+  token.pop_back();
+  // Defaults: federation "fedtail", valid for 30 days.
+  Result<ParsedJoinToken> parsed = parse_join_token(token);
+  ASSERT_TRUE(parsed.ok()) << parsed.status().to_string();
+  EXPECT_EQ(parsed->federation, "fedtail");
+  EXPECT_GE(parsed->expires_unix_s, before + 30 * 86400);
+  EXPECT_LE(parsed->expires_unix_s, now_unix_s() + 30 * 86400);
+  EXPECT_TRUE(check_join_token(*secret, "client-7", token, "fedtail", now_unix_s()).ok());
+  EXPECT_FALSE(check_join_token(*secret, "client-8", token, "fedtail", now_unix_s()).ok());
+
+  std::unique_ptr<Process> lab = std::make_unique<Process>(
+      std::vector<std::string>{kBin + "/fedtail-certs", "token", "--secret-file", root_ + "/secret",
+                               "--client-id", "client-7", "--expires", "2h", "--federation",
+                               "lab.v2"},
+      dir_ + "/lab.out");
+  ASSERT_EQ(lab->wait(30s), 0) << lab->log();
+  std::string lab_token = lab->log();
+  lab_token.pop_back();
+  Result<ParsedJoinToken> lab_parsed = parse_join_token(lab_token);
+  ASSERT_TRUE(lab_parsed.ok()) << lab_parsed.status().to_string();
+  EXPECT_EQ(lab_parsed->federation, "lab.v2");
+  EXPECT_LE(lab_parsed->expires_unix_s, now_unix_s() + 2 * 3600);
+  EXPECT_TRUE(check_join_token(*secret, "client-7", lab_token, "lab.v2", now_unix_s()).ok());
+
+  std::unique_ptr<Process> bad_expiry = std::make_unique<Process>(
+      std::vector<std::string>{kBin + "/fedtail-certs", "token", "--secret-file", root_ + "/secret",
+                               "--client-id", "client-7", "--expires", "3 weeks"},
+      dir_ + "/bad_expiry.out");
+  EXPECT_EQ(bad_expiry->wait(30s), 1);
+  EXPECT_NE(bad_expiry->log().find("--expires"), std::string::npos) << bad_expiry->log();
 
   std::unique_ptr<Process> missing = std::make_unique<Process>(
       std::vector<std::string>{kBin + "/fedtail-certs", "token", "--secret-file", dir_ + "/nope",

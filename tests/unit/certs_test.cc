@@ -7,6 +7,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "common/security/join_token.h"
 #include "common/security/tls.h"
 
 namespace fedtail::certs {
@@ -129,10 +130,13 @@ TEST_F(CertsTest, SecretFileIsPrivateAndGivesVerifiableTokens) {
   EXPECT_EQ(mode_of(path), 0600u);
   Result<std::string> secret = read_secret_file(path);
   ASSERT_TRUE(secret.ok());
-  EXPECT_EQ(secret->size(), 64u);
-  const std::string token = join_token(*secret, "client-3");
-  EXPECT_TRUE(verify_join_token(*secret, "client-3", token));
-  EXPECT_FALSE(verify_join_token(*secret, "client-4", token));
+  EXPECT_EQ(secret->size(), 64u);  // at least kMinTokenSecretBytes
+  EXPECT_GE(secret->size(), kMinTokenSecretBytes);
+  const int64_t now = 1700000000;
+  const std::string token = make_join_token(*secret, "client-3", "fedtail", now + 3600);
+  EXPECT_TRUE(check_join_token(*secret, "client-3", token, "fedtail", now).ok());
+  EXPECT_FALSE(check_join_token(*secret, "client-4", token, "fedtail", now).ok());
+  EXPECT_FALSE(check_join_token(*secret, "client-3", token, "fedtail", now + 3600).ok());
   // A second secret differs (drawn from the CSPRNG).
   ASSERT_TRUE(make_secret_file(path, /*overwrite=*/true).ok());
   EXPECT_NE(*read_secret_file(path), *secret);

@@ -1,8 +1,16 @@
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
+#include <set>
+#include <string>
+#include <vector>
 
+#include "common/base/temp_file.h"
 #include "common/wire/bundle_file.h"
 #include "coordinator/checkpoint.h"
 #include "coordinator/summary.h"
@@ -61,12 +69,156 @@ TEST(Checkpoint, OverwritingKeepsTheNewestAndLeavesNoTemporaryFile) {
   ASSERT_TRUE(write_checkpoint(path, info(1), state_bundle()).ok());
   ASSERT_TRUE(write_checkpoint(path, info(2), state_bundle()).ok());
   EXPECT_EQ(read_checkpoint(path)->info.round, 2);
-  int files = 0;
+  std::vector<std::string> files;
   for (const auto& entry : std::filesystem::directory_iterator(dir)) {
-    (void)entry;
-    ++files;
+    files.push_back(entry.path().filename().string());
   }
-  EXPECT_EQ(files, 1);
+  std::sort(files.begin(), files.end());
+  EXPECT_EQ(files, (std::vector<std::string>{"checkpoint.bundle", kCheckpointKeyFile}));
+}
+
+mode_t permissions(const std::string& path) {
+  struct stat st {};
+  EXPECT_EQ(::lstat(path.c_str(), &st), 0) << path;
+  return st.st_mode & 07777;
+}
+
+TEST(CheckpointMac, KeyIsCreatedOnceWithMode0600) {
+  const std::string dir = scratch_dir("key");
+  ASSERT_TRUE(write_checkpoint(dir + "/checkpoint.bundle", info(1), state_bundle()).ok());
+  const std::string key_path = dir + "/" + kCheckpointKeyFile;
+  EXPECT_EQ(permissions(key_path), 0600u);
+  EXPECT_EQ(std::filesystem::file_size(key_path), kCheckpointKeyBytes);
+  Result<std::string> key = read_checkpoint_key(dir);
+  ASSERT_TRUE(key.ok()) << key.status().to_string();
+  // Later writes reuse the key.
+  ASSERT_TRUE(write_checkpoint(dir + "/checkpoint.bundle", info(2), state_bundle()).ok());
+  EXPECT_EQ(*read_checkpoint_key(dir), *key);
+  // Two directories, two keys.
+  const std::string other = scratch_dir("key-other");
+  Result<std::string> other_key = load_or_create_checkpoint_key(other);
+  ASSERT_TRUE(other_key.ok()) << other_key.status().to_string();
+  EXPECT_NE(*other_key, *key);
+}
+
+TEST(CheckpointMac, ModifiedCheckpointIsRefusedNamingTheFile) {
+  const std::string dir = scratch_dir("tampered");
+  const std::string path = dir + "/checkpoint.bundle";
+  ASSERT_TRUE(write_checkpoint(path, info(3), state_bundle()).ok());
+  // Re-encoded with valid file digests: a changed tensor byte, then a changed record.
+  Result<TensorBundle> raw = read_bundle_file(path);
+  ASSERT_TRUE(raw.ok());
+  raw->find("w")->mutable_bytes()[0] ^= 0x80;
+  ASSERT_TRUE(write_bundle_file(path, *raw).ok());
+  Result<Checkpoint> read = read_checkpoint(path);
+  EXPECT_EQ(read.status().code(), StatusCode::kCorruption);
+  EXPECT_NE(read.status().message().find(
+                path + ": MAC mismatch: the file was modified or written with another key"),
+            std::string::npos)
+      << read.status().to_string();
+
+  ASSERT_TRUE(write_checkpoint(path, info(3), state_bundle()).ok());
+  raw = read_bundle_file(path);
+  ASSERT_TRUE(raw.ok());
+  raw->mutable_metadata()[kCheckpointKey]["round"] = 2;
+  ASSERT_TRUE(write_bundle_file(path, *raw).ok());
+  read = read_checkpoint(path);
+  EXPECT_NE(read.status().message().find("MAC mismatch"), std::string::npos)
+      << read.status().to_string();
+
+  // The MAC removed: refused as well.
+  raw->mutable_metadata().erase(kCheckpointMacKey);
+  ASSERT_TRUE(write_bundle_file(path, *raw).ok());
+  read = read_checkpoint(path);
+  EXPECT_EQ(read.status().code(), StatusCode::kCorruption);
+  EXPECT_NE(read.status().message().find(path + ": no MAC"), std::string::npos)
+      << read.status().to_string();
+}
+
+TEST(CheckpointMac, CheckpointUnderAnotherKeyOrWithoutKeyIsRefused) {
+  const std::string dir = scratch_dir("other-key");
+  const std::string path = dir + "/checkpoint.bundle";
+  ASSERT_TRUE(write_checkpoint(path, info(1), state_bundle()).ok());
+  // The checkpoint moved next to another key.
+  const std::string elsewhere = scratch_dir("other-key-2");
+  ASSERT_TRUE(load_or_create_checkpoint_key(elsewhere).ok());
+  std::filesystem::copy_file(path, elsewhere + "/checkpoint.bundle");
+  Result<Checkpoint> read = read_checkpoint(elsewhere + "/checkpoint.bundle");
+  EXPECT_NE(read.status().message().find("MAC mismatch"), std::string::npos)
+      << read.status().to_string();
+  // The key removed: the MAC cannot be checked, and the error says which file is missing.
+  std::filesystem::remove(dir + "/" + kCheckpointKeyFile);
+  read = read_checkpoint(path);
+  EXPECT_FALSE(read.ok());
+  EXPECT_NE(read.status().message().find(kCheckpointKeyFile), std::string::npos)
+      << read.status().to_string();
+}
+
+TEST(CheckpointMac, KeyReadableByOthersIsRefused) {
+  const std::string dir = scratch_dir("open-key");
+  ASSERT_TRUE(load_or_create_checkpoint_key(dir).ok());
+  const std::string key_path = dir + "/" + kCheckpointKeyFile;
+  ASSERT_EQ(::chmod(key_path.c_str(), 0644), 0);
+  Result<std::string> key = read_checkpoint_key(dir);
+  EXPECT_EQ(key.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(key.status().message().find(key_path), std::string::npos);
+  EXPECT_NE(key.status().message().find("0644"), std::string::npos) << key.status().to_string();
+}
+
+TEST(StateDirectory, CreatedWithMode0700AndAnOpenOneIsTightened) {
+  const std::string base = scratch_dir("state-dir");
+  const std::string fresh = base + "/a/b/state";
+  ASSERT_TRUE(prepare_state_directory(fresh).ok());
+  EXPECT_EQ(permissions(fresh), 0700u);
+  // Again: nothing to do.
+  ASSERT_TRUE(prepare_state_directory(fresh + "/").ok());
+  EXPECT_EQ(permissions(fresh), 0700u);
+  // An existing directory that group/others can enter is ours: chmod'ed to 0700.
+  const std::string open = base + "/open";
+  std::filesystem::create_directories(open);
+  ASSERT_EQ(::chmod(open.c_str(), 0777), 0);
+  ASSERT_TRUE(prepare_state_directory(open).ok());
+  EXPECT_EQ(permissions(open), 0700u);
+  // A file in the way is an error naming it.
+  const std::string file = base + "/file";
+  std::ofstream(file) << "x";
+  Status status = prepare_state_directory(file);
+  EXPECT_EQ(status.code(), StatusCode::kIOError);
+  EXPECT_NE(status.message().find(file), std::string::npos) << status.to_string();
+}
+
+TEST(TempFiles, WritersNeverFollowASymlinkPlantedAtTheOldFixedTemporaryName) {
+  const std::string dir = scratch_dir("symlink");
+  const std::string victim = dir + "/victim";
+  std::ofstream(victim) << "precious";
+  // The names the writers used before: "<target>.tmp".
+  for (const char* name : {"checkpoint.bundle", "summary.json", "model.bundle"}) {
+    ASSERT_EQ(::symlink(victim.c_str(), (dir + "/" + name + ".tmp").c_str()), 0) << name;
+  }
+  ASSERT_TRUE(write_checkpoint(dir + "/checkpoint.bundle", info(1), state_bundle()).ok());
+  ASSERT_TRUE(write_file_atomic(dir + "/summary.json", "{}\n").ok());
+  ASSERT_TRUE(write_bundle_file(dir + "/model.bundle", state_bundle()).ok());
+  std::ifstream in(victim);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(text, "precious");
+  EXPECT_TRUE(read_checkpoint(dir + "/checkpoint.bundle").ok());
+  EXPECT_EQ(permissions(dir + "/summary.json"), 0600u);
+  EXPECT_EQ(permissions(dir + "/model.bundle"), 0600u);
+}
+
+TEST(TempFiles, NamesAreUniqueAndCreatedExclusivelyWithMode0600) {
+  const std::string dir = scratch_dir("temp-names");
+  const std::string target = dir + "/target";
+  std::set<std::string> names;
+  for (int i = 0; i < 50; ++i) {
+    Result<TempFile> temp = create_temp_file(target);
+    ASSERT_TRUE(temp.ok()) << temp.status().to_string();
+    EXPECT_EQ(temp->path.rfind(target + ".tmp." + std::to_string(::getpid()) + ".", 0), 0u)
+        << temp->path;
+    EXPECT_EQ(permissions(temp->path), 0600u);
+    ::close(temp->fd);
+    EXPECT_TRUE(names.insert(temp->path).second) << temp->path;
+  }
 }
 
 TEST(Checkpoint, ReservedKeyMissingFileAndForeignBundleAreErrors) {

@@ -6,6 +6,9 @@
 #include <cmath>
 #include <future>
 #include <limits>
+#include <map>
+#include <set>
+#include <string>
 #include <thread>
 
 #include "common/wire/bundle_codec.h"
@@ -171,7 +174,7 @@ class RoundEngineTest : public ::testing::Test {
     engine_ = std::make_unique<RoundEngine>(std::move(config), strategy_.get(), &registry_);
   }
 
-  SessionView join(const std::string& id, int64_t examples = 10) {
+  SessionView join(const std::string& id, int64_t examples = 100) {
     Admission a = registry_.admit(id, {{id, examples, "test"}});
     EXPECT_TRUE(a.status.ok()) << a.status.to_string();
     if (engine_) engine_->clients_joined(a);
@@ -381,6 +384,19 @@ TEST_F(RoundEngineStepTest, RefusesOversizedCorruptAndMisaddressedResults) {
   EXPECT_EQ(lines()[0]["fit"]["failures"].size(), 2u);
 }
 
+TEST_F(RoundEngineStepTest, AnUpdateMayClaimNoMoreExamplesThanItsClientDeclared) {
+  start_with_two();  // each declared 100 at Join
+  PushOutcome over = push(*engine_, a_, *task_a_, w_bundle({1, 1, 1, 1}), 101);
+  EXPECT_FALSE(over.response.accepted());
+  EXPECT_NE(over.response.reason().find("num_examples must be in [1, 100]"), std::string::npos)
+      << over.response.reason();
+  EXPECT_NE(over.response.reason().find("declared at Join"), std::string::npos);
+  ASSERT_TRUE(push(*engine_, b_, *task_b_, w_bundle({3, 3, 3, 3}), 100).response.accepted());
+  ASSERT_TRUE(engine_->wait().ok());
+  EXPECT_EQ(lines()[0]["fit"]["updates"], 1);
+  EXPECT_EQ(lines()[0]["refused"]["bad_header"], 1);
+}
+
 TEST_F(RoundEngineStepTest, ClientReportedFailureIsRecordedWithItsReason) {
   start_with_two();
   PushOutcome failed =
@@ -546,25 +562,62 @@ TEST_F(ResumeTest, ResumingFromACheckpointContinuesBitExactly) {
 TEST(UploadGate, BoundsConcurrentSlotsAndHandsThemOverInOrder) {
   UploadGate gate(2);
   uint64_t ticket = 0;
-  EXPECT_TRUE(gate.acquire([] {}, &ticket));
-  EXPECT_TRUE(gate.acquire([] {}, &ticket));
+  EXPECT_TRUE(gate.acquire(
+      "s1", [] {}, &ticket));
+  EXPECT_TRUE(gate.acquire(
+      "s2", [] {}, &ticket));
   std::vector<int> order;
   uint64_t t3 = 0, t4 = 0, t5 = 0;
-  EXPECT_FALSE(gate.acquire([&] { order.push_back(3); }, &t3));
-  EXPECT_FALSE(gate.acquire([&] { order.push_back(4); }, &t4));
-  EXPECT_FALSE(gate.acquire([&] { order.push_back(5); }, &t5));
+  EXPECT_FALSE(gate.acquire(
+      "s3", [&] { order.push_back(3); }, &t3));
+  EXPECT_FALSE(gate.acquire(
+      "s4", [&] { order.push_back(4); }, &t4));
+  EXPECT_FALSE(gate.acquire(
+      "s5", [&] { order.push_back(5); }, &t5));
   EXPECT_EQ(gate.in_use(), 2);
   EXPECT_EQ(gate.queued(), 3);
   EXPECT_TRUE(gate.cancel(t4));
   EXPECT_FALSE(gate.cancel(t4));
-  gate.release();
-  gate.release();
+  gate.release("s1");
+  gate.release("s2");
   EXPECT_EQ(order, (std::vector<int>{3, 5}));
   EXPECT_EQ(gate.in_use(), 2);  // handed over, never above the bound
-  gate.release();
-  gate.release();
+  gate.release("s3");
+  gate.release("s5");
   EXPECT_EQ(gate.in_use(), 0);
   EXPECT_FALSE(gate.cancel(t3));
+}
+
+TEST(UploadGate, OneOwnerHoldsAtMostOneSlot) {
+  UploadGate gate(3);
+  uint64_t ticket = 0;
+  std::vector<std::string> order;
+  EXPECT_TRUE(gate.acquire(
+      "mallory", [] {}, &ticket));
+  // Mallory's second and third uploads wait although two slots are free ...
+  EXPECT_FALSE(gate.acquire(
+      "mallory", [&] { order.push_back("mallory-2"); }, &ticket));
+  EXPECT_FALSE(gate.acquire(
+      "mallory", [&] { order.push_back("mallory-3"); }, &ticket));
+  EXPECT_EQ(gate.in_use(), 1);
+  // ... and do not hold up anybody else.
+  EXPECT_TRUE(gate.acquire(
+      "alice", [] {}, &ticket));
+  EXPECT_TRUE(gate.acquire(
+      "bob", [] {}, &ticket));
+  EXPECT_FALSE(gate.acquire(
+      "carol", [&] { order.push_back("carol"); }, &ticket));
+  // Alice's slot goes to carol, the oldest waiter that may run; mallory's to its next upload.
+  gate.release("alice");
+  EXPECT_EQ(order, (std::vector<std::string>{"carol"}));
+  gate.release("mallory");
+  EXPECT_EQ(order, (std::vector<std::string>{"carol", "mallory-2"}));
+  gate.release("bob");  // mallory-3 still waits for mallory's slot: bob's slot is freed
+  EXPECT_EQ(gate.in_use(), 2);
+  EXPECT_EQ(gate.queued(), 1);
+  gate.release("mallory");
+  EXPECT_EQ(order, (std::vector<std::string>{"carol", "mallory-2", "mallory-3"}));
+  EXPECT_EQ(gate.in_use(), 2);
 }
 
 TEST(PollWaiters, TimesOutWithWaitAndHandsTasksToTheRightSession) {
@@ -576,13 +629,81 @@ TEST(PollWaiters, TimesOutWithWaitAndHandsTasksToTheRightSession) {
   auto future = timed_out.get_future();
   ASSERT_EQ(future.wait_for(2s), std::future_status::ready);
   EXPECT_EQ(future.get().kind, PollAnswer::Kind::kWait);
-  EXPECT_FALSE(waiters.take_for_client("a").has_value());
-  std::optional<PollWaiters::Waiter> taken = waiters.take_for_client("c");
+  EXPECT_FALSE(waiters.take_for_session("s1").has_value());
+  std::optional<PollWaiters::Waiter> taken = waiters.take_for_session("s2");
   ASSERT_TRUE(taken.has_value());
   EXPECT_EQ(taken->session_token, "s2");
   EXPECT_EQ(taken->id, second);
   EXPECT_FALSE(waiters.cancel(second));
   EXPECT_EQ(waiters.size(), 0u);
+}
+
+TEST(UploadWatch, StopsIdleSlowAndClosedUploadsOnceAndNeverAfterRemove) {
+  UploadWatch::Limits limits;
+  limits.idle = 200ms;
+  limits.min_bytes_per_s = 1000;
+  limits.period = 1h;  // sweeps by hand only
+  std::set<std::string> closed;
+  UploadWatch watch(limits, [&](const std::string& task) { return closed.count(task) > 0; });
+  std::map<std::string, std::vector<UploadWatch::Reason>> stops;
+  auto stopper = [&](const std::string& name) {
+    return [&stops, name](UploadWatch::Reason reason, const std::string& message) {
+      EXPECT_FALSE(message.empty());
+      stops[name].push_back(reason);
+    };
+  };
+  std::shared_ptr<UploadWatch::Entry> idle = watch.add("t-idle", stopper("idle"));
+  std::shared_ptr<UploadWatch::Entry> slow = watch.add("t-slow", stopper("slow"));
+  std::shared_ptr<UploadWatch::Entry> fast = watch.add("t-fast", stopper("fast"));
+  std::shared_ptr<UploadWatch::Entry> queued = watch.add("t-queued", stopper("queued"));
+  std::shared_ptr<UploadWatch::Entry> gone = watch.add("t-gone", stopper("gone"));
+  idle->reading();
+  slow->reading();
+  fast->reading();
+  EXPECT_EQ(watch.sweep(UploadWatch::Clock::now()), 0);
+  std::this_thread::sleep_for(250ms);
+  slow->progress(10);       // 10 bytes in 250 ms: far below 1000 bytes/s
+  fast->progress(1 << 20);  // 1 MiB
+  watch.remove(gone);
+  closed.insert("t-gone");
+  // "idle" sent nothing for longer than 200 ms; "slow" has run 250 ms below the floor; "fast" is
+  // fine; "queued" waits for a slot (no idle clock); "gone" was removed.
+  EXPECT_EQ(watch.sweep(UploadWatch::Clock::now()), 2);
+  EXPECT_EQ(stops["idle"], std::vector<UploadWatch::Reason>{UploadWatch::Reason::kIdle});
+  EXPECT_EQ(stops["slow"], std::vector<UploadWatch::Reason>{UploadWatch::Reason::kTooSlow});
+  EXPECT_EQ(stops.count("fast") + stops.count("queued") + stops.count("gone"), 0u);
+  // The phase of "queued" closes: it is stopped although it never read. Each at most once.
+  closed.insert("t-queued");
+  EXPECT_EQ(watch.sweep(UploadWatch::Clock::now()), 1);
+  EXPECT_EQ(stops["queued"], std::vector<UploadWatch::Reason>{UploadWatch::Reason::kPhaseClosed});
+  EXPECT_EQ(watch.sweep(UploadWatch::Clock::now() + 1s), 1);  // "fast" went quiet since
+  EXPECT_EQ(stops["fast"].size(), 1u);
+  EXPECT_EQ(watch.sweep(UploadWatch::Clock::now() + 10s), 0);
+  for (auto* e : {&idle, &slow, &fast, &queued}) watch.remove(*e);
+  EXPECT_EQ(watch.size(), 0u);
+}
+
+TEST(PollWaiters, OneSessionParksAtMostItsShare) {
+  PollWaiters waiters(/*max_per_session=*/2);
+  const auto later = SteadyClock::now() + 10s;
+  EXPECT_NE(waiters.park("flood", {"a"}, later, [](PollAnswer) {}), 0u);
+  const uint64_t second = waiters.park("flood", {"a"}, later, [](PollAnswer) {});
+  EXPECT_NE(second, 0u);
+  bool called = false;
+  EXPECT_EQ(waiters.park("flood", {"a"}, later, [&](PollAnswer) { called = true; }), 0u);
+  EXPECT_NE(waiters.park("honest", {"b"}, later, [](PollAnswer) {}), 0u);
+  EXPECT_EQ(waiters.size(), 3u);
+  // A cancelled poll frees its place.
+  EXPECT_TRUE(waiters.cancel(second));
+  EXPECT_NE(waiters.park("flood", {"a"}, later, [](PollAnswer) {}), 0u);
+  EXPECT_FALSE(called);
+  // The earliest-parked poll of a session is taken first.
+  std::optional<PollWaiters::Waiter> taken = waiters.take_for_session("flood");
+  ASSERT_TRUE(taken.has_value());
+  EXPECT_EQ(taken->id, 1u);
+  for (PollWaiters::Waiter& w : waiters.take_all())
+    w.done(PollAnswer{PollAnswer::Kind::kWait, nullptr});
+  taken->done(PollAnswer{PollAnswer::Kind::kWait, nullptr});
 }
 
 TEST(PollWaiters, DestructionAnswersShutdown) {

@@ -137,6 +137,34 @@ TEST_F(ClientRegistryTest, NextExpiryFollowsTheOldestContact) {
   EXPECT_LT(*registry_.next_expiry(), start + std::chrono::milliseconds(1100));
 }
 
+TEST_F(ClientRegistryTest, ExampleCountsAreDeclaredOnceAndCapJoins) {
+  Admission a = registry_.admit("worker", {client("a", 0), client("b", 0)});
+  ASSERT_TRUE(a.status.ok());
+  EXPECT_EQ(registry_.authenticate(a.session_token)->declared_examples("a"), 0);
+  ASSERT_TRUE(registry_.declare(a.session_token, {client("a", 40), client("b", 60)}, 1000).ok());
+  std::optional<SessionView> view = registry_.authenticate(a.session_token);
+  EXPECT_EQ(view->declared_examples("a"), 40);
+  EXPECT_EQ(view->declared_examples("b"), 60);
+  EXPECT_EQ(view->declared_examples("c"), 0);
+  // The same count again is fine; another is refused, and so is a client of another session or a
+  // count over the cap. Nothing changes on error.
+  EXPECT_TRUE(registry_.declare(a.session_token, {client("a", 40)}, 1000).ok());
+  Status changed = registry_.declare(a.session_token, {client("b", 60), client("a", 4000)}, 10000);
+  EXPECT_NE(changed.message().find("final"), std::string::npos) << changed.to_string();
+  EXPECT_FALSE(registry_.declare(a.session_token, {client("z", 1)}, 1000).ok());
+  Admission c = registry_.admit("c", {client("c", 0)});
+  EXPECT_FALSE(registry_.declare(c.session_token, {client("c", 1001)}, 1000).ok());
+  EXPECT_EQ(registry_.declare("no-such-token", {}, 1000).code(), StatusCode::kNotFound);
+  EXPECT_EQ(registry_.authenticate(a.session_token)->declared_examples("a"), 40);
+
+  // max_clients counts every registered client; a takeover does not add any.
+  EXPECT_EQ(registry_.client_count(), 3);
+  Admission full = registry_.admit("d", {client("d"), client("e")}, /*max_clients=*/4);
+  EXPECT_EQ(full.status.code(), StatusCode::kResourceExhausted);
+  EXPECT_NE(full.status.message().find("max_clients"), std::string::npos);
+  EXPECT_TRUE(registry_.admit("d", {client("d")}, /*max_clients=*/4).status.ok());
+}
+
 TEST_F(ClientRegistryTest, LeaveRemovesTheSessionAndFreesItsIds) {
   Admission a = registry_.admit("w", {client("x"), client("y")});
   std::optional<RemovedSession> removed = registry_.leave(a.session_token);

@@ -3,8 +3,11 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <thread>
 
+#include "common/security/crypto.h"
+#include "common/security/join_token.h"
 #include "common/security/tls.h"
 #include "common/wire/bundle_codec.h"
 #include "coordinator/service.h"
@@ -17,7 +20,18 @@ using testing::StrategyLog;
 using testing::TestStrategy;
 using namespace std::chrono_literals;
 
-constexpr char kSecret[] = "s3cret";
+constexpr char kSecret[] = "s3cret-s3cret-s3cret-s3cret-s3cret";
+
+int64_t now_unix_s() {
+  return std::chrono::duration_cast<std::chrono::seconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// A join token of `id` for the default federation, valid for an hour.
+std::string token_for(const std::string& id) {
+  return make_join_token(kSecret, id, kDefaultFederation, now_unix_s() + 3600);
+}
 
 struct Pulled {
   grpc::Status status;
@@ -54,6 +68,13 @@ class ServiceTest : public ::testing::Test {
     service_options.run_config_json = R"({"rounds": 1})";
     service_options.federation = options_.federation;
     service_options.token_secret = secret;
+    if (!secret.empty()) {
+      TokenPolicyOptions token_options;
+      token_options.secret = secret;
+      Result<std::unique_ptr<TokenPolicy>> tokens = TokenPolicy::create(token_options);
+      ASSERT_TRUE(tokens.ok()) << tokens.status().to_string();
+      service_options.tokens = std::move(*tokens);
+    }
     service_ = std::make_unique<FederationService>(service_options, registry_.get(), engine_.get());
     grpc::ServerBuilder builder;
     int port = 0;
@@ -80,7 +101,7 @@ class ServiceTest : public ::testing::Test {
     v1::JoinRequest request;
     request.set_client_id(id);
     request.set_protocol_version(version);
-    request.set_join_token(token.empty() ? join_token(kSecret, id) : token);
+    request.set_join_token(token.empty() ? token_for(id) : token);
     request.set_num_examples(10);
     request.set_model_family("cnn");
     grpc::ClientContext context;
@@ -174,9 +195,10 @@ TEST_F(ServiceTest, JoinChecksProtocolVersionAndToken) {
   v1::JoinResponse response;
   EXPECT_EQ(join("client-1", &response, "", /*version=*/2).error_code(),
             grpc::StatusCode::FAILED_PRECONDITION);
-  grpc::Status bad = join("client-1", &response, join_token(kSecret, "client-2"));
+  grpc::Status bad = join("client-1", &response, token_for("client-2"));
   EXPECT_EQ(bad.error_code(), grpc::StatusCode::UNAUTHENTICATED);
   EXPECT_NE(bad.error_message().find("client-1"), std::string::npos);
+  EXPECT_NE(bad.error_message().find("bad signature"), std::string::npos) << bad.error_message();
   grpc::Status ok = join("client-1", &response);
   ASSERT_TRUE(ok.ok()) << ok.error_message();
   EXPECT_EQ(response.session_token().size(), 64u);
@@ -187,6 +209,29 @@ TEST_F(ServiceTest, JoinChecksProtocolVersionAndToken) {
   // The same id again while the first session is live.
   grpc::Status again = join("client-1", &response);
   EXPECT_EQ(again.error_code(), grpc::StatusCode::ALREADY_EXISTS);
+}
+
+TEST_F(ServiceTest, JoinRefusalNamesWhatIsWrongWithTheToken) {
+  start();
+  v1::JoinResponse response;
+  const std::string expired =
+      make_join_token(kSecret, "client-1", kDefaultFederation, now_unix_s() - 10);
+  grpc::Status refused = join("client-1", &response, expired);
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_NE(refused.error_message().find("expired at "), std::string::npos)
+      << refused.error_message();
+  EXPECT_EQ(refused.error_message().find(expired), std::string::npos);
+  refused = join("client-1", &response,
+                 make_join_token(kSecret, "client-1", "elsewhere", now_unix_s() + 60));
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_NE(refused.error_message().find("issued for federation \"elsewhere\""), std::string::npos)
+      << refused.error_message();
+  // A token of an earlier release (plain HMAC, no expiry).
+  refused = join("client-1", &response, to_hex(hmac_sha256(kSecret, "client-1")));
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_NE(refused.error_message().find("fedtail-certs token"), std::string::npos)
+      << refused.error_message();
+  EXPECT_EQ(engine_->refusals().snapshot()["join_token"], 3u);
 }
 
 TEST_F(ServiceTest, WithoutASecretTheClaimedIdIsTaken) {
@@ -205,7 +250,7 @@ TEST_F(ServiceTest, VirtualClientsNeedTheirOwnTokens) {
       v1::VirtualClient* v = request.add_virtual_clients();
       v->set_client_id(id);
       v->set_num_examples(5);
-      v->set_join_token(join_token(kSecret, id == bad_id ? "other" : id));
+      v->set_join_token(token_for(id == bad_id ? "other" : id));
     }
     return request;
   };

@@ -5,6 +5,7 @@
 
 #include <cmath>
 
+#include "strategies/classifier_eval.h"
 #include "strategies/registry.h"
 #include "tests/unit/strategy_test_util.h"
 
@@ -356,6 +357,125 @@ TEST_F(FedAvgTest, ClientRefusesAnIncompleteContext) {
   auto out = algorithm->fit(ctx, wrong);
   ASSERT_FALSE(out.ok());
   EXPECT_NE(out.status().message().find("global model"), std::string::npos);
+}
+
+// `global` with `shift` added to every float32 element.
+ClientUpdate shifted(const TensorBundle& global, const std::string& id, float shift,
+                     int64_t examples = 10) {
+  ClientUpdate u;
+  u.client_id = id;
+  u.num_examples = examples;
+  for (const NamedTensor& t : global) {
+    NamedTensor copy = t.clone();
+    if (copy.dtype() == DType::kFloat32) {
+      float* v = copy.data<float>();
+      for (int64_t i = 0; i < copy.numel(); ++i) v[i] += shift;
+    }
+    EXPECT_TRUE(u.bundle.add(std::move(copy)).ok());
+  }
+  return u;
+}
+
+// The first float32 element of `bundle` minus that of `global`.
+float first_step(const TensorBundle& bundle, const TensorBundle& global) {
+  for (size_t i = 0; i < global.size(); ++i) {
+    if (global.at(i).dtype() == DType::kFloat32) {
+      return bundle.find(global.at(i).name())->data<float>()[0] - global.at(i).data<float>()[0];
+    }
+  }
+  return NAN;
+}
+
+TEST_F(FedAvgTest, RobustMedianIgnoresAScaledAttackerThatFedAvgFollows) {
+  for (const char* method : {"none", "median", "trimmed_mean", "krum", "multi_krum", "bulyan"}) {
+    SCOPED_TRACE(method);
+    auto s = initialized_server(
+        {{"robust", {{"method", method}, {"byzantine", 1}, {"trim_fraction", 0.2}}}});
+    const TensorBundle global = s->global_bundle()->clone();
+    auto aggregation = s->begin_aggregation(1);
+    ASSERT_TRUE(aggregation.ok()) << aggregation.status().to_string();
+    // Six honest steps of 0.01..0.06 and one attacker's step of 100 (Bulyan needs n >= 4f + 3).
+    for (int k = 0; k < 6; ++k) {
+      ASSERT_TRUE((*aggregation)
+                      ->add(shifted(global, "honest-" + std::to_string(k), 0.01f * (k + 1)))
+                      .ok());
+    }
+    ASSERT_TRUE((*aggregation)->add(shifted(global, "mallory", 100.0f)).ok());
+    auto metrics = (*aggregation)->finish({});
+    ASSERT_TRUE(metrics.ok()) << metrics.status().to_string();
+    EXPECT_TRUE((*metrics)["updated"].get<bool>());
+    const float step = first_step(*s->global_bundle(), global);
+    if (std::string(method) == "none") {
+      EXPECT_GT(step, 14.0f);  // (0.21 + 100) / 7: the attacker moves the model
+      EXPECT_FALSE(metrics->contains("robust"));
+    } else {
+      EXPECT_GT(step, 0.0095f) << metrics->dump();
+      EXPECT_LT(step, 0.0605f) << metrics->dump();
+      EXPECT_EQ((*metrics)["robust"]["method"], method);
+      EXPECT_GT((*metrics)["robust"]["buffered_bytes"].get<uint64_t>(), 0u);
+    }
+    if (std::string(method) == "median") EXPECT_NEAR(step, 0.04f, 1e-5);
+    if (std::string(method) == "krum") {
+      EXPECT_EQ((*metrics)["robust"]["selected"].size(), 1u);
+      EXPECT_NE((*metrics)["robust"]["selected"][0], 6);  // never mallory
+    }
+  }
+}
+
+TEST_F(FedAvgTest, RobustClippingBoundsEveryStepAndCountsTheClipped) {
+  auto s = initialized_server({{"robust", {{"clip_norm", 1.0}}}});
+  const TensorBundle global = s->global_bundle()->clone();
+  int64_t floats = 0;
+  for (const NamedTensor& t : global) {
+    if (t.dtype() == DType::kFloat32) floats += t.numel();
+  }
+  auto aggregation = s->begin_aggregation(1);
+  ASSERT_TRUE(aggregation.ok());
+  ASSERT_TRUE((*aggregation)->add(shifted(global, "honest", 1e-6f)).ok());
+  ASSERT_TRUE((*aggregation)->add(shifted(global, "mallory", 100.0f)).ok());
+  auto metrics = (*aggregation)->finish({});
+  ASSERT_TRUE(metrics.ok()) << metrics.status().to_string();
+  const nlohmann::json& robust = (*metrics)["robust"];
+  EXPECT_EQ(robust["method"], "none");
+  EXPECT_EQ(robust["clipped"], 1);
+  EXPECT_NEAR(robust["max_update_norm"].get<double>(), 100.0 * std::sqrt(floats), 1e-3 * floats);
+  // Mallory's step was cut to norm 1: each element 1/sqrt(floats); the mean halves it.
+  EXPECT_NEAR(first_step(*s->global_bundle(), global), 0.5 / std::sqrt(floats) + 0.5e-6, 1e-6);
+}
+
+TEST_F(FedAvgTest, RobustOptionsAreCheckedAndABufferedRoundOverItsMemoryCapIsRefused) {
+  auto bad = make_server_strategy("fedavg", {{"robust", {{"method", "mean"}}}});
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("config.strategy.robust.method"), std::string::npos)
+      << bad.status().message();
+  auto proto = make_server_strategy("fedproto", {{"robust", {{"method", "median"}}}});
+  ASSERT_FALSE(proto.ok());
+  EXPECT_NE(proto.status().message().find("not supported"), std::string::npos);
+
+  auto s = initialized_server({{"robust", {{"method", "krum"}, {"max_buffered_bytes", 1000}}}});
+  Rng rng = Rng::derive(1, "select");
+  auto tasks = s->configure_fit(1, infos(clients_), rng);
+  ASSERT_FALSE(tasks.ok());
+  EXPECT_EQ(tasks.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(tasks.status().message().find("max_buffered_bytes"), std::string::npos)
+      << tasks.status().message();
+}
+
+TEST(AggregatePersonalizedAccuracy, AReportClaimingMoreThanAnyClientHoldsIsLeftOut) {
+  auto report = [](const std::string& id, int64_t correct, int64_t examples) {
+    EvalReport r;
+    r.client_id = id;
+    r.num_examples = examples;
+    r.metrics = {{"correct", correct}, {"examples", examples}};
+    return r;
+  };
+  // Mallory claims 2^62 perfect answers: counted, she would be the personalised accuracy.
+  const int64_t huge = int64_t{1} << 62;
+  const nlohmann::json out = aggregate_personalized_accuracy(
+      {report("alice", 3, 10), report("bob", 7, 10), report("mallory", huge, huge)}, {});
+  EXPECT_DOUBLE_EQ(out["personalized"]["weighted"].get<double>(), 0.5);
+  EXPECT_EQ(out["personalized"]["clients"], 2);
+  EXPECT_EQ(out["invalid_reports"], nlohmann::json::array({"mallory"}));
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <limits>
 #include <nlohmann/json.hpp>
 
 namespace fedtail {
@@ -126,6 +127,17 @@ TEST(MetricsTest, PersonalizedAccuracyMeanAndWeightedMean) {
   auto none = personalized_accuracy({});
   EXPECT_TRUE(std::isnan(none.mean));
   EXPECT_TRUE(none.to_json()["mean"].is_null());
+}
+
+TEST(MetricsTest, PersonalizedAccuracySumsAreCheckedNotWrapped) {
+  const int64_t huge = std::numeric_limits<int64_t>::max();
+  // The second report would overflow both sums; an impossible one (correct > examples) and one
+  // with negative counts are left out as well.
+  auto p = personalized_accuracy({{5, 10}, {huge, huge}, {7, 3}, {-4, -2}, {1, 2}});
+  EXPECT_EQ(p.clients, 2);
+  EXPECT_EQ(p.examples, 12);
+  EXPECT_DOUBLE_EQ(p.weighted, 0.5);
+  EXPECT_DOUBLE_EQ(p.mean, 0.5);
 }
 
 }  // namespace

@@ -2,6 +2,8 @@
 // ENABLE_EXPORTS, so the plugin resolves fedtail's symbols from it).
 #include <dlfcn.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <filesystem>
@@ -121,14 +123,64 @@ TEST_F(PluginTest, AMissingFileIsNotFoundAndNamesThePath) {
       << s.message();
 }
 
+// A fresh directory of mode 0755 for plugin files (whatever the umask), its path.
+std::string plugin_dir(const std::string& name) {
+  const std::string dir = std::string(FEDTAIL_TEST_TMP) + "/plugin_test/" + name;
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  EXPECT_EQ(::chmod(dir.c_str(), 0755), 0) << dir;
+  return dir;
+}
+
 TEST_F(PluginTest, AFileThatIsNotALibraryIsRefusedWithTheLoadersMessage) {
-  std::filesystem::create_directories(FEDTAIL_TEST_TMP);
-  const std::string path = std::string(FEDTAIL_TEST_TMP) + "/not_a_library.so";
+  const std::string path = plugin_dir("not-a-library") + "/not_a_library.so";
   std::ofstream(path) << "this is not an ELF file\n";
+  ASSERT_EQ(::chmod(path.c_str(), 0644), 0);
   Status s = load_plugin(path);
   EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
   EXPECT_NE(s.message().find(path), std::string::npos) << s.message();
   EXPECT_NE(s.message().find("cannot be loaded"), std::string::npos) << s.message();
+}
+
+TEST_F(PluginTest, ANameWithoutASlashIsRefusedAskingForAPath) {
+  // dlopen would search LD_LIBRARY_PATH (and the system directories) for a bare name.
+  Status s = load_plugin("libfedtail_fedavgm.so");
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("give a path (e.g. ./libfedtail_fedavgm.so)"), std::string::npos)
+      << s.message();
+}
+
+TEST_F(PluginTest, AWorldWritablePluginIsRefusedNamingTheFileAndMode) {
+  const std::string dir = plugin_dir("world-writable");
+  const std::string path = dir + "/libfedtail_copy.so";
+  std::filesystem::copy_file(kPluginPath, path);
+  ASSERT_EQ(::chmod(path.c_str(), 0666), 0);
+  Status s = load_plugin(path);
+  EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(s.message().find("libfedtail_copy.so has mode 0666"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("writable by group or others"), std::string::npos) << s.message();
+  // Group-writable too.
+  ASSERT_EQ(::chmod(path.c_str(), 0775), 0);
+  s = load_plugin(path);
+  EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(s.message().find("0775"), std::string::npos) << s.message();
+}
+
+TEST_F(PluginTest, APluginInADirectoryWritableByOthersIsRefused) {
+  const std::string dir = plugin_dir("open-dir");
+  const std::string path = dir + "/libfedtail_copy.so";
+  std::filesystem::copy_file(kPluginPath, path);
+  ASSERT_EQ(::chmod(path.c_str(), 0755), 0);
+  ASSERT_EQ(::chmod(dir.c_str(), 0777), 0);
+  Status s = load_plugin(path);
+  EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(s.message().find("open-dir has mode 0777"), std::string::npos) << s.message();
+  // Through a symlink from a safe directory: the directory of the real file counts.
+  const std::string link = plugin_dir("link") + "/libfedtail_link.so";
+  ASSERT_EQ(::symlink(path.c_str(), link.c_str()), 0);
+  s = load_plugin(link);
+  EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(s.message().find("open-dir has mode 0777"), std::string::npos) << s.message();
 }
 
 TEST_F(PluginTest, ALibraryWithoutTheEntryPointIsRefused) {
