@@ -12,7 +12,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build=${FEDTAIL_BUILD_DIR:-$root/build}
-rounds=5
+rounds=8
 out=$root/attack-out
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -44,7 +44,7 @@ run_config() {
  "data": {"dataset": "fashion-mnist", "max_examples_per_class": 320, "partition": "iid",
           "clients": $clients},
  "model": {"arch": "cnn"},
- "local": {"epochs": 1, "batch_size": 32}}
+ "local": {"epochs": 2, "batch_size": 32, "lr": 0.05, "momentum": 0.9}}
 EOF
 }
 
@@ -93,8 +93,9 @@ run() {
   for p in "${pids[@]}"; do wait "$p" || true; done
   wait "$watcher"
   local summary=$out/$name-state/summary.json acc held
-  acc=$(grep -o '"generic_accuracy": *[0-9.eE+-]*' "$summary" | head -1 | sed 's/.*: *//')
-  held=$(grep -o '"buffered_bytes": *[0-9]*' "$out/$name-state/metrics.jsonl" | tail -1 | sed 's/.*: *//')
+  acc=$(grep -o '"generic_accuracy": *[0-9.eE+-]*' "$summary" | head -1 | sed 's/.*: *//' || true)
+  held=$(grep -o '"buffered_bytes": *[0-9]*' "$out/$name-state/metrics.jsonl" | tail -1 |
+    sed 's/.*: *//' || true)
   printf '| %s | %s | %s | %s |\n' "$name" "${acc:-n/a}" \
     "$(awk -v kb="$(cat "$out/$name.rss")" 'BEGIN { printf "%.1f", kb / 1024 }')" \
     "${held:+$((held / 1024)) KiB}" | tee -a "$out/table.md"
