@@ -123,21 +123,11 @@ class Hardening : public ::testing::Test {
   }
 
   std::unique_ptr<Process> start_coordinator(const std::string& name, int min_available) {
-    test_support::write_file(dir_ + "/" + name + ".json", run_config(min_available).dump(2));
-    return std::make_unique<Process>(
-        std::vector<std::string>{test_support::binary_path("fedtail-coordinator"), "--config",
-                                 dir_ + "/" + name + ".json", "--listen", "127.0.0.1:0",
-                                 "--state-dir", dir_ + "/" + name + "-state", "--threads", "1"},
-        dir_ + "/" + name + "-coordinator.log");
+    return test_support::start_loopback_coordinator(dir_, name, run_config(min_available));
   }
 
   std::unique_ptr<Process> start_clients(const std::string& name, const std::string& port) {
-    return std::make_unique<Process>(
-        std::vector<std::string>{test_support::binary_path("fedtail-client"), "--coordinator",
-                                 "127.0.0.1:" + port, "--clients", "0-1", "--state-dir",
-                                 dir_ + "/" + name + "-client-state", "--device", "cpu",
-                                 "--threads", "1", "--retry-timeout", "60"},
-        dir_ + "/" + name + "-clients.log");
+    return test_support::start_honest_clients(dir_, name, port);
   }
 
   std::string state(const std::string& name, const char* file) const {
@@ -350,16 +340,7 @@ TEST_F(Hardening, NoClientCanStallFloodOrOverclaimAndEveryHonestUpdateIsFoldedOn
   EXPECT_EQ(log.find(std::string(1100, 'L')), std::string::npos);
 
   // Nothing of mallory reached the model: it is the clean run's, bit for bit.
-  Result<TensorBundle> clean = read_bundle_file(state("clean", "final_model.bundle"));
-  Result<TensorBundle> attacked = read_bundle_file(state("attacked", "final_model.bundle"));
-  ASSERT_TRUE(clean.ok()) << clean.status().to_string();
-  ASSERT_TRUE(attacked.ok()) << attacked.status().to_string();
-  ASSERT_EQ(clean->size(), attacked->size());
-  for (const NamedTensor& t : *clean) {
-    const NamedTensor* other = attacked->find(t.name());
-    ASSERT_NE(other, nullptr) << t.name();
-    EXPECT_TRUE(t.bitwise_equal(*other)) << t.name();
-  }
+  test_support::expect_same_final_model(dir_ + "/clean-state", dir_ + "/attacked-state");
 }
 
 TEST_F(Hardening, OffLoopbackWithoutClientAuthenticationTheCoordinatorRefusesToStart) {

@@ -11,12 +11,16 @@
 #include <chrono>
 #include <future>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "common/wire/bundle_codec.h"
+#include "common/wire/bundle_file.h"
 #include "fedtail/v1/federation.grpc.pb.h"
+#include "tests/support/cli.h"
+#include "tests/support/process.h"
 
 namespace fedtail::test_support {
 
@@ -138,6 +142,47 @@ class Mallory {
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Federation::Stub> stub_;
 };
+
+// The federation mallory attacks: in `dir`, run `name` is a fedtail-coordinator on 127.0.0.1 (any
+// port) with `config` (written to <name>.json; state in <name>-state) ...
+inline std::unique_ptr<Process> start_loopback_coordinator(const std::string& dir,
+                                                           const std::string& name,
+                                                           const nlohmann::json& config) {
+  write_file(dir + "/" + name + ".json", config.dump(2));
+  return std::make_unique<Process>(
+      std::vector<std::string>{binary_path("fedtail-coordinator"), "--config",
+                               dir + "/" + name + ".json", "--listen", "127.0.0.1:0", "--state-dir",
+                               dir + "/" + name + "-state", "--threads", "1"},
+      dir + "/" + name + "-coordinator.log");
+}
+
+// ... and one fedtail-client process hosting the honest clients 0 and 1.
+inline std::unique_ptr<Process> start_honest_clients(const std::string& dir,
+                                                     const std::string& name,
+                                                     const std::string& port) {
+  return std::make_unique<Process>(
+      std::vector<std::string>{binary_path("fedtail-client"), "--coordinator", "127.0.0.1:" + port,
+                               "--clients", "0-1", "--state-dir",
+                               dir + "/" + name + "-client-state", "--device", "cpu", "--threads",
+                               "1", "--retry-timeout", "60"},
+      dir + "/" + name + "-clients.log");
+}
+
+// Nothing of mallory reached the model: the final models of two state directories are equal, bit
+// for bit.
+inline void expect_same_final_model(const std::string& clean_state,
+                                    const std::string& attacked_state) {
+  Result<TensorBundle> clean = read_bundle_file(clean_state + "/final_model.bundle");
+  Result<TensorBundle> attacked = read_bundle_file(attacked_state + "/final_model.bundle");
+  ASSERT_TRUE(clean.ok()) << clean.status().to_string();
+  ASSERT_TRUE(attacked.ok()) << attacked.status().to_string();
+  ASSERT_EQ(clean->size(), attacked->size());
+  for (const NamedTensor& t : *clean) {
+    const NamedTensor* other = attacked->find(t.name());
+    ASSERT_NE(other, nullptr) << t.name();
+    EXPECT_TRUE(t.bitwise_equal(*other)) << t.name();
+  }
+}
 
 }  // namespace fedtail::test_support
 
