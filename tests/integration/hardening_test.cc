@@ -59,7 +59,7 @@ nlohmann::json run_config(int min_available_clients) {
             // upload watch, the stalls hold the upload slots past it and the round ends without
             // the honest updates.
             {"round_timeout_s", 30},
-            {"poll_timeout_ms", 1000},
+            {"poll_timeout_ms", 5000},  // the flood's polls stay parked together
             {"heartbeat_interval_ms", 500},
             {"client_timeout_s", 60},
             {"max_concurrent_uploads", 2},
@@ -154,7 +154,7 @@ std::vector<grpc::Status> flood_polls(Mallory& mallory, const std::string& token
     polls.push_back(std::async(std::launch::async, [&mallory, &token] {
       v1::TaskHeader header;
       TensorBundle bundle;
-      return mallory.pull(token, &header, &bundle);
+      return mallory.pull(token, &header, &bundle, /*poll_timeout_ms=*/5000);
     }));
   }
   std::vector<grpc::Status> statuses;

@@ -72,12 +72,13 @@ class Mallory {
   }
 
   // One PullTask: the header and, for a task, its decoded bundle.
-  grpc::Status pull(const std::string& token, v1::TaskHeader* header, TensorBundle* bundle) {
+  grpc::Status pull(const std::string& token, v1::TaskHeader* header, TensorBundle* bundle,
+                    uint32_t poll_timeout_ms = 1000) {
     grpc::ClientContext context;
     context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
     v1::PullTaskRequest request;
     request.set_session_token(token);
-    request.set_poll_timeout_ms(1000);
+    request.set_poll_timeout_ms(poll_timeout_ms);
     std::unique_ptr<grpc::ClientReader<v1::TaskChunk>> reader = stub_->PullTask(&context, request);
     BundleDecoder decoder;
     v1::TaskChunk chunk;
