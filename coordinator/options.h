@@ -21,6 +21,10 @@
 
 namespace fedtail::coordinator {
 
+// The most examples a client may declare at Join (2^40): a trillion examples is beyond any real
+// client, and with it the example-weighted sums of 2^23 clients cannot overflow int64.
+constexpr int64_t kMaxDeclaredExamples = int64_t{1} << 40;
+
 struct FederationOptions {
   // Clients that must be connected before a round starts. >= 1; default 2.
   int min_available_clients = 2;
@@ -60,11 +64,13 @@ struct FederationOptions {
   // An upload slower than this on average, once it has run for upload_idle_timeout_s, is
   // cancelled. >= 0 (0 = no rate floor); default 16384 (16 KiB/s).
   double upload_min_bytes_per_s = 16384;
-};
 
-// The most examples a client may declare at Join (2^40): a trillion examples is beyond any real
-// client, and with it the example-weighted sums of 2^23 clients cannot overflow int64.
-constexpr int64_t kMaxDeclaredExamples = int64_t{1} << 40;
+  // The most examples a client may declare (and an update or report claim):
+  // max_examples_per_client when set, else kMaxDeclaredExamples.
+  int64_t max_declared_examples() const {
+    return max_examples_per_client > 0 ? max_examples_per_client : kMaxDeclaredExamples;
+  }
+};
 
 struct CoordinatorOptions {
   // Rounds to run (rounds count from 1). Required; >= 1.

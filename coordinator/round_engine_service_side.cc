@@ -284,9 +284,10 @@ RoundEngine::PushStart RoundEngine::begin_push(const SessionView& session,
   // federation.max_examples_per_client): a client cannot make itself the global model by claiming
   // 2^62 examples, nor overflow the weighted sums that fold the honest updates.
   const int64_t cap = config_.options.federation.max_examples_per_client;
-  int64_t bound = task.kind == TaskKind::kFit ? session.declared_examples(task.client_id)
-                                              : kMaxDeclaredExamples;
-  if (cap > 0) bound = std::min(bound, cap);
+  const int64_t most = config_.options.federation.max_declared_examples();
+  const int64_t bound = task.kind == TaskKind::kFit
+                            ? std::min(session.declared_examples(task.client_id), most)
+                            : most;
   const int64_t least = task.kind == TaskKind::kFit ? 1 : 0;
   if (task.kind == TaskKind::kFit && bound == 0) {
     start.response =

@@ -481,9 +481,7 @@ grpc::Status FederationService::join(grpc::CallbackServerContext* context,
     refusals.add(Refusal::kBadJoin);
     return too_large("Join", request.ByteSizeLong(), hosted * kMaxJoinBytesPerClient);
   }
-  const int64_t examples_cap = options_.federation.max_examples_per_client > 0
-                                   ? options_.federation.max_examples_per_client
-                                   : kMaxDeclaredExamples;
+  const int64_t examples_cap = options_.federation.max_declared_examples();
   // `id` empty: the identity comes from the certificate; only the count is checked.
   auto check_declared = [&](const std::string& id, int64_t n) -> grpc::Status {
     if (!id.empty() || !options_.mutual_tls) {
@@ -623,10 +621,8 @@ grpc::ServerUnaryReactor* FederationService::Join(grpc::CallbackServerContext* c
 
 grpc::ServerWriteReactor<v1::TaskChunk>* FederationService::PullTask(
     grpc::CallbackServerContext* context, const v1::PullTaskRequest* request) {
-  const int64_t max_examples = options_.federation.max_examples_per_client > 0
-                                   ? options_.federation.max_examples_per_client
-                                   : kMaxDeclaredExamples;
-  return new PullReactor(registry_, engine_, options_.mutual_tls, max_examples, context, *request);
+  return new PullReactor(registry_, engine_, options_.mutual_tls,
+                         options_.federation.max_declared_examples(), context, *request);
 }
 
 grpc::ServerReadReactor<v1::ResultChunk>* FederationService::PushResult(
