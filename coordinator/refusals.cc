@@ -22,6 +22,8 @@ uint64_t count_at(const nlohmann::json& counts, const char* kind) {
 
 Refusal classify_bundle_error(const Status& status) {
   if (status.code() == StatusCode::kResourceExhausted) return Refusal::kOversized;
+  // BundleDecoder's only kInvalidArgument: a header that is not DecodeLimits::expected.
+  if (status.code() == StatusCode::kInvalidArgument) return Refusal::kIncompatibleUpdate;
   const std::string& message = status.message();
   if (message.find("digest mismatch") != std::string::npos) return Refusal::kDigestMismatch;
   if (message.find("non-finite") != std::string::npos) return Refusal::kNonFinite;

@@ -378,6 +378,7 @@ Result<RoundEngine::PhaseOutcome> RoundEngine::run_phase(
       task->client_id = spec.client_id;
       task->config_json = spec.config.is_null() ? "{}" : spec.config.dump();
       task->deadline_unix_ms = deadline_unix_ms;
+      if (kind == TaskKind::kFit) task->expected_update = spec.expected_update;
       if (spec.bundle) {
         auto& digest = digests[spec.bundle.get()];
         if (!digest) digest = digest_of(*spec.bundle);

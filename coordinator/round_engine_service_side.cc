@@ -311,6 +311,7 @@ RoundEngine::PushStart RoundEngine::begin_push(const SessionView& session,
   entry->delivered_to = session.token;
   DecodeLimits limits;
   limits.max_payload_bytes = config_.options.federation.max_update_bytes;
+  limits.expected = task.expected_update;
   start.upload.reset(new PendingUpload(entry->task, session.token, header.num_examples(),
                                        std::move(metrics), limits));
   return start;

@@ -28,6 +28,9 @@ struct Task {
   std::shared_ptr<const TensorBundle> bundle;   // never null (an empty bundle when none)
   std::shared_ptr<const PayloadDigest> digest;  // payload_digest(*bundle), computed once per bundle
   uint64_t deadline_unix_ms = 0;                // wall clock: results after this are late
+  // What the result's bundle must hold (TaskSpec::expected_update); null = any tensors within
+  // federation.max_update_bytes.
+  std::shared_ptr<const TensorBundle> expected_update;
 };
 
 // The answer to one PullTask.

@@ -58,7 +58,8 @@ Result<std::unique_ptr<ClientAlgorithm>> make_client_algorithm(const std::string
                                                                const nlohmann::json& config);
 
 // The plugin ABI version; a plugin built against another version is refused.
-constexpr int kPluginAbiVersion = 2;  // 2: ServerStrategy::resume, RunContext::auxiliary
+// 2: ServerStrategy::resume, RunContext::auxiliary; 3: TaskSpec::expected_update.
+constexpr int kPluginAbiVersion = 3;
 
 // Handed to a plugin's init function; valid only during that call.
 class PluginHost {
@@ -82,7 +83,7 @@ Status load_plugin(const std::string& path);
 // Defines a plugin's entry point. Usage, in the plugin's .cc (at global scope):
 //   FEDTAIL_STRATEGY_PLUGIN(host) {
 //     return host->register_strategy(
-//         {"fedavgm", "FedAvg with server momentum", make_server, make_client});
+//         {"my_fedavgm", "FedAvg with server momentum", make_server, make_client});
 //   }
 // The body returns a fedtail::Status; exceptions are caught and reported as kInternal.
 #define FEDTAIL_STRATEGY_PLUGIN(host_param)                                                  \

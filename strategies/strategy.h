@@ -67,6 +67,12 @@ struct TaskSpec {
   std::string client_id;
   nlohmann::json config = nlohmann::json::object();  // sent to the client as the task's config
   std::shared_ptr<const TensorBundle> bundle;        // null = an empty bundle
+  // Fit tasks: the tensors the client's update must carry, exactly (names, dtypes, shapes; the
+  // values are not read), or null for no such check. The coordinator checks an update's header
+  // against it before allocating anything, so a client cannot make it reserve more than the
+  // expected model (a refusal counted as incompatible_update). FedAvgServer sets its global
+  // bundle; a strategy whose updates differ from what it sends sets its own, or null.
+  std::shared_ptr<const TensorBundle> expected_update;
 };
 
 // One client's answer to a fit task.

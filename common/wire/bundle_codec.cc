@@ -4,6 +4,7 @@
 #include <cstring>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <unordered_map>
 #include <unordered_set>
 #include <utility>
 
@@ -302,6 +303,37 @@ Status BundleDecoder::add_header(const v1::BundleHeader& header) {
     return fail(Status::Corruption("header: tensor sizes sum to " + std::to_string(total) +
                                    " bytes, not the declared payload of " +
                                    std::to_string(payload)));
+  }
+  if (limits_.expected) {
+    // Same order of complaints as check_compatible (bundle_checks.h): the expected tensors first,
+    // so that a renamed tensor reads as the one that is missing.
+    const std::string where = "header: not the expected update: tensor \"";
+    std::unordered_map<std::string, int> index;
+    index.reserve(specs.size());
+    for (int i = 0; i < header.tensors_size(); ++i) index.emplace(header.tensors(i).name(), i);
+    for (const NamedTensor& want : *limits_.expected) {
+      auto it = index.find(want.name());
+      const std::string expected_spec =
+          std::string(dtype_name(want.dtype())) + " " + shape_to_string(want.shape());
+      if (it == index.end()) {
+        return fail(Status::InvalidArgument(where + want.name() + "\": missing (expected " +
+                                            expected_spec + ")"));
+      }
+      const Spec& got = specs[it->second];
+      if (got.dtype != want.dtype() || got.shape != want.shape()) {
+        return fail(Status::InvalidArgument(
+            where + want.name() + "\": " + dtype_name(got.dtype) + " " +
+            shape_to_string(got.shape) + " != expected " + expected_spec));
+      }
+    }
+    if (specs.size() != limits_.expected->size()) {
+      for (int i = 0; i < header.tensors_size(); ++i) {
+        if (!limits_.expected->contains(header.tensors(i).name())) {
+          return fail(Status::InvalidArgument(where + header.tensors(i).name() +
+                                              "\": not expected"));
+        }
+      }
+    }
   }
 
   nlohmann::json metadata = nlohmann::json::object();

@@ -24,6 +24,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "common/base/status.h"
@@ -107,6 +108,11 @@ struct DecodeLimits {
   // Deepest accepted nesting of arrays/objects in the metadata. Default 64. (nlohmann::json copies
   // and dumps recurse: a peer must not be able to send a value that overflows the stack later.)
   uint64_t max_metadata_depth = 64;
+  // When set, the header must list exactly the tensors of `expected` (in any order), each with its
+  // dtype and shape; only their names, dtypes and shapes are read. Checked before anything is
+  // allocated: a peer cannot make the decoder reserve more than the model it was asked for. Null
+  // (the default): any tensors within the bounds above.
+  std::shared_ptr<const TensorBundle> expected;
 };
 
 // Rebuilds one bundle from its chunks.
@@ -118,7 +124,10 @@ struct DecodeLimits {
 // payload_bytes), a digest that is not 16 bytes, metadata that is not a JSON object, an empty data
 // chunk, data beyond the declared payload, truncation, a header or payload digest mismatch.
 // kResourceExhausted when the header exceeds a DecodeLimits bound (nothing is allocated then) or
-// the tensors cannot be allocated.
+// the tensors cannot be allocated. kInvalidArgument when the header is not DecodeLimits::expected:
+// "header: not the expected update: tensor "x": missing (expected float32 [10,64])", "...: tensor
+// "x": float64 [10,64] != expected float32 [10,64]", "...: tensor "y": not expected" (nothing is
+// allocated then either).
 class BundleDecoder {
  public:
   explicit BundleDecoder(DecodeLimits limits = {});

@@ -440,6 +440,15 @@ Result<TensorBundle> CreffServer::next_global(int round, TensorBundle average) {
   }
 }
 
+Result<std::vector<TaskSpec>> CreffServer::configure_fit(int round,
+                                                         const std::vector<ClientInfo>& available,
+                                                         Rng& rng) {
+  FEDTAIL_ASSIGN_OR_RETURN(std::vector<TaskSpec> tasks,
+                           FedAvgServer::configure_fit(round, available, rng));
+  for (TaskSpec& task : tasks) task.expected_update.reset();
+  return tasks;
+}
+
 Result<std::vector<TaskSpec>> CreffServer::configure_evaluate(
     int round, const std::vector<ClientInfo>& available, Rng& rng) {
   FEDTAIL_ASSIGN_OR_RETURN(std::vector<TaskSpec> tasks,

@@ -271,6 +271,12 @@ class CreffServer final : public FedAvgServer {
   // kFailedPrecondition before initialize/load_state.
   Result<std::unique_ptr<Aggregation>> begin_aggregation(int round) override;
 
+  // FedAvgServer::configure_fit's tasks without an expected_update: an update carries the model
+  // without (W, b) plus the creff.* gradients, which begin_aggregation's Aggregation checks
+  // (federation.max_update_bytes still bounds what is received).
+  Result<std::vector<TaskSpec>> configure_fit(int round, const std::vector<ClientInfo>& available,
+                                              Rng& rng) override;
+
   // FedAvgServer::configure_evaluate's clients, each with global_bundle().
   Result<std::vector<TaskSpec>> configure_evaluate(int round,
                                                    const std::vector<ClientInfo>& available,

@@ -211,6 +211,7 @@ Result<std::vector<TaskSpec>> FedAvgServer::configure_fit(int round,
     TaskSpec task;
     task.client_id = c.id;
     task.bundle = global_;
+    task.expected_update = global_;  // what WeightedAverage folds: exactly the global tensors
     tasks.push_back(std::move(task));
   }
   return tasks;

@@ -45,7 +45,7 @@ class FedAvgServer : public ServerStrategy {
   Status initialize(const RunContext& run, Rng& rng) override;
 
   // Samples RoundOptions::fraction_fit of `available` (sample_clients); every task shares the
-  // global bundle and has an empty config. kFailedPrecondition before initialize/load_state or
+  // global bundle (as its bundle and its expected_update) and has an empty config. kFailedPrecondition before initialize/load_state or
   // when fewer than min_fit_clients are available.
   Result<std::vector<TaskSpec>> configure_fit(int round, const std::vector<ClientInfo>& available,
                                               Rng& rng) override;

@@ -11,6 +11,10 @@
 //   round 2: claims 10^12 examples for a real update (which would make it the global model), and
 //     reports a client error of 1 MiB (which would go into the log and metrics.jsonl whole);
 //   round 3: stalls one upload again and drips the other one byte-sized chunk at a time;
+//   round 4: sends the header of a 1 GiB update (its first tensor grown to 2^28 floats, the rest
+//     of the model as asked) and nothing else, which the decoder allocated before reading any data;
+//     and a real update with one tensor too many. Both are refused on their header, as not the
+//     update the task expects (incompatible_update), before any tensor is allocated;
 //   after: leaves with a 3 KiB reason.
 // Every round must finish with the two honest updates folded exactly once, mallory's tasks failed
 // with a reason that names the problem, and the final model must be the clean run's, bit for bit.
@@ -29,6 +33,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/wire/bundle_codec.h"
 #include "common/wire/bundle_file.h"
 #include "fedtail/v1/federation.grpc.pb.h"
 #include "tests/support/cli.h"
@@ -42,7 +47,7 @@ using namespace std::chrono_literals;
 using test_support::Mallory;
 using test_support::Process;
 
-constexpr int kRounds = 3;
+constexpr int kRounds = 4;
 constexpr int kMalloryExamples = 100;  // what mallory's clients declare at Join
 constexpr int kMaxVirtualClients = 8;
 constexpr int kMaxClients = 5;  // 2 honest + 2 mallory + 1 spare
@@ -112,6 +117,24 @@ Stall stall_upload(v1::Federation::Stub* stub, const v1::ResultHeader& header,
   stall.lasted = std::chrono::duration_cast<std::chrono::milliseconds>(
       std::chrono::steady_clock::now() - start);
   return stall;
+}
+
+// `header_chunk` (chunk 0 of a real update) rewritten to declare `payload_bytes`: its first
+// tensor flattened and grown by the difference (float32), the digest recomputed so that only the
+// size is wrong. The data chunks of such a bundle are never sent.
+v1::BundleChunk grown_header(v1::BundleChunk header_chunk, uint64_t payload_bytes) {
+  v1::BundleHeader* header = header_chunk.mutable_header();
+  v1::TensorSpec* first = header->mutable_tensors(0);
+  uint64_t first_bytes = 4;
+  for (int64_t d : first->shape()) first_bytes *= static_cast<uint64_t>(d);
+  const uint64_t grown = payload_bytes - (header->payload_bytes() - first_bytes);
+  first->clear_shape();
+  first->add_shape(static_cast<int64_t>(grown / 4));
+  header->set_payload_bytes(payload_bytes);
+  header->set_num_chunks(payload_bytes / kDefaultChunkBytes);
+  const PayloadDigest digest = header_digest(*header);
+  header->set_header_digest(std::string(reinterpret_cast<const char*>(digest.data()), digest.size()));
+  return header_chunk;
 }
 
 class Hardening : public ::testing::Test {
@@ -225,7 +248,7 @@ TEST_F(Hardening, NoClientCanStallFloodOrOverclaimAndEveryHonestUpdateIsFoldedOn
   // ---- The rounds: one attack per task, each round's stalls held in threads.
   std::map<int, int> tasks_per_round;
   std::vector<std::future<Stall>> stalls_round1, stalls_round3;
-  std::vector<v1::PushResultResponse> answers_round2;
+  std::vector<v1::PushResultResponse> answers_round2, answers_round4;
   for (auto until = std::chrono::steady_clock::now() + 300s;
        std::chrono::steady_clock::now() < until;) {
     v1::TaskHeader task;
@@ -253,6 +276,17 @@ TEST_F(Hardening, NoClientCanStallFloodOrOverclaimAndEveryHonestUpdateIsFoldedOn
       stalls_round3.push_back(std::async(std::launch::async, [&mallory, header, drops] {
         return stall_upload(mallory.stub(), header, drops, 500ms, 120s);
       }));
+    } else if (round == 4) {
+      std::vector<v1::BundleChunk> chunks = test_support::encode_chunks(model);
+      if (k == 0) {
+        chunks = {grown_header(chunks.front(), uint64_t{1} << 30)};
+      } else {
+        ASSERT_TRUE(model.add_zeros("mallory.extra", DType::kFloat32, {16}).ok());
+        chunks = test_support::encode_chunks(model);
+      }
+      v1::PushResultResponse response;
+      EXPECT_TRUE(mallory.push(Mallory::result(header, chunks), &response).ok());
+      answers_round4.push_back(response);
     } else if (k == 0) {
       v1::ResultHeader overclaim = header;
       overclaim.set_num_examples(1'000'000'000'000);
@@ -282,7 +316,7 @@ TEST_F(Hardening, NoClientCanStallFloodOrOverclaimAndEveryHonestUpdateIsFoldedOn
   }
   ASSERT_EQ(coordinator->wait(300s), 0) << coordinator->log();
   EXPECT_EQ(clients->wait(60s), 0) << clients->log();
-  EXPECT_EQ(tasks_per_round, (std::map<int, int>{{1, 2}, {2, 2}, {3, 2}}));
+  EXPECT_EQ(tasks_per_round, (std::map<int, int>{{1, 2}, {2, 2}, {3, 2}, {4, 2}}));
 
   // Each stalled upload was ended by the coordinator within seconds (the idle timeout is 2 s; the
   // second of a round waited for the first's slot).
@@ -297,6 +331,16 @@ TEST_F(Hardening, NoClientCanStallFloodOrOverclaimAndEveryHonestUpdateIsFoldedOn
   EXPECT_FALSE(answers_round2[0].accepted());
   EXPECT_NE(answers_round2[0].reason().find("at most what client"), std::string::npos)
       << answers_round2[0].reason();
+  ASSERT_EQ(answers_round4.size(), 2u);
+  for (const v1::PushResultResponse& answer : answers_round4) {
+    EXPECT_FALSE(answer.accepted());
+    EXPECT_NE(answer.reason().find("not the expected update"), std::string::npos)
+        << answer.reason();
+  }
+  EXPECT_NE(answers_round4[0].reason().find("!= expected"), std::string::npos)
+      << answers_round4[0].reason();
+  EXPECT_NE(answers_round4[1].reason().find("\"mallory.extra\": not expected"), std::string::npos)
+      << answers_round4[1].reason();
 
   // Every round: the two honest updates, mallory's two tasks failed with the reason.
   const std::vector<nlohmann::json> lines =
@@ -327,11 +371,13 @@ TEST_F(Hardening, NoClientCanStallFloodOrOverclaimAndEveryHonestUpdateIsFoldedOn
   EXPECT_NE(reasons(2).find("more bytes cut"), std::string::npos) << reasons(2);
   EXPECT_NE(reasons(3).find("upload stalled"), std::string::npos) << reasons(3);
   EXPECT_NE(reasons(3).find("upload too slow"), std::string::npos) << reasons(3);
+  EXPECT_NE(reasons(4).find("not the expected update"), std::string::npos) << reasons(4);
 
   const nlohmann::json summary =
       nlohmann::json::parse(test_support::read_file(state("attacked", "summary.json")));
   EXPECT_EQ(summary["refused"].value("stalled_upload", 0), 4) << summary["refused"].dump();
   EXPECT_EQ(summary["refused"].value("resource_limit", 0), 4) << summary["refused"].dump();
+  EXPECT_EQ(summary["refused"].value("incompatible_update", 0), 2) << summary["refused"].dump();
 
   // The log holds neither the forged line nor the escape, nor the whole goodbye.
   const std::string log = coordinator->log();

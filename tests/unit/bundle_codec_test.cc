@@ -5,6 +5,7 @@
 
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -306,6 +307,59 @@ TEST(BundleDecoderTest, OversizedPayloadIsRejectedBeforeAllocation) {
   Status s = decoder.add(header_chunk({n}, static_cast<uint64_t>(n) * 4));
   expect_error(s, StatusCode::kResourceExhausted, "exceeds the limit of 1048576");
   EXPECT_FALSE(decoder.header_received());
+}
+
+TEST(BundleDecoderTest, TheExpectedUpdateIsCheckedBeforeAllocation) {
+  TensorBundle model;
+  ASSERT_TRUE(model.add_zeros("w", DType::kFloat32, {4, 3}).ok());
+  ASSERT_TRUE(model.add_zeros("b", DType::kFloat32, {4}).ok());
+  ASSERT_TRUE(model.add_zeros("bn.num_batches_tracked", DType::kInt64, {}).ok());
+  DecodeLimits limits;
+  limits.max_payload_bytes = uint64_t{1} << 42;
+  limits.expected = std::make_shared<const TensorBundle>(model.clone());
+
+  // The model itself, and the same tensors in another order, pass.
+  EXPECT_TRUE(decode_status(encode_all(model), limits).ok());
+  TensorBundle reordered;
+  for (const char* name : {"bn.num_batches_tracked", "b", "w"}) {
+    ASSERT_TRUE(reordered.add(model.find(name)->clone()).ok());
+  }
+  EXPECT_TRUE(decode_status(encode_all(reordered), limits).ok());
+
+  // A header declaring "w" as 1 TiB: refused as the wrong shape, not as an allocation failure (it
+  // is within max_payload_bytes, and allocating it would fail or exhaust the machine).
+  const int64_t n = int64_t{1} << 38;
+  BundleDecoder decoder(limits);
+  expect_error(decoder.add(header_chunk({n}, static_cast<uint64_t>(n) * 4)),
+               StatusCode::kInvalidArgument,
+               "not the expected update: tensor \"w\": float32 [274877906944] != expected "
+               "float32 [4,3]");
+  EXPECT_FALSE(decoder.header_received());
+
+  TensorBundle renamed;
+  ASSERT_TRUE(renamed.add_zeros("w.renamed", DType::kFloat32, {4, 3}).ok());
+  ASSERT_TRUE(renamed.add(model.find("b")->clone()).ok());
+  ASSERT_TRUE(renamed.add(model.find("bn.num_batches_tracked")->clone()).ok());
+  expect_error(decode_status(encode_all(renamed), limits), StatusCode::kInvalidArgument,
+               "tensor \"w\": missing (expected float32 [4,3])");
+
+  TensorBundle extra = model.clone();
+  TensorBundle as_double;
+  ASSERT_TRUE(as_double.add_zeros("w", DType::kFloat64, {4, 3}).ok());
+  for (const char* name : {"b", "bn.num_batches_tracked"}) {
+    ASSERT_TRUE(as_double.add(model.find(name)->clone()).ok());
+  }
+  expect_error(decode_status(encode_all(as_double), limits), StatusCode::kInvalidArgument,
+               "tensor \"w\": float64 [4,3] != expected float32 [4,3]");
+
+  ASSERT_TRUE(extra.add_zeros("extra", DType::kUInt8, {1}).ok());
+  expect_error(decode_status(encode_all(extra), limits), StatusCode::kInvalidArgument,
+               "tensor \"extra\": not expected");
+
+  TensorBundle fewer;
+  ASSERT_TRUE(fewer.add(model.find("w")->clone()).ok());
+  expect_error(decode_status(encode_all(fewer), limits), StatusCode::kInvalidArgument,
+               "tensor \"b\": missing");
 }
 
 TEST(BundleDecoderTest, TooManyTensorsOrTooMuchMetadataIsResourceExhausted) {

@@ -167,6 +167,7 @@ class CreffTest : public ::testing::Test {
     if (!aggregation.ok()) return {};
     for (const TaskSpec& task : *tasks) {
       EXPECT_EQ(task.bundle, s.training_bundle());
+      EXPECT_EQ(task.expected_update, nullptr);  // the update differs from the bundle sent
       uint64_t index = 0;
       while (index < clients_.size() && clients_[index].id != task.client_id) ++index;
       if (index == clients_.size()) return {};

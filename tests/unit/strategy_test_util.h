@@ -14,6 +14,7 @@
 #include "common/base/rng.h"
 #include "common/learning/models.h"
 #include "common/learning/run_config.h"
+#include "common/wire/bundle_checks.h"
 #include "strategies/strategy.h"
 
 namespace fedtail::strategies::testing {
@@ -170,6 +171,12 @@ inline nlohmann::json run_round(ServerStrategy& server, ClientAlgorithm& algorit
     update.num_examples = out->num_examples;
     update.bundle = std::move(out->update);
     update.metrics = out->metrics;
+    if (task.expected_update) {
+      // What the coordinator's decoder would check on the update's header (DecodeLimits).
+      Status expected = check_compatible(update.bundle, *task.expected_update);
+      EXPECT_TRUE(expected.ok()) << "the update is not the task's expected_update: "
+                                 << expected.to_string();
+    }
     Status added = (*aggregation)->add(std::move(update));
     EXPECT_TRUE(added.ok()) << added.to_string();
   }
@@ -198,7 +205,7 @@ inline void expect_refused_then_accepted_once(Aggregation& aggregation,
     SCOPED_TRACE(c.what);
     ClientUpdate update;
     update.client_id = "client-x";
-    update.num_examples = c.num_examples > 0 ? c.num_examples : good_examples;
+    update.num_examples = c.num_examples != 0 ? c.num_examples : good_examples;
     update.bundle = std::move(c.bundle);
     Status status = aggregation.add(std::move(update));
     EXPECT_EQ(status.code(), c.code) << status.to_string();
