@@ -21,15 +21,21 @@
 #include "strategies/fedavg/fedavg.h"
 #include "strategies/fedbabu/fedbabu.h"
 #include "strategies/fedbn/fedbn.h"
+#include "strategies/feddyn/feddyn.h"
 #include "strategies/fedetf/fedetf.h"
 #include "strategies/fedloge/fedloge.h"
+#include "strategies/fednova/fednova.h"
+#include "strategies/fedopt/fedopt.h"
 #include "strategies/fedper/fedper.h"
 #include "strategies/fedproto/fedproto.h"
 #include "strategies/fedprox/fedprox.h"
 #include "strategies/fedrep/fedrep.h"
 #include "strategies/fedrod/fedrod.h"
 #include "strategies/fedsa/fedsa.h"
+#include "strategies/moon/moon.h"
+#include "strategies/qfedavg/qfedavg.h"
 #include "strategies/ratioloss/ratioloss.h"
+#include "strategies/scaffold/scaffold.h"
 
 namespace fedtail::strategies {
 namespace {
@@ -106,6 +112,15 @@ void register_builtin_strategies() {
     builtins.push_back(ccvr_strategy_entry());
     builtins.push_back(creff_strategy_entry());
     builtins.push_back(ratioloss_strategy_entry());
+    builtins.push_back(fedavgm_strategy_entry());
+    builtins.push_back(fedadam_strategy_entry());
+    builtins.push_back(fedyogi_strategy_entry());
+    builtins.push_back(fedadagrad_strategy_entry());
+    builtins.push_back(scaffold_strategy_entry());
+    builtins.push_back(fednova_strategy_entry());
+    builtins.push_back(feddyn_strategy_entry());
+    builtins.push_back(moon_strategy_entry());
+    builtins.push_back(qfedavg_strategy_entry());
     for (StrategyEntry& entry : builtins) {
       Status ignored = register_strategy(std::move(entry));
       (void)ignored;

@@ -8,6 +8,11 @@
 // --listen address while the client process keeps running (it reconnects with backoff, re-joins,
 // and its stale round-4 result is refused). Both runs must complete 6 rounds and write the same
 // final model, byte for byte, and the same per-round training metrics.
+//
+// Run for FedAvg and for the strategies that keep state beyond the global model: SCAFFOLD (server
+// control variate c, each client's c_i), FedDyn (server h, each client's linear term), FedAdam
+// (server moments m, v) and MOON (each client's previous local model). Client state lives in the
+// client process's state directory, which must give a re-run round the state it started from.
 #include <gtest/gtest.h>
 #include <signal.h>
 
@@ -37,14 +42,14 @@ constexpr int kKillAfterLines = 3;
 // The coordinator is killed once this appears in the clients' log (round kKillAfterLines + 1).
 constexpr char kKillAt[] = "client-1: round 4 fit (task";
 
-nlohmann::json run_config() {
+nlohmann::json run_config(const std::string& strategy) {
   return {
       {"seed", 11},
       {"threads", 1},
       {"device", "cpu"},
       {"rounds", kRounds},
       // Every client trains every round; no federated evaluation (it does not change the model).
-      {"strategy", {{"name", "fedavg"}, {"min_fit_clients", 3}, {"fraction_evaluate", 0.0}}},
+      {"strategy", {{"name", strategy}, {"min_fit_clients", 3}, {"fraction_evaluate", 0.0}}},
       {"federation",
        {{"min_available_clients", 3},
         {"round_timeout_s", 120},
@@ -65,13 +70,13 @@ nlohmann::json run_config() {
       {"eval", {{"batch_size", 1000}, {"every", kRounds}}}};
 }
 
-class FederationResume : public ::testing::Test {
+class FederationResume : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
     const std::string missing = test_support::missing_federation_prerequisite();
     if (!missing.empty()) GTEST_SKIP() << missing;
-    dir_ = test_support::scratch_dir("federation_resume");
-    test_support::write_file(dir_ + "/run.json", run_config().dump(2));
+    dir_ = test_support::scratch_dir("federation_resume-" + GetParam());
+    test_support::write_file(dir_ + "/run.json", run_config(GetParam()).dump(2));
   }
 
   std::unique_ptr<Process> start_coordinator(const std::string& name, const std::string& listen,
@@ -106,7 +111,7 @@ class FederationResume : public ::testing::Test {
   std::string dir_;
 };
 
-TEST_F(FederationResume, KilledCoordinatorResumesBitExactly) {
+TEST_P(FederationResume, KilledCoordinatorResumesBitExactly) {
   // Run A: uninterrupted.
   {
     std::unique_ptr<Process> coordinator = start_coordinator("a", "127.0.0.1:0", false);
@@ -188,6 +193,12 @@ TEST_F(FederationResume, KilledCoordinatorResumesBitExactly) {
   // Server-side evaluation of the last round: the same model gives the same accuracy.
   EXPECT_EQ(lines_a.back()["server_eval"], lines_b.back()["server_eval"]);
 }
+
+INSTANTIATE_TEST_SUITE_P(Strategies, FederationResume,
+                         ::testing::Values("fedavg", "scaffold", "feddyn", "fedadam", "moon"),
+                         [](const ::testing::TestParamInfo<std::string>& info) {
+                           return info.param;
+                         });
 
 }  // namespace
 }  // namespace fedtail

@@ -1,7 +1,8 @@
 // A strategy author's journey out of tree: install fedtail into a temporary prefix (cmake
-// --install), build the installed example plugin (share/fedtail/examples/fedavgm) as a project of
-// its own with find_package(fedtail) + fedtail_add_strategy_plugin, and run a federation of the
-// installed fedtail-sim (coordinator + fedtail-client workers over gRPC) with the plugin loaded.
+// --install), build the installed example plugin (share/fedtail/examples/fedavgm, strategy
+// "fedavgm_example") as a project of its own with find_package(fedtail) +
+// fedtail_add_strategy_plugin, and run a federation of the installed fedtail-sim (coordinator +
+// fedtail-client workers over gRPC) with the plugin loaded.
 #include <gtest/gtest.h>
 
 #include <cstdint>
@@ -78,7 +79,7 @@ TEST(OutOfTreePlugin, BuildsAgainstAnInstalledFedtailAndRunsAFederation) {
   // Three rounds of five local epochs: enough for the global model to leave chance (10%).
   nlohmann::json config = test_support::tiny_sim_config(3);
   config["local"] = {{"epochs", 5}, {"batch_size", 16}, {"lr", 0.05}};
-  config["simulation"] = {{"strategies", {{{"name", "fedavgm"}, {"momentum", 0.5}}}}};
+  config["simulation"] = {{"strategies", {{{"name", "fedavgm_example"}, {"momentum", 0.5}}}}};
   test_support::write_file(dir + "/sim.json", config.dump(2));
   const std::string out = dir + "/out";
   test_support::CliRun sim = run_cli(quoted(prefix + "/bin/fedtail-sim"),
@@ -89,7 +90,7 @@ TEST(OutOfTreePlugin, BuildsAgainstAnInstalledFedtailAndRunsAFederation) {
       nlohmann::json::parse(test_support::read_file(out + "/summary.json"));
   ASSERT_EQ(summary["runs"].size(), 1u) << summary.dump(2);
   const nlohmann::json& run = summary["runs"][0];
-  EXPECT_EQ(run["strategy"], "fedavgm");
+  EXPECT_EQ(run["strategy"], "fedavgm_example");
   EXPECT_EQ(run["status"], "completed");
   EXPECT_EQ(run["rounds_completed"], 3);
   ASSERT_TRUE(run["final"]["generic_accuracy"].is_number());

@@ -1,5 +1,6 @@
-// Loads the example plugin <build>/lib/libfedtail_fedavgm.so into this test binary (built with
-// ENABLE_EXPORTS, so the plugin resolves fedtail's symbols from it).
+// Loads the example plugin <build>/lib/libfedtail_fedavgm.so (strategy "fedavgm_example") into this
+// test binary (built with ENABLE_EXPORTS, so the plugin resolves fedtail's symbols from it), and
+// checks it against the built-in FedAvgM (strategies/fedopt/fedopt.h).
 #include <dlfcn.h>
 #include <gtest/gtest.h>
 #include <sys/stat.h>
@@ -10,6 +11,7 @@
 #include <fstream>
 
 #include "strategies/fedavg/fedavg.h"
+#include "strategies/fedopt/fedopt.h"
 #include "strategies/registry.h"
 #include "tests/unit/strategy_test_util.h"
 
@@ -17,6 +19,8 @@ namespace fedtail::strategies {
 namespace {
 
 const char kPluginPath[] = FEDTAIL_BIN_DIR "/../lib/libfedtail_fedavgm.so";
+// The strategy the plugin registers (the built-in FedAvgM is "fedavgm").
+const char kExample[] = "fedavgm_example";
 
 class PluginTest : public ::testing::Test {
  protected:
@@ -92,26 +96,27 @@ class PluginTest : public ::testing::Test {
   RunContext run_;
 };
 
-TEST_F(PluginTest, RegistersFedAvgMAndLoadingTwiceIsHarmless) {
+TEST_F(PluginTest, RegistersFedAvgMExampleAndLoadingTwiceIsHarmless) {
   const auto names = strategy_names();
-  EXPECT_NE(std::find(names.begin(), names.end(), "fedavgm"), names.end());
-  auto entry = find_strategy("fedavgm");
+  EXPECT_NE(std::find(names.begin(), names.end(), kExample), names.end());
+  auto entry = find_strategy(kExample);
   ASSERT_TRUE(entry.ok());
   EXPECT_NE(entry->description.find("momentum"), std::string::npos);
+  EXPECT_NE(entry->description.find("example"), std::string::npos);
   Status again = load_plugin(kPluginPath);
   EXPECT_TRUE(again.ok()) << again.to_string();
 
   // Its options are validated with their JSON paths.
-  auto bad = make_server_strategy("fedavgm", {{"momentum", 1.5}});
+  auto bad = make_server_strategy(kExample, {{"momentum", 1.5}});
   ASSERT_FALSE(bad.ok());
   EXPECT_NE(bad.status().message().find("config.strategy.momentum: must be in [0, 1)"),
             std::string::npos)
       << bad.status().message();
-  auto bad_client = make_client_algorithm("fedavgm", {{"server_lr", 0.0}});
+  auto bad_client = make_client_algorithm(kExample, {{"server_lr", 0.0}});
   ASSERT_FALSE(bad_client.ok());
   EXPECT_NE(bad_client.status().message().find("config.strategy.server_lr"), std::string::npos);
   // Its client is the host's FedAvg client.
-  auto client = make_client_algorithm("fedavgm", {{"momentum", 0.5}, {"min_fit_clients", 1}});
+  auto client = make_client_algorithm(kExample, {{"momentum", 0.5}, {"min_fit_clients", 1}});
   ASSERT_TRUE(client.ok()) << client.status().to_string();
   EXPECT_NE(dynamic_cast<FedAvgClient*>(client->get()), nullptr);
 }
@@ -198,7 +203,7 @@ TEST_F(PluginTest, ALibraryWithoutTheEntryPointIsRefused) {
 
 TEST_F(PluginTest, ZeroMomentumAndUnitServerLrEqualsFedAvg) {
   auto fedavg = initialized("fedavg", {});
-  auto fedavgm = initialized("fedavgm", {{"momentum", 0.0}, {"server_lr", 1.0}});
+  auto fedavgm = initialized(kExample, {{"momentum", 0.0}, {"server_lr", 1.0}});
   ASSERT_TRUE(same_tensors(*fedavg->global_bundle(), *fedavgm->global_bundle()));
   for (int round = 1; round <= 3; ++round) {
     const auto updates = updates_around(*fedavg->global_bundle(), /*seed=*/round);
@@ -207,13 +212,13 @@ TEST_F(PluginTest, ZeroMomentumAndUnitServerLrEqualsFedAvg) {
     EXPECT_TRUE(same_tensors(*fedavg->global_bundle(), *fedavgm->global_bundle()))
         << "round " << round;
   }
-  EXPECT_EQ(fedavgm->global_bundle()->metadata()["strategy"], "fedavgm");
+  EXPECT_EQ(fedavgm->global_bundle()->metadata()["strategy"], kExample);
 }
 
 TEST_F(PluginTest, MomentumAccumulatesAndResumesBitExactly) {
   const double momentum = 0.9, lr = 0.5;
   const nlohmann::json options = {{"momentum", momentum}, {"server_lr", lr}};
-  auto fedavgm = initialized("fedavgm", options);
+  auto fedavgm = initialized(kExample, options);
   const std::string name = "heads.classifier.bias";
   float velocity = 0;  // the plugin keeps the velocity as float32
   std::unique_ptr<ServerStrategy> resumed;
@@ -247,7 +252,7 @@ TEST_F(PluginTest, MomentumAccumulatesAndResumesBitExactly) {
       // BatchNorm statistics take the clients' mean, without momentum.
       EXPECT_EQ(saved->find("velocity/backbone.bn1.running_var"), nullptr);
       EXPECT_NE(saved->find("velocity/backbone.bn1.weight"), nullptr);
-      auto fresh = make_server_strategy("fedavgm", options);
+      auto fresh = make_server_strategy(kExample, options);
       ASSERT_TRUE(fresh.ok());
       Status loaded = (*fresh)->load_state(std::move(saved).value());
       ASSERT_TRUE(loaded.ok()) << loaded.to_string();
@@ -266,7 +271,7 @@ TEST_F(PluginTest, MomentumAccumulatesAndResumesBitExactly) {
 }
 
 TEST_F(PluginTest, FedAvgMRefusesAVelocityThatDoesNotFit) {
-  auto fedavgm = initialized("fedavgm", {{"momentum", 0.5}});
+  auto fedavgm = initialized(kExample, {{"momentum", 0.5}});
   auto state = fedavgm->save_state();
   ASSERT_TRUE(state.ok());
   TensorBundle bad = state->clone();
@@ -274,6 +279,30 @@ TEST_F(PluginTest, FedAvgMRefusesAVelocityThatDoesNotFit) {
   Status st = fedavgm->load_state(std::move(bad));
   EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
   EXPECT_NE(st.message().find("velocity/heads.classifier.bias"), std::string::npos) << st.message();
+}
+
+TEST_F(PluginTest, TheExampleGivesTheBuiltInFedAvgMsModelsAndVelocityBitForBit) {
+  const nlohmann::json options = {{"momentum", 0.9}, {"server_lr", 0.5}};
+  auto example = initialized(kExample, options);
+  // The built-in straight from its entry (whether or not the registry lists it).
+  auto builtin = fedavgm_strategy_entry().server(options);
+  ASSERT_TRUE(builtin.ok()) << builtin.status().to_string();
+  Rng init(5);  // initialized()'s draws: the same initial model
+  ASSERT_TRUE((*builtin)->initialize(run_, init).ok());
+  ASSERT_TRUE(same_tensors(*example->global_bundle(), *(*builtin)->global_bundle()));
+  for (int round = 1; round <= 3; ++round) {
+    const auto updates = updates_around(*example->global_bundle(), /*seed=*/20 + round);
+    aggregate(*example, round, updates);
+    aggregate(**builtin, round, updates);
+    EXPECT_TRUE(same_tensors(*example->global_bundle(), *(*builtin)->global_bundle()))
+        << "round " << round;
+  }
+  // Both states hold the global tensors, then "velocity/<name>" of the same tensors: all equal.
+  auto a = example->save_state();
+  auto b = (*builtin)->save_state();
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_TRUE(same_tensors(*a, *b));
+  EXPECT_NE(a->find("velocity/heads.classifier.weight"), nullptr);
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
-// The fedavgm plugin: FedAvgMServer (below) + the host's FedAvgClient, registered through
-// FEDTAIL_STRATEGY_PLUGIN. Links nothing of fedtail: FedAvgServer, WeightedAverage, TensorBundle
-// and the training code are the host binary's own (it exports its symbols).
+// The fedavgm example plugin: FedAvgMServer (below) + the host's FedAvgClient, registered as
+// "fedavgm_example" through FEDTAIL_STRATEGY_PLUGIN. Links nothing of fedtail: FedAvgServer,
+// WeightedAverage, TensorBundle and the training code are the host binary's own (it exports its
+// symbols).
 #include "fedavgm.h"
 
 #include <algorithm>
@@ -12,7 +13,7 @@
 #include "common/base/json_reader.h"
 #include "strategies/registry.h"
 
-namespace fedtail::strategies {
+namespace fedtail::strategies::examples {
 namespace {
 
 // Element i of a floating-point tensor as double, and back (half types through float).
@@ -65,10 +66,13 @@ bool takes_the_mean(const NamedTensor& t) {
 }
 
 // velocity ← momentum · velocity + (mean − global); out ← global + lr · velocity, in double.
-// float32 tensors take a typed loop (the common case); `velocity` may be null (zero).
+// float32 tensors take a typed loop (the common case); `velocity` may be null (zero). With
+// momentum 0 and lr 1, out is the mean itself: global + (mean − global) is the mean exactly, but
+// the double difference of two floats of very different magnitudes may round.
 void momentum_step(const NamedTensor& mean, const NamedTensor& global, const NamedTensor* velocity,
                    double momentum, double lr, NamedTensor& new_velocity, NamedTensor& out) {
   const int64_t n = mean.numel();
+  const bool mean_as_is = momentum == 0 && lr == 1;
   if (mean.dtype() == DType::kFloat32) {
     const float* a = mean.data<float>();
     const float* g = global.data<float>();
@@ -79,7 +83,7 @@ void momentum_step(const NamedTensor& mean, const NamedTensor& global, const Nam
       const double gi = g[i];
       const double vi = momentum * (v ? static_cast<double>(v[i]) : 0.0) + (a[i] - gi);
       nv[i] = static_cast<float>(vi);
-      o[i] = static_cast<float>(gi + lr * vi);
+      o[i] = mean_as_is ? a[i] : static_cast<float>(gi + lr * vi);
     }
     return;
   }
@@ -87,7 +91,7 @@ void momentum_step(const NamedTensor& mean, const NamedTensor& global, const Nam
     const double gi = load(global, i);
     const double vi = momentum * (velocity ? load(*velocity, i) : 0.0) + (load(mean, i) - gi);
     store(new_velocity, i, vi);
-    store(out, i, gi + lr * vi);
+    store(out, i, mean_as_is ? load(mean, i) : gi + lr * vi);
   }
 }
 
@@ -114,7 +118,7 @@ Result<FedAvgMOptions> parse_fedavgm_options(const nlohmann::json& config) {
 }
 
 FedAvgMServer::FedAvgMServer(const FedAvgMOptions& options)
-    : FedAvgServer("fedavgm", options.round),
+    : FedAvgServer(kFedAvgMExampleName, options.round),
       server_lr_(options.server_lr),
       momentum_(options.momentum) {}
 
@@ -132,7 +136,7 @@ Result<TensorBundle> FedAvgMServer::next_global(int round, TensorBundle average)
       continue;
     }
     const NamedTensor* g = global().find(mean.name());
-    if (g == nullptr) return Status::Internal("fedavgm: no global tensor " + mean.name());
+    if (g == nullptr) return Status::Internal(name() + ": no global tensor " + mean.name());
     FEDTAIL_ASSIGN_OR_RETURN(NamedTensor nv,
                              NamedTensor::uninitialized(mean.name(), mean.dtype(), mean.shape()));
     FEDTAIL_ASSIGN_OR_RETURN(NamedTensor out,
@@ -162,15 +166,16 @@ Status FedAvgMServer::load_extra_state(TensorBundle extra, const nlohmann::json&
   TensorBundle velocity;
   for (const NamedTensor& t : extra) {
     if (t.name().compare(0, prefix.size(), prefix) != 0) {
-      return Status::InvalidArgument("fedavgm state: unexpected tensor \"" + t.name() + "\"");
+      return Status::InvalidArgument(name() + " state: unexpected tensor \"" + t.name() + "\"");
     }
-    const std::string name = t.name().substr(prefix.size());
-    const NamedTensor* g = global.find(name);
+    const std::string global_name = t.name().substr(prefix.size());
+    const NamedTensor* g = global.find(global_name);
     if (g == nullptr || g->dtype() != t.dtype() || g->shape() != t.shape() || takes_the_mean(*g)) {
-      return Status::InvalidArgument("fedavgm state: tensor \"" + t.name() +
+      return Status::InvalidArgument(name() + " state: tensor \"" + t.name() +
                                      "\" does not match a trainable floating-point global tensor");
     }
-    FEDTAIL_ASSIGN_OR_RETURN(NamedTensor v, NamedTensor::uninitialized(name, t.dtype(), t.shape()));
+    FEDTAIL_ASSIGN_OR_RETURN(NamedTensor v,
+                             NamedTensor::uninitialized(global_name, t.dtype(), t.shape()));
     std::copy(t.bytes(), t.bytes() + t.nbytes(), v.mutable_bytes());
     FEDTAIL_RETURN_IF_ERROR(velocity.add(std::move(v)));
   }
@@ -178,10 +183,12 @@ Status FedAvgMServer::load_extra_state(TensorBundle extra, const nlohmann::json&
   return Status::OK();
 }
 
-}  // namespace fedtail::strategies
+}  // namespace fedtail::strategies::examples
 
 FEDTAIL_STRATEGY_PLUGIN(host) {
-  return host->register_strategy({"fedavgm", "FedAvg with server momentum (example plugin)",
-                                  fedtail::strategies::FedAvgMServer::create,
-                                  fedtail::strategies::make_fedavgm_client});
+  return host->register_strategy(
+      {fedtail::strategies::examples::kFedAvgMExampleName,
+       "FedAvg with server momentum: the example plugin of the built-in fedavgm",
+       fedtail::strategies::examples::FedAvgMServer::create,
+       fedtail::strategies::examples::make_fedavgm_client});
 }
