@@ -414,7 +414,9 @@ TEST_F(FedAvgTest, RobustMedianIgnoresAScaledAttackerThatFedAvgFollows) {
       EXPECT_EQ((*metrics)["robust"]["method"], method);
       EXPECT_GT((*metrics)["robust"]["buffered_bytes"].get<uint64_t>(), 0u);
     }
-    if (std::string(method) == "median") EXPECT_NEAR(step, 0.04f, 1e-5);
+    if (std::string(method) == "median") {
+      EXPECT_NEAR(step, 0.04f, 1e-5);
+    }
     if (std::string(method) == "krum") {
       EXPECT_EQ((*metrics)["robust"]["selected"].size(), 1u);
       EXPECT_NE((*metrics)["robust"]["selected"][0], 6);  // never mallory

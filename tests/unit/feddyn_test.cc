@@ -10,6 +10,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -22,6 +23,16 @@ namespace fedtail::strategies {
 namespace {
 
 using testing::client_context;
+using testing::contains;
+using testing::copy_state;
+using testing::counter;
+using testing::edited_bundle;
+using testing::expect_factories_refuse;
+using testing::expect_registry_entry;
+using testing::expect_values_near;
+using testing::f32;
+using testing::f64;
+using testing::fit_client;
 using testing::infos;
 using testing::inputs;
 using testing::one_step_config;
@@ -30,43 +41,6 @@ using testing::run_round;
 using testing::sim_clients;
 using testing::SimClient;
 using testing::tiny_config;
-
-bool contains(const Status& s, const std::string& part) {
-  return s.message().find(part) != std::string::npos;
-}
-
-std::vector<double> values(const NamedTensor& t) {
-  const torch::Tensor c = to_torch(t).to(torch::kFloat64).contiguous();
-  return std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
-}
-
-void expect_values_near(const NamedTensor* t, const std::vector<double>& want, double tol) {
-  ASSERT_NE(t, nullptr);
-  const std::vector<double> got = values(*t);
-  ASSERT_EQ(got.size(), want.size()) << t->name();
-  for (size_t i = 0; i < want.size(); ++i) EXPECT_NEAR(got[i], want[i], tol) << t->name() << i;
-}
-
-NamedTensor f32(const std::string& name, const std::vector<float>& v) {
-  return NamedTensor::from_values<float>(name, DType::kFloat32, {static_cast<int64_t>(v.size())},
-                                         v);
-}
-
-NamedTensor f64(const std::string& name, const std::vector<double>& v) {
-  return NamedTensor::from_values<double>(name, DType::kFloat64, {static_cast<int64_t>(v.size())},
-                                          v);
-}
-
-NamedTensor counter(int64_t v) {
-  return NamedTensor::from_values<int64_t>("bn.num_batches_tracked", DType::kInt64, {}, {v});
-}
-
-ClientState copy_state(const ClientState& s) {
-  ClientState out;
-  out.tensors = s.tensors.clone();
-  out.values = s.values;
-  return out;
-}
 
 // ---------------------------------------------------------------------------------------------
 // Options
@@ -94,22 +68,11 @@ TEST(FedDynOptionsTest, BadValuesAndUnknownKeysAreRefusedNamingTheField) {
       {{{"alpha_scaling", "clients"}}, "config.strategy.alpha_scaling: must be one of"},
       {{{"fraction_fit", 0}}, "config.strategy.fraction_fit"},
       {{{"mu", 0.1}}, "config.strategy.mu: unknown key"}};
-  for (const auto& [options, message] : bad) {
-    SCOPED_TRACE(options.dump());
-    for (bool server_side : {true, false}) {
-      const Status s =
-          server_side ? make_feddyn_server(options).status() : make_feddyn_client(options).status();
-      EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
-      EXPECT_TRUE(contains(s, message)) << s.message();
-    }
-  }
+  expect_factories_refuse(bad, make_feddyn_server, make_feddyn_client);
 }
 
 TEST(FedDynOptionsTest, RegistryEntryIsNamedFeddyn) {
-  const StrategyEntry entry = feddyn_strategy_entry();
-  EXPECT_EQ(entry.name, "feddyn");
-  EXPECT_TRUE(entry.server(nlohmann::json::object()).ok());
-  EXPECT_TRUE(entry.client(nlohmann::json::object()).ok());
+  expect_registry_entry(feddyn_strategy_entry(), "feddyn");
 }
 
 TEST(FedDynOptionsTest, ClientAlphaIsScaledByTheMeanExampleCount) {
@@ -255,36 +218,16 @@ TEST_F(FedDynServerTest, TasksCarryTheScaledAlphaAndAggregationNeedsConfigureFit
 }
 
 TEST_F(FedDynServerTest, LoadStateRefusesAMissingOrMisshapenH) {
-  auto edited = [&](const std::string& drop, std::vector<NamedTensor> add) {
-    TensorBundle base = hand_state({0, 0, 0});
-    TensorBundle out;
-    for (const NamedTensor& t : base) {
-      if (t.name() != drop) {
-        EXPECT_TRUE(out.add(t.clone()).ok());
-      }
-    }
-    for (NamedTensor& t : add) EXPECT_TRUE(out.add(std::move(t)).ok());
-    EXPECT_TRUE(out.set_metadata(base.metadata()).ok());
-    return out;
+  auto edited = [&](const std::string& drop, std::optional<NamedTensor> add) {
+    return edited_bundle(hand_state({0, 0, 0}), drop, std::move(add));
   };
   const std::string h = std::string(kFedDynStatePrefix) + "w";
   std::vector<std::pair<TensorBundle, std::string>> bad;
-  bad.emplace_back(edited(h, {}), "missing");
-  {
-    std::vector<NamedTensor> add;
-    add.push_back(f32(h, {0, 0, 0}));
-    bad.emplace_back(edited(h, std::move(add)), "expected float64 [3]");
-  }
-  {
-    std::vector<NamedTensor> add;
-    add.push_back(f64(h, {0, 0}));
-    bad.emplace_back(edited(h, std::move(add)), "expected float64 [3]");
-  }
-  {
-    std::vector<NamedTensor> add;
-    add.push_back(f64(std::string(kFedDynStatePrefix) + "bn.running_mean", {0, 0}));
-    bad.emplace_back(edited("", std::move(add)), "unexpected tensor");
-  }
+  bad.emplace_back(edited(h, std::nullopt), "missing");
+  bad.emplace_back(edited(h, f32(h, {0, 0, 0})), "expected float64 [3]");
+  bad.emplace_back(edited(h, f64(h, {0, 0})), "expected float64 [3]");
+  bad.emplace_back(edited("", f64(std::string(kFedDynStatePrefix) + "bn.running_mean", {0, 0})),
+                   "unexpected tensor");
   for (auto& [state, message] : bad) {
     SCOPED_TRACE(message);
     FedDynServer s{FedDynOptions()};
@@ -416,9 +359,7 @@ TEST_F(FedDynClientTest, TwoStepsAreSgdOnTheDynamicRegulariserAndGIsUpdated) {
 
   // Not FedAvg's update: g moves the first step already.
   FedAvgClient fedavg;
-  Rng rng2 = Rng::derive(config_.seed, "fit", {1, 0});
-  ClientContext ctx2 = client_context(config_, client, 1, &rng2);
-  auto plain = fedavg.fit(ctx2, global);
+  auto plain = fit_client(fedavg, config_, clients, 0, global);
   ASSERT_TRUE(plain.ok());
   const std::string w = "heads.classifier.weight";
   EXPECT_GT((to_torch(*out->update.find(w)) - to_torch(*plain->update.find(w)))

@@ -30,6 +30,7 @@ using testing::run_round;
 using testing::separable;
 using testing::sim_clients;
 using testing::SimClient;
+using testing::stepped;
 using testing::tiny_config;
 
 // A fresh model holding the model tensors of `bundle` (M and β are not the model's: ignored).
@@ -63,18 +64,6 @@ torch::Tensor hand_log_counts(const std::vector<int64_t>& counts) {
   std::vector<double> logs;
   for (int64_t n : counts) logs.push_back(std::log(static_cast<double>(n > 0 ? n : 1)));
   return torch::tensor(logs).to(torch::kFloat32).unsqueeze(0);
-}
-
-// The model's tensors after one SGD step of rate `lr` on the gradients now in `m`; buffers as they
-// are.
-std::map<std::string, torch::Tensor> stepped(const Model& m, double lr) {
-  std::map<std::string, torch::Tensor> out;
-  torch::NoGradGuard no_grad;
-  for (const auto& p : m->named_parameters()) {
-    out[p.key()] = (p.value() - lr * p.value().grad()).clone();
-  }
-  for (const auto& b : m->named_buffers()) out[b.key()] = b.value().clone();
-  return out;
 }
 
 // Each tensor of `expected` is in `actual` and within `tol` of it.

@@ -16,6 +16,7 @@ namespace fedtail::strategies {
 namespace {
 
 using testing::client_context;
+using testing::fit_client;
 using testing::infos;
 using testing::run_round;
 using testing::separable;
@@ -277,10 +278,7 @@ class FedLoGeTest : public ::testing::Test {
 
   Result<FitOutput> fit(ClientAlgorithm& algorithm, const TensorBundle& global, int k,
                         int round = 1) {
-    Rng rng =
-        Rng::derive(config_.seed, "fit", {static_cast<uint64_t>(round), static_cast<uint64_t>(k)});
-    ClientContext ctx = client_context(config_, clients_[k], round, &rng);
-    return algorithm.fit(ctx, global);
+    return fit_client(algorithm, config_, clients_, k, global, round);
   }
 
   RunConfig config_;

@@ -21,7 +21,14 @@
 namespace fedtail::strategies {
 namespace {
 
-using testing::client_context;
+using testing::contains;
+using testing::counter;
+using testing::expect_factories_refuse;
+using testing::expect_registry_entry;
+using testing::expect_values_near;
+using testing::f32;
+using testing::f64;
+using testing::fit_client;
 using testing::infos;
 using testing::one_step_config;
 using testing::run_context;
@@ -29,36 +36,7 @@ using testing::run_round;
 using testing::sim_clients;
 using testing::SimClient;
 using testing::tiny_config;
-
-bool contains(const Status& s, const std::string& part) {
-  return s.message().find(part) != std::string::npos;
-}
-
-std::vector<double> values(const NamedTensor& t) {
-  const torch::Tensor c = to_torch(t).to(torch::kFloat64).contiguous();
-  return std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
-}
-
-void expect_values_near(const NamedTensor* t, const std::vector<double>& want, double tol) {
-  ASSERT_NE(t, nullptr);
-  const std::vector<double> got = values(*t);
-  ASSERT_EQ(got.size(), want.size()) << t->name();
-  for (size_t i = 0; i < want.size(); ++i) EXPECT_NEAR(got[i], want[i], tol) << t->name() << i;
-}
-
-NamedTensor f32(const std::string& name, const std::vector<float>& v) {
-  return NamedTensor::from_values<float>(name, DType::kFloat32, {static_cast<int64_t>(v.size())},
-                                         v);
-}
-
-NamedTensor f64(const std::string& name, const std::vector<double>& v) {
-  return NamedTensor::from_values<double>(name, DType::kFloat64, {static_cast<int64_t>(v.size())},
-                                          v);
-}
-
-NamedTensor counter(int64_t v) {
-  return NamedTensor::from_values<int64_t>("bn.num_batches_tracked", DType::kInt64, {}, {v});
-}
+using testing::values;
 
 // The paper's closed form of a_i, computed independently of the code under test.
 double closed_form_a(int64_t tau, double rho) {
@@ -85,19 +63,8 @@ TEST(FedNovaOptionsTest, DefaultsValuesAndRefusals) {
       {{{"gmf", -0.1}}, "config.strategy.gmf: must be in [0, 1)"},
       {{{"gmf", "0.5"}}, "config.strategy.gmf"},
       {{{"mu", 0.1}}, "config.strategy.mu: unknown key"}};
-  for (const auto& [options, message] : bad) {
-    SCOPED_TRACE(options.dump());
-    for (bool server_side : {true, false}) {
-      const Status s = server_side ? make_fednova_server(options).status()
-                                   : make_fednova_client(options).status();
-      EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
-      EXPECT_TRUE(contains(s, message)) << s.message();
-    }
-  }
-  const StrategyEntry entry = fednova_strategy_entry();
-  EXPECT_EQ(entry.name, "fednova");
-  EXPECT_TRUE(entry.server(nlohmann::json::object()).ok());
-  EXPECT_TRUE(entry.client(nlohmann::json::object()).ok());
+  expect_factories_refuse(bad, make_fednova_server, make_fednova_client);
+  expect_registry_entry(fednova_strategy_entry(), "fednova");
 }
 
 TEST(FedNovaNormalizerTest, MatchesTheClosedForm) {
@@ -150,15 +117,11 @@ TEST(FedNovaClientTest, UploadsTheNormalisedModelAndA) {
 
   // y: FedAvg's client trained on the same task with the same Rng.
   FedAvgClient fedavg;
-  Rng rng_a = Rng::derive(config.seed, "fit", {1, 0});
-  ClientContext ctx_a = client_context(config, clients[0], 1, &rng_a);
-  auto y = fedavg.fit(ctx_a, x);
+  auto y = fit_client(fedavg, config, clients, 0, x);
   ASSERT_TRUE(y.ok()) << y.status().to_string();
 
   FedNovaClient client;
-  Rng rng_b = Rng::derive(config.seed, "fit", {1, 0});
-  ClientContext ctx_b = client_context(config, clients[0], 1, &rng_b);
-  auto out = client.fit(ctx_b, x);
+  auto out = fit_client(client, config, clients, 0, x);
   ASSERT_TRUE(out.ok()) << out.status().to_string();
   const double a = 1 + 1.9 + 2.71;
   EXPECT_EQ(out->metrics["steps"], 3);

@@ -23,15 +23,13 @@
 namespace fedtail::strategies {
 namespace {
 
+using testing::contains;
+using testing::edited_bundle;
 using testing::run_context;
 using testing::run_round;
 using testing::sim_clients;
 using testing::SimClient;
 using testing::tiny_config;
-
-bool contains(const Status& s, const std::string& part) {
-  return s.message().find(part) != std::string::npos;
-}
 
 FedOptOptions parsed(ServerOptimizer rule, const nlohmann::json& config) {
   auto o = parse_fedopt_options(rule, config);
@@ -580,24 +578,14 @@ TEST_F(FedOptTest, LoadStateRefusesMomentsThatDoNotFitAndStaysUnchanged) {
   // (erased when null).
   auto edited = [&](const std::string& drop, std::optional<NamedTensor> add,
                     std::optional<nlohmann::json> steps = std::nullopt) {
-    TensorBundle out;
-    for (const NamedTensor& t : *state) {
-      if (t.name() != drop) {
-        EXPECT_TRUE(out.add(t.clone()).ok());
-      }
-    }
-    if (add) {
-      EXPECT_TRUE(out.add(std::move(*add)).ok());
-    }
-    nlohmann::json meta = state->metadata();
+    TensorBundle out = edited_bundle(*state, drop, std::move(add));
     if (steps) {
       if (steps->is_null()) {
-        meta.erase("server_steps");
+        out.mutable_metadata().erase("server_steps");
       } else {
-        meta["server_steps"] = *steps;
+        out.mutable_metadata()["server_steps"] = *steps;
       }
     }
-    EXPECT_TRUE(out.set_metadata(meta).ok());
     return out;
   };
   const std::string mw = std::string("m/") + kWeight, vw = std::string("v/") + kWeight;

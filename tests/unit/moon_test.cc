@@ -24,17 +24,18 @@ namespace fedtail::strategies {
 namespace {
 
 using testing::client_context;
+using testing::contains;
+using testing::expect_near;
+using testing::expect_parse_refuses;
+using testing::fit_client;
 using testing::inputs;
 using testing::one_step_config;
 using testing::run_context;
 using testing::run_round;
 using testing::sim_clients;
 using testing::SimClient;
+using testing::stepped;
 using testing::tiny_config;
-
-bool contains(const Status& s, const std::string& part) {
-  return s.message().find(part) != std::string::npos;
-}
 
 // The largest absolute difference between same-named float32 tensors of `a` and `b`.
 double max_difference(const TensorBundle& a, const TensorBundle& b) {
@@ -49,19 +50,6 @@ double max_difference(const TensorBundle& a, const TensorBundle& b) {
                                 .item<double>());
   }
   return worst;
-}
-
-// Each tensor of `expected` is within `tol` of the one of `actual` of the same name.
-void expect_near(const TensorBundle& actual, const std::map<std::string, torch::Tensor>& expected,
-                 double tol) {
-  ASSERT_FALSE(expected.empty());
-  for (const auto& [name, want] : expected) {
-    const NamedTensor* got = actual.find(name);
-    ASSERT_NE(got, nullptr) << name;
-    const double diff =
-        (to_torch(*got).to(torch::kFloat64) - want.to(torch::kFloat64)).abs().max().item<double>();
-    EXPECT_LE(diff, tol) << name;
-  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -91,15 +79,7 @@ TEST(MoonOptionsTest, BadValuesAndUnknownKeysAreRefusedNamingTheField) {
       {{{"mu", "5"}}, "config.strategy.mu"},
       {{{"tau", 0.5}}, "config.strategy.tau: unknown key"},
   };
-  for (const auto& [config, message] : cases) {
-    SCOPED_TRACE(config.dump());
-    auto parsed = parse_moon_options(config);
-    ASSERT_FALSE(parsed.ok());
-    EXPECT_EQ(parsed.status().code(), StatusCode::kInvalidArgument);
-    EXPECT_TRUE(contains(parsed.status(), message)) << parsed.status().message();
-    EXPECT_FALSE(make_moon_server(config).ok());
-    EXPECT_FALSE(make_moon_client(config).ok());
-  }
+  expect_parse_refuses(cases, parse_moon_options, make_moon_server, make_moon_client);
 }
 
 TEST(MoonOptionsTest, RegistryEntryIsNamedMoonAndItsServerIsFedAvgs) {
@@ -211,10 +191,7 @@ class MoonTest : public ::testing::Test {
   // Client k's fit of `global` in round `round` with `algorithm`, with the Rng run_round uses.
   Result<FitOutput> fit(ClientAlgorithm& algorithm, const TensorBundle& global, int k,
                         int round = 1) {
-    Rng rng =
-        Rng::derive(config_.seed, "fit", {static_cast<uint64_t>(round), static_cast<uint64_t>(k)});
-    ClientContext ctx = client_context(config_, clients_[k], round, &rng);
-    return algorithm.fit(ctx, global);
+    return fit_client(algorithm, config_, clients_, k, global, round);
   }
 
   // The module state of a model drawn from `seed`: a "previous local model" for the tests.
@@ -302,14 +279,7 @@ TEST_F(MoonTest, ClientStepIsOneSgdStepOnCrossEntropyPlusMuTimesTheContrastiveLo
   const torch::Tensor con = (torch::log(torch::exp(pos) + torch::exp(neg)) - pos).mean();
   torch::Tensor loss = ce + mu * con;
   loss.backward();
-  std::map<std::string, torch::Tensor> want;
-  {
-    torch::NoGradGuard no_grad;
-    for (const auto& p : ref->named_parameters()) {
-      want[p.key()] = (p.value() - config_.local.lr * p.value().grad()).clone();
-    }
-    for (const auto& b : ref->named_buffers()) want[b.key()] = b.value().clone();
-  }
+  const std::map<std::string, torch::Tensor> want = stepped(ref, config_.local.lr);
 
   MoonClient moon(parse_moon_options({{"mu", mu}, {"temperature", tau}}).value());
   auto out = fit(moon, global, 0);

@@ -28,7 +28,9 @@
 namespace fedtail::strategies {
 namespace {
 
-using testing::client_context;
+using testing::contains;
+using testing::expect_parse_refuses;
+using testing::fit_client;
 using testing::infos;
 using testing::inputs;
 using testing::RefusedUpdate;
@@ -37,10 +39,6 @@ using testing::run_round;
 using testing::sim_clients;
 using testing::SimClient;
 using testing::tiny_config;
-
-bool contains(const Status& s, const std::string& part) {
-  return s.message().find(part) != std::string::npos;
-}
 
 // ---------------------------------------------------------------------------------------------
 // Options
@@ -72,15 +70,7 @@ TEST(QFedAvgOptionsTest, BadValuesRobustAndUnknownKeysAreRefusedNamingTheField) 
       {{{"robust", {{"clip_norm", 1.0}}}}, "config.strategy.robust"},
       {{{"qffl_learning_rate", 0.1}}, "config.strategy.qffl_learning_rate: unknown key"},
   };
-  for (const auto& [config, message] : cases) {
-    SCOPED_TRACE(config.dump());
-    auto parsed = parse_qfedavg_options(config);
-    ASSERT_FALSE(parsed.ok());
-    EXPECT_EQ(parsed.status().code(), StatusCode::kInvalidArgument);
-    EXPECT_TRUE(contains(parsed.status(), message)) << parsed.status().message();
-    EXPECT_FALSE(make_qfedavg_server(config).ok());
-    EXPECT_FALSE(make_qfedavg_client(config).ok());
-  }
+  expect_parse_refuses(cases, parse_qfedavg_options, make_qfedavg_server, make_qfedavg_client);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -339,10 +329,7 @@ class QFedAvgTest : public ::testing::Test {
 
   Result<FitOutput> fit(ClientAlgorithm& algorithm, const TensorBundle& global, int k,
                         int round = 1) {
-    Rng rng =
-        Rng::derive(config_.seed, "fit", {static_cast<uint64_t>(round), static_cast<uint64_t>(k)});
-    ClientContext ctx = client_context(config_, clients_[k], round, &rng);
-    return algorithm.fit(ctx, global);
+    return fit_client(algorithm, config_, clients_, k, global, round);
   }
 
   // `model` plus F_k as kQFedAvgLossTensor.

@@ -26,6 +26,11 @@ namespace fedtail::strategies {
 namespace {
 
 using testing::client_context;
+using testing::contains;
+using testing::edited_bundle;
+using testing::expect_factories_refuse;
+using testing::expect_near;
+using testing::expect_registry_entry;
 using testing::infos;
 using testing::inputs;
 using testing::one_step_config;
@@ -34,6 +39,7 @@ using testing::run_round;
 using testing::separable;
 using testing::sim_clients;
 using testing::SimClient;
+using testing::stepped;
 using testing::tiny_config;
 
 const char kWeight[] = "heads.classifier.weight";
@@ -51,10 +57,6 @@ torch::Tensor rows(const std::vector<std::vector<double>>& r) {
       .view({static_cast<int64_t>(r.size()), static_cast<int64_t>(r[0].size())});
 }
 
-bool contains(const Status& s, const std::string& part) {
-  return s.message().find(part) != std::string::npos;
-}
-
 // A copy of `global` with `alpha` added as the task's class weights.
 TensorBundle with_alpha(const TensorBundle& global, NamedTensor alpha) {
   TensorBundle b = global.clone();
@@ -66,19 +68,6 @@ NamedTensor alpha_tensor(const std::vector<float>& a,
                          const std::string& name = kRatioLossAlphaTensor) {
   return NamedTensor::from_values<float>(name, DType::kFloat32, {static_cast<int64_t>(a.size())},
                                          a);
-}
-
-// Each tensor of `expected` is within `tol` of the one of `actual` of the same name.
-void expect_near(const TensorBundle& actual, const std::map<std::string, torch::Tensor>& expected,
-                 double tol = 2e-5) {
-  ASSERT_FALSE(expected.empty());
-  for (const auto& [name, want] : expected) {
-    const NamedTensor* got = actual.find(name);
-    ASSERT_NE(got, nullptr) << name;
-    const double diff =
-        (to_torch(*got).to(torch::kFloat64) - want.to(torch::kFloat64)).abs().max().item<double>();
-    EXPECT_LE(diff, tol) << name;
-  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -114,22 +103,11 @@ TEST(RatioLossOptionsTest, BadValuesAndUnknownKeysAreRefusedNamingTheField) {
       {{{"beta", "0.1"}}, "config.strategy.beta"},
       {{{"fraction_fit", 0}}, "config.strategy.fraction_fit"},
       {{{"gamma", 2}}, "config.strategy.gamma: unknown key"}};
-  for (const auto& [options, message] : bad) {
-    SCOPED_TRACE(options.dump());
-    for (bool server_side : {true, false}) {
-      const Status s = server_side ? make_ratioloss_server(options).status()
-                                   : make_ratioloss_client(options).status();
-      EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
-      EXPECT_TRUE(contains(s, message)) << s.message();
-    }
-  }
+  expect_factories_refuse(bad, make_ratioloss_server, make_ratioloss_client);
 }
 
 TEST(RatioLossOptionsTest, RegistryEntryIsNamedRatioloss) {
-  const StrategyEntry entry = ratioloss_strategy_entry();
-  EXPECT_EQ(entry.name, "ratioloss");
-  EXPECT_TRUE(entry.server(nlohmann::json::object()).ok());
-  EXPECT_TRUE(entry.client(nlohmann::json::object()).ok());
+  expect_registry_entry(ratioloss_strategy_entry(), "ratioloss");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -479,14 +457,7 @@ TEST_F(RatioLossTest, ClientStepIsOneSgdStepOnTheRatioLoss) {
   torch::Tensor loss = ratio_cross_entropy(ref->forward(inputs(train)), train.labels,
                                            torch::tensor(a, torch::kFloat32));
   loss.backward();
-  std::map<std::string, torch::Tensor> want;
-  {
-    torch::NoGradGuard no_grad;
-    for (const auto& p : ref->named_parameters()) {
-      want[p.key()] = (p.value() - config_.local.lr * p.value().grad()).clone();
-    }
-    for (const auto& b : ref->named_buffers()) want[b.key()] = b.value().clone();
-  }
+  const std::map<std::string, torch::Tensor> want = stepped(ref, config_.local.lr);
 
   auto out = fit(with_alpha(global, alpha_tensor(a)), 0);
   ASSERT_TRUE(out.ok()) << out.status().to_string();
@@ -599,17 +570,7 @@ TEST_F(RatioLossTest, ResumeAndLoadStateRefuseWhatTheyCannotUse) {
 
   // A state whose α is missing, misshapen or not positive.
   auto edited = [&](const std::string& drop, std::optional<NamedTensor> add) {
-    TensorBundle out;
-    for (const NamedTensor& t : *state) {
-      if (t.name() != drop) {
-        EXPECT_TRUE(out.add(t.clone()).ok());
-      }
-    }
-    if (add) {
-      EXPECT_TRUE(out.add(std::move(*add)).ok());
-    }
-    EXPECT_TRUE(out.set_metadata(state->metadata()).ok());
-    return out;
+    return edited_bundle(*state, drop, std::move(add));
   };
   const std::vector<std::pair<TensorBundle, std::string>> bad = [&] {
     std::vector<std::pair<TensorBundle, std::string>> v;

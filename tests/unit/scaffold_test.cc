@@ -27,7 +27,13 @@
 namespace fedtail::strategies {
 namespace {
 
-using testing::client_context;
+using testing::contains;
+using testing::copy_state;
+using testing::edited_bundle;
+using testing::expect_factories_refuse;
+using testing::expect_near;
+using testing::expect_registry_entry;
+using testing::fit_client;
 using testing::infos;
 using testing::inputs;
 using testing::one_step_config;
@@ -44,10 +50,6 @@ const char kBatchesTracked[] = "backbone.bn1.num_batches_tracked";
 std::string ctl(const std::string& name) { return kScaffoldControlPrefix + name; }
 std::string dlt(const std::string& name) { return kScaffoldDeltaPrefix + name; }
 std::string own(const std::string& name) { return kScaffoldClientPrefix + name; }
-
-bool contains(const Status& s, const std::string& part) {
-  return s.message().find(part) != std::string::npos;
-}
 
 // Tensor `name` of `bundle` as float64 on the CPU (undefined, with a failure, when missing).
 torch::Tensor at(const TensorBundle& bundle, const std::string& name) {
@@ -123,23 +125,6 @@ ClientUpdate update_of(const std::string& client, int64_t examples, TensorBundle
   return u;
 }
 
-ClientState copy_state(const ClientState& s) {
-  ClientState out;
-  out.tensors = s.tensors.clone();
-  out.values = s.values;
-  return out;
-}
-
-// Each tensor of `expected` is within `tol` of the one of `actual` of the same name.
-void expect_near(const TensorBundle& actual, const std::map<std::string, torch::Tensor>& expected,
-                 double tol) {
-  ASSERT_FALSE(expected.empty());
-  for (const auto& [name, want] : expected) {
-    ASSERT_TRUE(actual.contains(name)) << name;
-    EXPECT_LE(max_abs(at(actual, name) - want.to(torch::kFloat64)), tol) << name;
-  }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Options
 
@@ -167,22 +152,11 @@ TEST(ScaffoldOptionsTest, BadValuesAndUnknownKeysAreRefusedNamingTheField) {
       {{{"effective_steps", 1}}, "config.strategy.effective_steps"},
       {{{"fraction_fit", 0}}, "config.strategy.fraction_fit"},
       {{{"mu", 0.1}}, "config.strategy.mu: unknown key"}};
-  for (const auto& [options, message] : bad) {
-    SCOPED_TRACE(options.dump());
-    for (bool server_side : {true, false}) {
-      const Status s = server_side ? make_scaffold_server(options).status()
-                                   : make_scaffold_client(options).status();
-      EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
-      EXPECT_TRUE(contains(s, message)) << s.message();
-    }
-  }
+  expect_factories_refuse(bad, make_scaffold_server, make_scaffold_client);
 }
 
 TEST(ScaffoldOptionsTest, RegistryEntryIsNamedScaffold) {
-  const StrategyEntry entry = scaffold_strategy_entry();
-  EXPECT_EQ(entry.name, "scaffold");
-  EXPECT_TRUE(entry.server(nlohmann::json::object()).ok());
-  EXPECT_TRUE(entry.client(nlohmann::json::object()).ok());
+  expect_registry_entry(scaffold_strategy_entry(), "scaffold");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -283,10 +257,7 @@ class ScaffoldTest : public ::testing::Test {
     auto parsed = parse_scaffold_options(options);
     EXPECT_TRUE(parsed.ok());
     ScaffoldClient algorithm(parsed.value());
-    Rng rng =
-        Rng::derive(config_.seed, "fit", {static_cast<uint64_t>(round), static_cast<uint64_t>(k)});
-    ClientContext ctx = client_context(config_, clients_[k], round, &rng);
-    return algorithm.fit(ctx, bundle);
+    return fit_client(algorithm, config_, clients_, k, bundle, round);
   }
 
   RunConfig config_;
@@ -393,9 +364,7 @@ TEST_F(ScaffoldTest, WithoutCorrectionTheModelUpdateIsFedAvgsBitForBit) {
   EXPECT_EQ(ours->metrics["correction_norm"].get<double>(), 0.0);
 
   FedAvgClient fedavg;
-  Rng rng = Rng::derive(config_.seed, "fit", {1, 0});
-  ClientContext ctx = client_context(config_, clients_[0], 1, &rng);
-  auto theirs = fedavg.fit(ctx, *s->global_bundle());
+  auto theirs = fit_client(fedavg, config_, clients_, 0, *s->global_bundle());
   ASSERT_TRUE(theirs.ok()) << theirs.status().to_string();
   const std::vector<std::string>& names = s->parameter_names();
   EXPECT_EQ(ours->update.size(), theirs->update.size() + names.size());
@@ -545,16 +514,7 @@ TEST_F(ScaffoldTest, AggregationRefusesUpdatesWithoutExactlyTheDeltas) {
 
   // `good` without tensor `drop`, plus `add` when set.
   auto edited = [&](const std::string& drop, std::optional<NamedTensor> add) {
-    TensorBundle out;
-    for (const NamedTensor& t : good) {
-      if (t.name() != drop) {
-        EXPECT_TRUE(out.add(t.clone()).ok());
-      }
-    }
-    if (add) {
-      EXPECT_TRUE(out.add(std::move(*add)).ok());
-    }
-    return out;
+    return edited_bundle(good, drop, std::move(add));
   };
   std::vector<testing::RefusedUpdate> cases;
   cases.push_back({"a missing delta",
@@ -754,17 +714,7 @@ TEST_F(ScaffoldTest, LoadStateRefusesAStateWithoutExactlyC) {
   ASSERT_TRUE(state.ok());
   const std::string first = s->parameter_names().front();
   auto edited = [&](const std::string& drop, std::optional<NamedTensor> add) {
-    TensorBundle out;
-    for (const NamedTensor& t : *state) {
-      if (t.name() != drop) {
-        EXPECT_TRUE(out.add(t.clone()).ok());
-      }
-    }
-    if (add) {
-      EXPECT_TRUE(out.add(std::move(*add)).ok());
-    }
-    EXPECT_TRUE(out.set_metadata(state->metadata()).ok());
-    return out;
+    return edited_bundle(*state, drop, std::move(add));
   };
   std::vector<std::pair<TensorBundle, std::vector<std::string>>> bad;
   using Strings = std::vector<std::string>;

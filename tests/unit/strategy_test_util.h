@@ -1,5 +1,6 @@
-// Test helpers shared by the strategy tests: a tiny separable data set, a tiny run config, and a
-// network-free driver for one federated round (configure_fit -> ClientAlgorithm::fit -> aggregate).
+// Test helpers shared by the strategy tests: a tiny separable data set, a tiny run config, a
+// network-free driver for one federated round (configure_fit -> ClientAlgorithm::fit -> aggregate),
+// and small checks and hand-made tensors.
 #ifndef FEDTAIL_TESTS_UNIT_STRATEGY_TEST_UTIL_H_
 #define FEDTAIL_TESTS_UNIT_STRATEGY_TEST_UTIL_H_
 
@@ -8,13 +9,17 @@
 
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/base/rng.h"
 #include "common/learning/models.h"
 #include "common/learning/run_config.h"
+#include "common/learning/torch_bundle.h"
 #include "common/wire/bundle_checks.h"
+#include "strategies/registry.h"
 #include "strategies/strategy.h"
 
 namespace fedtail::strategies::testing {
@@ -80,6 +85,17 @@ inline torch::Tensor inputs(const Dataset& d) {
   return (d.images.to(torch::kFloat32) / 255.0 - 0.5) / 0.5;
 }
 
+// `m`'s tensors after one SGD step of rate `lr` on the gradients now in `m`; buffers as they are.
+inline std::map<std::string, torch::Tensor> stepped(const Model& m, double lr) {
+  std::map<std::string, torch::Tensor> out;
+  torch::NoGradGuard no_grad;
+  for (const auto& p : m->named_parameters()) {
+    out[p.key()] = (p.value() - lr * p.value().grad()).clone();
+  }
+  for (const auto& b : m->named_buffers()) out[b.key()] = b.value().clone();
+  return out;
+}
+
 inline RunContext run_context(const RunConfig& config) {
   RunContext run;
   run.config = &config;
@@ -135,6 +151,16 @@ inline ClientContext client_context(const RunConfig& config, SimClient& client, 
   ctx.state = &client.state;
   ctx.model = &client.model;
   return ctx;
+}
+
+// Client `k`'s fit of `global` in round `round` with `algorithm`, with the Rng run_round gives it.
+inline Result<FitOutput> fit_client(ClientAlgorithm& algorithm, const RunConfig& config,
+                                    std::vector<SimClient>& clients, int k,
+                                    const TensorBundle& global, int round = 1) {
+  Rng rng =
+      Rng::derive(config.seed, "fit", {static_cast<uint64_t>(round), static_cast<uint64_t>(k)});
+  ClientContext ctx = client_context(config, clients[k], round, &rng);
+  return algorithm.fit(ctx, global);
 }
 
 // One round without network: configure_fit, fit on every selected client, add, finish.
@@ -243,6 +269,116 @@ inline double squared_distance(const TensorBundle& a, const TensorBundle& b,
     }
   }
   return sum;
+}
+
+// Whether `s`'s message contains `part`.
+inline bool contains(const Status& s, const std::string& part) {
+  return s.message().find(part) != std::string::npos;
+}
+
+// `entry` is named `name` and makes a server and a client from empty options.
+inline void expect_registry_entry(const StrategyEntry& entry, const std::string& name) {
+  EXPECT_EQ(entry.name, name);
+  EXPECT_TRUE(entry.server(nlohmann::json::object()).ok());
+  EXPECT_TRUE(entry.client(nlohmann::json::object()).ok());
+}
+
+// Both factories refuse each case's options with kInvalidArgument, the message containing its text.
+inline void expect_factories_refuse(
+    const std::vector<std::pair<nlohmann::json, std::string>>& cases,
+    const ServerFactory& make_server, const ClientFactory& make_client) {
+  for (const auto& [options, message] : cases) {
+    SCOPED_TRACE(options.dump());
+    for (bool server_side : {true, false}) {
+      const Status s = server_side ? make_server(options).status() : make_client(options).status();
+      EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+      EXPECT_TRUE(contains(s, message)) << s.message();
+    }
+  }
+}
+
+// `parse` refuses each case with kInvalidArgument naming its text; both factories fail on it too.
+template <typename Parse>
+inline void expect_parse_refuses(const std::vector<std::pair<nlohmann::json, std::string>>& cases,
+                                 Parse parse, const ServerFactory& make_server,
+                                 const ClientFactory& make_client) {
+  for (const auto& [config, message] : cases) {
+    SCOPED_TRACE(config.dump());
+    auto parsed = parse(config);
+    ASSERT_FALSE(parsed.ok());
+    EXPECT_EQ(parsed.status().code(), StatusCode::kInvalidArgument);
+    EXPECT_TRUE(contains(parsed.status(), message)) << parsed.status().message();
+    EXPECT_FALSE(make_server(config).ok());
+    EXPECT_FALSE(make_client(config).ok());
+  }
+}
+
+// The values of `t` as float64, in order.
+inline std::vector<double> values(const NamedTensor& t) {
+  const torch::Tensor c = to_torch(t).to(torch::kFloat64).contiguous();
+  return std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
+}
+
+// `t` is there and holds `want`, each value within `tol`.
+inline void expect_values_near(const NamedTensor* t, const std::vector<double>& want, double tol) {
+  ASSERT_NE(t, nullptr);
+  const std::vector<double> got = values(*t);
+  ASSERT_EQ(got.size(), want.size()) << t->name();
+  for (size_t i = 0; i < want.size(); ++i) EXPECT_NEAR(got[i], want[i], tol) << t->name() << i;
+}
+
+// Each tensor of `expected` is within `tol` of the one of `actual` of the same name.
+inline void expect_near(const TensorBundle& actual,
+                        const std::map<std::string, torch::Tensor>& expected, double tol = 2e-5) {
+  ASSERT_FALSE(expected.empty());
+  for (const auto& [name, want] : expected) {
+    const NamedTensor* got = actual.find(name);
+    ASSERT_NE(got, nullptr) << name;
+    const double diff =
+        (to_torch(*got).to(torch::kFloat64) - want.to(torch::kFloat64)).abs().max().item<double>();
+    EXPECT_LE(diff, tol) << name;
+  }
+}
+
+// A float32 vector tensor `name` holding `v`.
+inline NamedTensor f32(const std::string& name, const std::vector<float>& v) {
+  return NamedTensor::from_values<float>(name, DType::kFloat32, {static_cast<int64_t>(v.size())},
+                                         v);
+}
+
+// A float64 vector tensor `name` holding `v`.
+inline NamedTensor f64(const std::string& name, const std::vector<double>& v) {
+  return NamedTensor::from_values<double>(name, DType::kFloat64, {static_cast<int64_t>(v.size())},
+                                          v);
+}
+
+// A hand-made bundle's BatchNorm counter: int64 scalar "bn.num_batches_tracked" holding `v`.
+inline NamedTensor counter(int64_t v) {
+  return NamedTensor::from_values<int64_t>("bn.num_batches_tracked", DType::kInt64, {}, {v});
+}
+
+// `b` without tensor `drop`, plus `add` when set, with `b`'s metadata.
+inline TensorBundle edited_bundle(const TensorBundle& b, const std::string& drop,
+                                  std::optional<NamedTensor> add) {
+  TensorBundle out;
+  for (const NamedTensor& t : b) {
+    if (t.name() != drop) {
+      EXPECT_TRUE(out.add(t.clone()).ok());
+    }
+  }
+  if (add) {
+    EXPECT_TRUE(out.add(std::move(*add)).ok());
+  }
+  EXPECT_TRUE(out.set_metadata(b.metadata()).ok());
+  return out;
+}
+
+// A copy of `s` that owns its own tensors.
+inline ClientState copy_state(const ClientState& s) {
+  ClientState out;
+  out.tensors = s.tensors.clone();
+  out.values = s.values;
+  return out;
 }
 
 }  // namespace fedtail::strategies::testing
