@@ -9,10 +9,12 @@
 // and its stale round-4 result is refused). Both runs must complete 6 rounds and write the same
 // final model, byte for byte, and the same per-round training metrics.
 //
-// Run for FedAvg and for the strategies that keep state beyond the global model: SCAFFOLD (server
-// control variate c, each client's c_i), FedDyn (server h, each client's linear term), FedAdam
-// (server moments m, v) and MOON (each client's previous local model). Client state lives in the
-// client process's state directory, which must give a re-run round the state it started from.
+// Run for FedAvg and for each classic algorithm, most of which keep state beyond the global model:
+// FedAvgM (server velocity), FedAdam / FedYogi / FedAdagrad (server moments m, v and the step
+// count), SCAFFOLD (server control variate c, each client's c_i), FedNova (the a_i uploads),
+// FedDyn (server h, each client's linear term), MOON (each client's previous local model) and
+// q-FedAvg (L in the server state, F_k uploads). Client state lives in the client process's state
+// directory, which must give a re-run round the state it started from.
 #include <gtest/gtest.h>
 #include <signal.h>
 
@@ -195,7 +197,8 @@ TEST_P(FederationResume, KilledCoordinatorResumesBitExactly) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Strategies, FederationResume,
-                         ::testing::Values("fedavg", "scaffold", "feddyn", "fedadam", "moon"),
+                         ::testing::Values("fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad",
+                                           "scaffold", "fednova", "feddyn", "moon", "qfedavg"),
                          [](const ::testing::TestParamInfo<std::string>& info) {
                            return info.param;
                          });
