@@ -39,6 +39,7 @@ Result<LoopEnd> run_client_loop(Connection& connection, TaskRunner& runner) {
       }
       case v1::TASK_KIND_FIT:
       case v1::TASK_KIND_EVALUATE:
+      case v1::TASK_KIND_SECAGG:
         break;
       default:
         spdlog::warn(

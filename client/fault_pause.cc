@@ -88,3 +88,16 @@ void TEST_fault_pause(FaultPoint point, uint64_t round, const std::function<bool
 }
 
 }  // namespace fedtail::client
+
+namespace fedtail::client {
+
+void TEST_fault_exit(const char* stage, uint64_t round) {
+  static const char* const text = std::getenv("FEDTAIL_FAULT_EXIT");
+  if (text == nullptr || *text == '\0') return;
+  if (std::string(text) != std::string(stage) + ":" + std::to_string(round)) return;
+  spdlog::warn("fault injection: exiting at {} of round {}", stage, round);
+  spdlog::default_logger()->flush();
+  std::_Exit(3);
+}
+
+}  // namespace fedtail::client

@@ -30,6 +30,17 @@ enum class FaultPoint { kDownload, kTrain, kUpload };
 // Thread-safe.
 void TEST_fault_pause(FaultPoint point, uint64_t round, const std::function<bool()>& stopping = {});
 
+// Test hook for secure aggregation's dropout tests (tests/integration/secagg_federation_test.cc):
+//
+//   FEDTAIL_FAULT_EXIT=<stage>:<round>
+//
+// makes fedtail-client exit at once (status 3, "fault injection: exiting at <stage> of round
+// <round>" logged) at that point of that round, as a client that drops out mid-protocol:
+// advertise, share, receive, unmask: right after it has pushed its answer to that secagg stage;
+// train: when its fit task arrives, before training; fit: right after it has pushed its fit
+// result (with secagg, the masked upload). Unset: no effect.
+void TEST_fault_exit(const char* stage, uint64_t round);
+
 }  // namespace fedtail::client
 
 #endif  // FEDTAIL_CLIENT_FAULT_PAUSE_H_

@@ -45,7 +45,7 @@ Status TaskRunner::prepare(const v1::JoinResponse& join) {
   }
   const nlohmann::json json = std::move(parsed).value();
   FEDTAIL_ASSIGN_OR_RETURN(RunConfig config,
-                           parse_run_config(json, {"rounds", "strategy", "federation"}));
+                           parse_run_config(json, {"rounds", "strategy", "federation", "secagg", "privacy"}));
 
   // config.strategy: {"name": ..., options...}; the factories get it without "name".
   const nlohmann::json strategy = config.extra.value("strategy", nlohmann::json::object());

@@ -32,6 +32,8 @@ const char* kind_name(v1::TaskKind kind) {
       return "fit";
     case v1::TASK_KIND_EVALUATE:
       return "evaluate";
+    case v1::TASK_KIND_SECAGG:
+      return "secagg";
     case v1::TASK_KIND_WAIT:
       return "wait";
     case v1::TASK_KIND_SHUTDOWN:
@@ -220,6 +222,29 @@ Result<TaskOutcome> TaskRunner::push(const v1::TaskHeader& header, bool ok,
   return outcome;
 }
 
+Result<TaskOutcome> TaskRunner::handle_secagg(const v1::TaskHeader& header,
+                                              const std::string& client_id,
+                                              const nlohmann::json& task_config) {
+  const auto start = std::chrono::steady_clock::now();
+  const nlohmann::json request = task_config.is_object() && task_config.contains("secagg")
+                                     ? task_config["secagg"]
+                                     : nlohmann::json();
+  Result<nlohmann::json> reply = secure_.run_stage(client_id, header.round(), request);
+  const std::string stage = request.is_object() ? request.value("stage", "?") : "?";
+  if (!reply.ok()) {
+    spdlog::warn("{}: round {} secagg {}: {}; reporting the failure", client_id, header.round(),
+                 stage, reply.status().to_string());
+    return push(header, /*ok=*/false, reply.status().to_string(), 0, nlohmann::json::object(),
+                TensorBundle());
+  }
+  spdlog::debug("{}: round {} secagg {} done", client_id, header.round(), stage);
+  nlohmann::json metrics = {{"secagg", std::move(reply).value()},
+                            {"compute_s", detail::seconds_since(start)}};
+  Result<TaskOutcome> pushed = push(header, /*ok=*/true, "", 0, metrics, TensorBundle());
+  TEST_fault_exit(stage.c_str(), header.round());
+  return pushed;
+}
+
 Result<TaskOutcome> TaskRunner::handle(PulledTask task) {
   const v1::TaskHeader header = task.header;
   const TensorBundle empty;
@@ -230,7 +255,8 @@ Result<TaskOutcome> TaskRunner::handle(PulledTask task) {
   };
   if (stop_.load()) return Status::Unavailable("stopping");
   if (!config_) return refuse("the client has no run set up");
-  if (header.kind() != v1::TASK_KIND_FIT && header.kind() != v1::TASK_KIND_EVALUATE) {
+  if (header.kind() != v1::TASK_KIND_FIT && header.kind() != v1::TASK_KIND_EVALUATE &&
+      header.kind() != v1::TASK_KIND_SECAGG) {
     return refuse(std::string("unsupported task kind ") + std::to_string(header.kind()));
   }
   std::string client_id = header.client_id();
@@ -253,6 +279,8 @@ Result<TaskOutcome> TaskRunner::handle(PulledTask task) {
     if (!parsed.ok()) return refuse("the task's config_json: " + parsed.status().message());
     task_config = std::move(parsed).value();
   }
+  if (header.kind() == v1::TASK_KIND_SECAGG) return handle_secagg(header, client_id, task_config);
+  if (header.kind() == v1::TASK_KIND_FIT) TEST_fault_exit("train", header.round());
 
   const int kind = static_cast<int>(header.kind());
   const int64_t round = static_cast<int64_t>(header.round());
@@ -330,6 +358,20 @@ Result<TaskOutcome> TaskRunner::handle(PulledTask task) {
     Status attacked = apply_attack(options_.attack, job->task.bundle, client_id, config_->seed,
                                    round, &result.fit.update, &result.fit.num_examples);
     if (!attacked.ok()) return refuse(attacked.message());
+    if (SecureSessions::wants_masked_update(job->task_config)) {
+      // Secure aggregation: the upload is the masked, quantised change, never the update.
+      int64_t clamped = 0;
+      Result<TensorBundle> masked =
+          secure_.mask_update(client_id, static_cast<uint64_t>(round), job->task_config["secagg"],
+                              job->task.bundle, std::move(result.fit.update), &clamped);
+      if (!masked.ok()) return refuse(masked.status().to_string());
+      result.fit.update = std::move(masked).value();
+      if (clamped > 0) {
+        spdlog::warn("{}: round {}: {} value(s) of the update clamped to secagg.clip", client_id,
+                     round, clamped);
+      }
+      if (result.fit.metrics.is_object()) result.fit.metrics["secagg_clamped"] = clamped;
+    }
   }
 
   // Save before pushing: if the process dies between the two, the coordinator re-sends the task
@@ -353,7 +395,10 @@ Result<TaskOutcome> TaskRunner::handle(PulledTask task) {
                  result.fit.update.payload_bytes());
     nlohmann::json reported = metrics.is_object() ? metrics : nlohmann::json::object();
     reported["compute_s"] = result.seconds;  // the coordinator's per-round timing split
-    return push(header, /*ok=*/true, "", result.fit.num_examples, reported, result.fit.update);
+    Result<TaskOutcome> pushed =
+        push(header, /*ok=*/true, "", result.fit.num_examples, reported, result.fit.update);
+    TEST_fault_exit("fit", header.round());
+    return pushed;
   }
   spdlog::info("{}: round {} evaluate done: {} test examples, {:.1f} s", client_id, round,
                result.eval_examples, result.seconds);

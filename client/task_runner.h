@@ -36,6 +36,7 @@
 
 #include "client/attack.h"
 #include "client/connection.h"
+#include "client/secure_sessions.h"
 #include "client/state_store.h"
 #include "common/base/status.h"
 #include "common/data/dataset.h"
@@ -124,11 +125,11 @@ class TaskRunner {
   // until prepare() has run).
   v1::JoinRequest join_request() const;
 
-  // Runs `task` (a FIT or EVALUATE task) and pushes its result, as described in the file comment.
-  // Returns the outcome; kUnavailable("stopping") when stop was requested (the task is abandoned:
-  // its worker may still be running, see wait_for_worker), or the connection's error when the
-  // result could not be delivered (kDeadlineExceeded after the round's deadline, kUnavailable when
-  // the coordinator stayed unreachable).
+  // Runs `task` (a FIT, EVALUATE or SECAGG task) and pushes its result, as described in the file
+  // comment. Returns the outcome; kUnavailable("stopping") when stop was requested (the task is
+  // abandoned: its worker may still be running, see wait_for_worker), or the connection's error
+  // when the result could not be delivered (kDeadlineExceeded after the round's deadline,
+  // kUnavailable when the coordinator stayed unreachable).
   Result<TaskOutcome> handle(PulledTask task);
 
   // Abandons the running task, if any: handle() returns promptly. Thread-safe.
@@ -170,6 +171,9 @@ class TaskRunner {
   // cancelled by the coordinator or stop was requested (then *stopped says which).
   bool run_with_heartbeats(const std::string& task_id, const std::function<void()>& work,
                            bool* stopped);
+  // A SECAGG task: runs its stage (SecureSessions) and pushes the reply as metrics {"secagg"}.
+  Result<TaskOutcome> handle_secagg(const v1::TaskHeader& header, const std::string& client_id,
+                                    const nlohmann::json& task_config);
   Result<TaskOutcome> push(const v1::TaskHeader& header, bool ok, const std::string& error,
                            int64_t num_examples, const nlohmann::json& metrics,
                            const TensorBundle& bundle);
@@ -196,6 +200,8 @@ class TaskRunner {
   uint32_t poll_timeout_ms_ = 20000;
   uint32_t heartbeat_interval_ms_ = 5000;
   uint64_t max_update_bytes_ = 0;
+  // Secure aggregation's per-round keys and shares (memory only).
+  SecureSessions secure_;
 
   std::atomic<bool> stop_{false};
   std::mutex mu_;

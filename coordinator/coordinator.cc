@@ -66,7 +66,8 @@ Status Coordinator::init() {
   }
   if (flags_.rounds > 0 && config_json_.is_object()) config_json_["rounds"] = flags_.rounds;
   {
-    Result<RunConfig> parsed = parse_run_config(config_json_, {"rounds", "strategy", "federation"});
+    Result<RunConfig> parsed =
+        parse_run_config(config_json_, {"rounds", "strategy", "federation", "secagg", "privacy"});
     if (!parsed.ok()) return parsed.status().with_context(flags_.config_path);
     run_config_ = std::move(parsed).value();
   }
@@ -168,6 +169,17 @@ Status Coordinator::prepare_state_dir() {
                                         options_.strategy_name + "\"");
     }
     FEDTAIL_RETURN_IF_ERROR(truncate_metrics_lines(state_path(kMetricsFile), info.metrics_lines));
+    if (options_.privacy.enabled()) {
+      // The DP accountant's state is the last kept metrics line's "privacy" object.
+      FEDTAIL_ASSIGN_OR_RETURN(std::vector<nlohmann::json> lines,
+                               read_metrics_lines(state_path(kMetricsFile)));
+      for (auto it = lines.rbegin(); it != lines.rend(); ++it) {
+        if (it->is_object() && it->contains("privacy")) {
+          privacy_state_ = (*it)["privacy"];
+          break;
+        }
+      }
+    }
     Status loaded = strategy_->load_state(std::move(checkpoint.state));
     if (!loaded.ok()) return loaded.with_context(checkpoint_path + ": strategy state");
     run_id_ = info.run_id;
@@ -221,6 +233,7 @@ Status Coordinator::start() {
   engine_config.device = device_;
   engine_config.first_round = first_round_;
   engine_config.resumed = resumed_;
+  engine_config.privacy_state = privacy_state_;
   engine_config.on_round_end = [this](int round, const nlohmann::json& line,
                                       const strategies::ServerStrategy& strategy) {
     return on_round_end(round, line, strategy);

@@ -105,6 +105,25 @@ Result<CoordinatorOptions> parse_coordinator_options(const nlohmann::json& secti
       options.federation,
       parse_federation_options(federation == sections.end() ? empty : *federation,
                                "config.federation"));
+  auto secagg = sections.find("secagg");
+  FEDTAIL_ASSIGN_OR_RETURN(
+      options.secagg, parse_secagg_options(secagg == sections.end() ? nlohmann::json() : *secagg));
+  auto privacy = sections.find("privacy");
+  FEDTAIL_ASSIGN_OR_RETURN(
+      options.privacy,
+      parse_privacy_options(privacy == sections.end() ? nlohmann::json() : *privacy));
+  if (options.privacy.mode == PrivacyOptions::Mode::kDistributed && !options.secagg.enabled) {
+    return Status::InvalidArgument(
+        "config.privacy.mode: \"distributed\" needs the config.secagg section (without secure "
+        "aggregation the coordinator would see each client's lightly noised update; use "
+        "\"central\")");
+  }
+  if (options.privacy.adaptive &&
+      (options.privacy.mode != PrivacyOptions::Mode::kCentral || options.secagg.enabled)) {
+    return Status::InvalidArgument(
+        "config.privacy.adaptive_clipping: only with mode \"central\" and without secagg (the "
+        "coordinator counts the clipped updates, so it must see them)");
+  }
   return options;
 }
 

@@ -18,6 +18,7 @@
 #include <string>
 
 #include "common/base/status.h"
+#include "coordinator/privacy_options.h"
 
 namespace fedtail::coordinator {
 
@@ -80,14 +81,16 @@ struct CoordinatorOptions {
   // config.strategy without "name": what the strategy factory gets. Always an object.
   nlohmann::json strategy_config = nlohmann::json::object();
   FederationOptions federation;
+  SecAggOptions secagg;    // config.secagg (coordinator/privacy_options.h)
+  PrivacyOptions privacy;  // config.privacy
 };
 
-// Reads the "rounds", "strategy" and "federation" keys of `sections` (RunConfig::extra, or the
-// whole config object: other keys are ignored). Errors are kInvalidArgument naming the JSON path,
-// "config.<key>...": a missing "rounds" or "strategy.name", a wrong type, an unknown key in
-// "federation", or an absurd value (rounds < 1, min_available_clients < 1, a timeout <= 0,
-// client_timeout_s not above the poll timeout and heartbeat interval, max_update_bytes < 1,
-// max_concurrent_uploads < 1).
+// Reads the "rounds", "strategy", "federation", "secagg" and "privacy" keys of `sections`
+// (RunConfig::extra, or the whole config object: other keys are ignored). Errors are
+// kInvalidArgument naming the JSON path, "config.<key>...": a missing "rounds" or "strategy.name",
+// a wrong type, an unknown key in "federation", or an absurd value (rounds < 1,
+// min_available_clients < 1, a timeout <= 0, client_timeout_s not above the poll timeout and
+// heartbeat interval, max_update_bytes < 1, max_concurrent_uploads < 1).
 Result<CoordinatorOptions> parse_coordinator_options(const nlohmann::json& sections);
 
 // The "federation" object alone, at JSON path `path` (e.g. "config.federation"); absent keys keep

@@ -157,8 +157,9 @@ Status RoundEngine::run_rounds() {
     Status status = strategy_->resume(context);
     if (!status.ok()) return status.with_context("strategy " + options.strategy_name + ": resume");
   }
+  FEDTAIL_RETURN_IF_ERROR(prepare_privacy());
   for (int round = config_.first_round; round <= options.rounds; ++round) {
-    if (stop_.load()) break;
+    if (stop_.load() || privacy_budget_spent_) break;
     FEDTAIL_RETURN_IF_ERROR(run_round(round));
   }
   if (stop_.load()) {
@@ -222,6 +223,14 @@ Status RoundEngine::run_round(int round) {
     spdlog::warn("{}: {}; waiting for more clients", where, configured.status().message());
   }
 
+  // config.privacy.target_epsilon: no round starts that would spend more; the last one that may
+  // is evaluated as the run's last.
+  bool last_private_round = false;
+  if (!privacy_allows(round, static_cast<int>(specs.size()), &last_private_round)) {
+    privacy_budget_spent_ = true;
+    return Status::OK();
+  }
+
   nlohmann::json line = {{"round", round},
                          {"rounds", options.rounds},
                          {"strategy", options.strategy_name},
@@ -247,15 +256,32 @@ Status RoundEngine::run_round(int round) {
                    {"skipped", true}};
   } else {
     const SteadyClock::time_point fit_start = SteadyClock::now();
-    FEDTAIL_ASSIGN_OR_RETURN(std::unique_ptr<strategies::Aggregation> aggregation,
-                             strategy_->begin_aggregation(round));
-    Result<PhaseOutcome> outcome = run_phase(round, TaskKind::kFit, specs, aggregation.get());
-    if (!outcome.ok()) {
-      if (stop_.load()) return Status::OK();
-      return outcome.status();
+    Result<PhaseOutcome> outcome = Status::Internal("unset");
+    Result<nlohmann::json> metrics = Status::Internal("unset");
+    SteadyClock::time_point finish_start;
+    if (private_fit()) {
+      // Secure aggregation and/or DP: the engine aggregates, the strategy gets the mean.
+      Result<PrivateFit> fit = run_private_fit(round, specs);
+      if (!fit.ok()) {
+        if (stop_.load()) return Status::OK();
+        return fit.status().with_context(where);
+      }
+      finish_start = SteadyClock::now();
+      outcome = std::move(fit->outcome);
+      metrics = std::move(fit->metrics);
+      if (!fit->secagg.is_null()) line["secagg"] = std::move(fit->secagg);
+      if (!fit->privacy.is_null()) line["privacy"] = std::move(fit->privacy);
+    } else {
+      FEDTAIL_ASSIGN_OR_RETURN(std::unique_ptr<strategies::Aggregation> aggregation,
+                               strategy_->begin_aggregation(round));
+      outcome = run_phase(round, TaskKind::kFit, specs, aggregation.get());
+      if (!outcome.ok()) {
+        if (stop_.load()) return Status::OK();
+        return outcome.status();
+      }
+      finish_start = SteadyClock::now();
+      metrics = aggregation->finish(outcome->failures);
     }
-    const SteadyClock::time_point finish_start = SteadyClock::now();
-    Result<nlohmann::json> metrics = aggregation->finish(outcome->failures);
     if (!metrics.ok()) return metrics.status().with_context(where + ": aggregation finish");
     put_phase_timing("fit", seconds_since(fit_start), outcome->timing);
     timing["aggregate_s"] = outcome->timing.aggregate_s + seconds_since(finish_start);
@@ -272,7 +298,8 @@ Status RoundEngine::run_round(int round) {
   }
   if (stop_.load()) return Status::OK();
 
-  const bool evaluate = round % config_.run_config->eval.every == 0 || round == options.rounds;
+  const bool evaluate =
+      round % config_.run_config->eval.every == 0 || round == options.rounds || last_private_round;
   if (evaluate) {
     std::vector<strategies::ClientInfo> available = registry_->available_clients();
     Rng rng = Rng::derive(seed, "evaluate", {static_cast<uint64_t>(round)});
@@ -345,12 +372,13 @@ Status RoundEngine::run_round(int round) {
 
 Result<RoundEngine::PhaseOutcome> RoundEngine::run_phase(
     int round, TaskKind kind, const std::vector<strategies::TaskSpec>& specs,
-    strategies::Aggregation* aggregation) {
+    strategies::Aggregation* aggregation, double timeout_s) {
   const FederationOptions& federation = config_.options.federation;
   const std::string where = "round " + std::to_string(round) + " " + task_kind_name(kind);
+  const double phase_timeout_s = timeout_s > 0 ? timeout_s : federation.round_timeout_s;
   const auto timeout = std::chrono::duration_cast<SteadyClock::duration>(
-      std::chrono::duration<double>(federation.round_timeout_s));
-  const uint64_t deadline_unix_ms = unix_ms_after(federation.round_timeout_s);
+      std::chrono::duration<double>(phase_timeout_s));
+  const uint64_t deadline_unix_ms = unix_ms_after(phase_timeout_s);
 
   // One digest per distinct bundle (usually one global model shared by every task).
   std::map<const TensorBundle*, std::shared_ptr<const PayloadDigest>> digests;
@@ -431,7 +459,7 @@ Result<RoundEngine::PhaseOutcome> RoundEngine::run_phase(
     phase.open = false;
     const bool stopped = stop_.load();
     char timeout_text[32];
-    std::snprintf(timeout_text, sizeof(timeout_text), "%g", federation.round_timeout_s);
+    std::snprintf(timeout_text, sizeof(timeout_text), "%g", phase_timeout_s);
     for (auto& [id, entry] : phase.tasks) {
       switch (entry.state) {
         case TaskEntry::State::kQueued:
@@ -479,7 +507,14 @@ Result<RoundEngine::PhaseOutcome> RoundEngine::run_phase(
 }
 
 void RoundEngine::finish_run() {
-  spdlog::info("run complete: {} round(s); telling clients to shut down", config_.options.rounds);
+  if (privacy_budget_spent_) {
+    spdlog::info(
+        "run complete at the privacy budget after {} of {} round(s); telling clients to "
+        "shut down",
+        completed_round_, config_.options.rounds);
+  } else {
+    spdlog::info("run complete: {} round(s); telling clients to shut down", config_.options.rounds);
+  }
   std::vector<PollWaiters::Waiter> parked;
   {
     std::lock_guard<std::mutex> lock(mu_);

@@ -52,6 +52,7 @@
 #include "common/base/status.h"
 #include "common/data/dataset.h"
 #include "common/learning/run_config.h"
+#include "common/privacy/rdp_accountant.h"
 #include "common/wire/bundle_codec.h"
 #include "coordinator/client_registry.h"
 #include "coordinator/options.h"
@@ -81,6 +82,9 @@ struct EngineConfig {
   // above options.rounds runs nothing and goes straight to SHUTDOWN.
   int first_round = 1;
   bool resumed = false;
+  // On resume with config.privacy: the "privacy" object of the last kept metrics line (the
+  // accountant's state: "rdp", "steps", "clip_norm"); null otherwise.
+  nlohmann::json privacy_state;
   // Called on the engine thread after each round with the round and its metrics line; a non-OK
   // status ends the run with that status. Empty: nothing is called.
   std::function<Status(int round, const nlohmann::json& line,
@@ -268,9 +272,38 @@ class RoundEngine {
   // (re-read while waiting). False when stopped.
   bool wait_for_clients(int needed, const char* why);
   // Configures and runs one phase. Fails with kUnavailable when stopped.
+  // `timeout_s` > 0 replaces federation.round_timeout_s as the phase's deadline.
   Result<PhaseOutcome> run_phase(int round, TaskKind kind,
                                  const std::vector<strategies::TaskSpec>& specs,
-                                 strategies::Aggregation* aggregation);
+                                 strategies::Aggregation* aggregation, double timeout_s = 0);
+
+  // Secure aggregation and differential privacy (round_engine_private.cc).
+  struct PrivateFit {
+    PhaseOutcome outcome;    // of the fit (masked-input) phase, failures of every stage merged
+    nlohmann::json metrics;  // what the strategy's Aggregation::finish returned
+    nlohmann::json secagg;   // the metrics line's "secagg" object (null without secagg)
+    nlohmann::json privacy;  // its "privacy" object (null without config.privacy)
+  };
+  // Checks, before the first round, that the strategy supports mean aggregation and the options
+  // fit the run; sets up the accountant (restored from config_.privacy_state on resume) and
+  // calibrates the noise multiplier from privacy.target_epsilon when none is given.
+  Status prepare_privacy();
+  bool private_fit() const;
+  // Whether round `round` may run within privacy.target_epsilon (false: the run ends before it),
+  // and whether it is the last one that may (*last).
+  bool privacy_allows(int round, int selected, bool* last);
+  Result<PrivateFit> run_private_fit(int round, const std::vector<strategies::TaskSpec>& specs);
+  Result<PrivateFit> run_secure_fit(int round, const std::vector<strategies::TaskSpec>& specs,
+                                    std::shared_ptr<const TensorBundle> base);
+  Result<PrivateFit> run_central_dp_fit(int round, const std::vector<strategies::TaskSpec>& specs,
+                                        std::shared_ptr<const TensorBundle> base);
+  // Hands the strategy's Aggregation the round's mean (none: a failed round) and finishes it.
+  Result<nlohmann::json> finish_with_mean(int round, std::optional<TensorBundle> mean,
+                                          const std::map<std::string, int64_t>& contributors,
+                                          nlohmann::json loss,
+                                          const std::vector<strategies::ClientFailure>& failures);
+  // Accounts one DP round and returns the metrics line's "privacy" object.
+  nlohmann::json account_privacy_round(int selected, double effective_noise_multiplier);
   void finish_run();
 
   // With mu_ held.
@@ -298,6 +331,12 @@ class RoundEngine {
   std::atomic<uint64_t> wakeups_{0};
   std::atomic<int> min_available_override_{0};  // > 0: replaces federation.min_available_clients
   int completed_round_ = 0;  // engine thread only: the last round whose checkpoint was written
+  // Engine thread only: differential privacy's state (config.privacy).
+  privacy::RdpAccountant accountant_;
+  double dp_clip_norm_ = 0;            // the current clip norm (adaptive clipping changes it)
+  double dp_noise_multiplier_ = 0;     // z, configured or calibrated
+  int64_t dp_population_ = 0;          // the clients rounds sample from
+  bool privacy_budget_spent_ = false;  // the run ended early at privacy.target_epsilon
 
   // Serialises folding into the Aggregation, and the engine thread's closing of a phase.
   std::mutex fold_mu_;

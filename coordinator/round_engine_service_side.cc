@@ -321,8 +321,8 @@ v1::PushResultResponse RoundEngine::complete_push(std::unique_ptr<PendingUpload>
   const Task& task = *upload->task_;
   // Decode and check outside every lock: this is the expensive part.
   Result<TensorBundle> bundle = Status::Internal("unset");
-  if (task.kind == TaskKind::kEvaluate && !upload->decoder_.header_received()) {
-    bundle = TensorBundle();  // an evaluation result need not carry a bundle
+  if (task.kind != TaskKind::kFit && !upload->decoder_.header_received()) {
+    bundle = TensorBundle();  // an evaluation or secagg result need not carry a bundle
   } else {
     bundle = upload->decoder_.finish();
   }

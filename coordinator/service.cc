@@ -81,7 +81,15 @@ v1::TaskKind wire_kind(const PollAnswer& answer) {
     case PollAnswer::Kind::kTask:
       break;
   }
-  return answer.task->kind == TaskKind::kFit ? v1::TASK_KIND_FIT : v1::TASK_KIND_EVALUATE;
+  switch (answer.task->kind) {
+    case TaskKind::kFit:
+      return v1::TASK_KIND_FIT;
+    case TaskKind::kEvaluate:
+      return v1::TASK_KIND_EVALUATE;
+    case TaskKind::kSecAgg:
+      return v1::TASK_KIND_SECAGG;
+  }
+  return v1::TASK_KIND_UNSPECIFIED;
 }
 
 // PullTask: parks in the engine until a task (or WAIT/SHUTDOWN) is ready, then writes the header

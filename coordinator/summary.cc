@@ -61,6 +61,36 @@ nlohmann::json make_summary(const SummaryInput& input, const std::vector<nlohman
       {"personalized_accuracy", number_at(e, {"evaluate", "metrics", "personalized", "mean"})},
       {"personalized_weighted", number_at(e, {"evaluate", "metrics", "personalized", "weighted"})},
       {"personalized_masked", masked}};
+  // Differential privacy: the accountant's last word; the run ended early only at its budget.
+  for (auto it = lines.rbegin(); it != lines.rend(); ++it) {
+    if (!it->is_object() || !it->contains("privacy") || !(*it)["privacy"].is_object()) continue;
+    const nlohmann::json& p = (*it)["privacy"];
+    summary["privacy"] = {{"mode", p.value("mode", nlohmann::json())},
+                          {"epsilon", p.value("epsilon", nlohmann::json())},
+                          {"delta", p.value("delta", nlohmann::json())},
+                          {"noise_multiplier", p.value("noise_multiplier", nlohmann::json())},
+                          {"rounds_accounted", p.value("steps", nlohmann::json())},
+                          {"budget_exhausted", input.rounds_completed < input.rounds_planned}};
+    break;
+  }
+  // Secure aggregation: rounds run with it, rounds it failed, dropouts recovered.
+  int secure_rounds = 0;
+  int failed_rounds = 0;
+  int64_t recovered = 0;
+  for (const nlohmann::json& line : lines) {
+    if (!line.is_object() || !line.contains("secagg") || !line["secagg"].is_object()) continue;
+    const nlohmann::json& s = line["secagg"];
+    ++secure_rounds;
+    if (s.contains("error")) ++failed_rounds;
+    if (s.contains("recovered_dropouts") && s["recovered_dropouts"].is_number_integer()) {
+      recovered += s["recovered_dropouts"].get<int64_t>();
+    }
+  }
+  if (secure_rounds > 0) {
+    summary["secagg"] = {{"rounds", secure_rounds},
+                         {"failed_rounds", failed_rounds},
+                         {"recovered_dropouts", recovered}};
+  }
   summary["refused"] = sum_refusals(lines);
   summary["last_round"] = lines.empty() ? nlohmann::json() : lines.back();
   return summary;

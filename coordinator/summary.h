@@ -24,6 +24,9 @@ struct SummaryInput {
 //            "personalized_masked"},
 //  "refused": {"<kind>": count, ..., "total"}: the "refused" counts of every line, summed
 //             (coordinator/refusals.h lists the kinds),
+//  "privacy" (config.privacy runs): {"mode", "epsilon", "delta", "noise_multiplier",
+//             "rounds_accounted", "budget_exhausted": the run ended before its planned rounds},
+//  "secagg" (config.secagg runs): {"rounds", "failed_rounds", "recovered_dropouts"},
 //  "last_round": the last metrics line (or null)}.
 // "final" comes from the last line that has an evaluation (server_eval.generic.{overall,many,
 // medium,few}; evaluate.metrics.personalized.{mean,weighted}). Accuracies are fractions in [0, 1];

@@ -11,9 +11,11 @@
 
 namespace fedtail::coordinator {
 
-enum class TaskKind { kFit, kEvaluate };
+// kSecAgg: a secure-aggregation stage of a fit round (coordinator/secure_round.h): its request is
+// in config_json, its reply in the result's metrics; no bundles either way.
+enum class TaskKind { kFit, kEvaluate, kSecAgg };
 
-// "fit" / "evaluate".
+// "fit" / "evaluate" / "secagg".
 const char* task_kind_name(TaskKind kind);
 
 // One client's task for one phase of a round. Immutable once made; shared by the engine and the

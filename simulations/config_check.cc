@@ -23,7 +23,8 @@ namespace fedtail::simulation {
 namespace {
 
 // The run config keys the coordinator owns (coordinator/options.h).
-const std::vector<std::string> kCoordinatorKeys = {"rounds", "strategy", "federation"};
+const std::vector<std::string> kCoordinatorKeys = {"rounds", "strategy", "federation", "secagg",
+                                                   "privacy"};
 
 // What an entry's checks without data leave for the checks with it.
 struct Pending {

@@ -262,7 +262,8 @@ Result<SimulationPlan> make_plan(const nlohmann::json& config, const PlanFlags& 
   // The base config (its seed and data) as the coordinator will read it.
   nlohmann::json probe = plan.base_config;
   probe["strategy"] = plan.strategies.front().strategy;
-  Result<RunConfig> run = parse_run_config(probe, {"rounds", "strategy", "federation"});
+  Result<RunConfig> run =
+      parse_run_config(probe, {"rounds", "strategy", "federation", "secagg", "privacy"});
   if (!run.ok()) return run.status();
   if (flags.rounds > 0) {
     plan.rounds = flags.rounds;
@@ -314,7 +315,7 @@ Result<SimulationPlan> make_plan(const nlohmann::json& config, const PlanFlags& 
     const nlohmann::json config_of_run = run_config_for(plan, entry, plan.seeds.front());
     const std::string where = "strategy \"" + entry.label + "\"";
     Result<RunConfig> parsed =
-        parse_run_config(config_of_run, {"rounds", "strategy", "federation"});
+        parse_run_config(config_of_run, {"rounds", "strategy", "federation", "secagg", "privacy"});
     if (!parsed.ok()) return parsed.status().with_context(where);
     Result<coordinator::CoordinatorOptions> options =
         coordinator::parse_coordinator_options(config_of_run);

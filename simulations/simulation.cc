@@ -177,7 +177,12 @@ Result<RunResult> Simulation::run_one(const StrategyEntry& entry, uint64_t seed)
   // Finished by an earlier attempt?
   if (options_.resume && fs::exists(summary_path, ec)) {
     Result<nlohmann::json> summary = load_json_file(summary_path);
-    if (summary.ok() && summary->value("rounds_completed", 0) >= plan_.rounds) {
+    // Finished: every round ran, or a DP run stopped at its privacy budget.
+    const bool finished =
+        summary.ok() && (summary->value("rounds_completed", 0) >= plan_.rounds ||
+                         (summary->contains("privacy") && (*summary)["privacy"].is_object() &&
+                          (*summary)["privacy"].value("budget_exhausted", false)));
+    if (finished) {
       result.summary = *summary;
       FEDTAIL_ASSIGN_OR_RETURN(result.lines, coordinator::read_metrics_lines(metrics_path));
       spdlog::info("{}: finished earlier ({} rounds), kept", name, plan_.rounds);

@@ -58,8 +58,9 @@ Result<std::unique_ptr<ClientAlgorithm>> make_client_algorithm(const std::string
                                                                const nlohmann::json& config);
 
 // The plugin ABI version; a plugin built against another version is refused.
-// 2: ServerStrategy::resume, RunContext::auxiliary; 3: TaskSpec::expected_update.
-constexpr int kPluginAbiVersion = 3;
+// 2: ServerStrategy::resume, RunContext::auxiliary; 3: TaskSpec::expected_update;
+// 4: ServerStrategy::supports_mean_aggregation, ClientUpdate::contributors.
+constexpr int kPluginAbiVersion = 4;
 
 // Handed to a plugin's init function; valid only during that call.
 class PluginHost {

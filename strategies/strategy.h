@@ -81,6 +81,9 @@ struct ClientUpdate {
   int64_t num_examples = 0;  // training examples behind the update (> 0)
   TensorBundle bundle;       // digest verified, finite, within the size limit
   nlohmann::json metrics = nlohmann::json::object();
+  // The clients behind it: 1, except for the one update that secure aggregation or central DP
+  // hands over (see ServerStrategy::supports_mean_aggregation), the mean of this many clients'.
+  int contributors = 1;
 };
 
 // A selected client that gave no usable answer: late, crashed, left, or its update was refused.
@@ -158,6 +161,19 @@ class ServerStrategy {
   // Evaluates the global model(s) on the coordinator's test set; returns metrics such as
   // {"generic": AccuracyReport JSON, ...}. Strategies without a global model return {}.
   virtual Result<nlohmann::json> evaluate(int round, const ServerEvalContext& context) = 0;
+
+  // Whether the round's result may be computed from the example-weighted mean of its updates
+  // alone, as secure aggregation (config.secagg) and central differential privacy
+  // (config.privacy) need: the coordinator then computes that mean itself (masked, or clipped and
+  // noised) and hands the round's Aggregation one update, client_id "(aggregate)", whose bundle is
+  // the mean (the task bundle plus the mean change of its floating-point tensors), num_examples
+  // the clients' sum and `contributors` their number. Called once before the first round. OK when
+  // the strategy's aggregation is such a mean (the FedAvg family); otherwise kFailedPrecondition
+  // saying why. Default: not supported.
+  virtual Status supports_mean_aggregation() const {
+    return Status::FailedPrecondition(
+        "its aggregation is not a weighted mean of the clients' updates");
+  }
 
   // The current global bundle, as the coordinator writes it out (e.g. final_model.bundle).
   virtual std::shared_ptr<const TensorBundle> global_bundle() const = 0;

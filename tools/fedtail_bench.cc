@@ -23,6 +23,9 @@
 //     coordinator.overhead_ms_per_client and coordinator.peak_rss_mb (50 clients; the 10-client
 //     figures beside them). Needs fedtail-coordinator and fedtail-client beside fedtail-bench and
 //     Fashion-MNIST.
+//   "secagg" (object; tools/bench/secagg_section.h): SecAgg+ beside FedAvg for 10, 100 and 1000
+//     clients of a 1 M-parameter model: client CPU ms, coordinator seconds, key-exchange bytes;
+//     summary secagg.client_cpu_ms_<n>, coordinator_s_<n>, fedavg_coordinator_s_<n>.
 //   "round" (object; tools/bench/round_section.h): a simulated federation through fedtail-sim,
 //     with glibc's malloc defaults and with fedtail's: seconds per round by phase, user/sys CPU and
 //     page faults of the whole process tree, and each phase's images/s against the same model
@@ -67,6 +70,7 @@
 #include "tools/bench/network_sections.h"
 #include "tools/bench/pytorch_section.h"
 #include "tools/bench/round_section.h"
+#include "tools/bench/secagg_section.h"
 #include "tools/bench/throughput.h"
 
 namespace fedtail {
@@ -165,6 +169,12 @@ const std::vector<Section>& sections() {
        {"measure", "clients", "rounds", "model_mb", "round_s", "ms_per_client_per_round",
         "peak_rss_mb"},
        bench::run_coordinator},
+      {"secagg",
+       "Secure aggregation (SecAgg+ beside FedAvg, 1 M-parameter model: CPU per client, "
+       "coordinator CPU per round, bytes per client)",
+       {"protocol", "clients", "neighbours", "client_cpu_ms", "coordinator_s", "upload_mb",
+        "download_mb", "overhead_kb"},
+       bench::run_secagg},
       {"round",
        "Round (a simulated federation through fedtail-sim: seconds per round by phase, CPU and "
        "page faults of the process tree, images/s against the same model measured alone)",
@@ -360,7 +370,7 @@ int main(int argc, char** argv) {
   app.add_option("--device", flags.device, "auto, cpu, cuda or cuda:<i>")->capture_default_str();
   app.add_option("--sections", flags.sections,
                  "comma-separated sections (default: all): training, evaluation, aggregation, "
-                 "serialization, transport, coordinator, round, pytorch")
+                 "serialization, transport, coordinator, secagg, round, pytorch")
       ->delimiter(',');
   app.add_option("--models", flags.models,
                  "comma-separated architectures of the training/evaluation sections (default: "

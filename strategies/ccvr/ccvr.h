@@ -126,6 +126,10 @@ Result<CalibrationResult> calibrate_classifier(const torch::Tensor& weight,
 
 class CcvrServer final : public FedAvgServer {
  public:
+  // Refused: it needs each client's feature statistics.
+  Status supports_mean_aggregation() const override {
+    return Status::FailedPrecondition("it needs each client's feature statistics");
+  }
   explicit CcvrServer(const CcvrOptions& options);
 
   // FedAvgServer::initialize, then reads T = run.total_rounds (>= 1, else kInvalidArgument), the

@@ -251,6 +251,11 @@ class ClassGradientPool {
 
 class CreffServer final : public FedAvgServer {
  public:
+  // Refused: it needs each client's gradients to re-train the classifier.
+  Status supports_mean_aggregation() const override {
+    return Status::FailedPrecondition(
+        "it needs each client's gradients to re-train the classifier");
+  }
   explicit CreffServer(const CreffOptions& options);
 
   // Builds the model from run.config->model (num_classes from the run when 0) with draws from

@@ -78,6 +78,7 @@ class FedAvgAggregation final : public Aggregation {
     }
     batchnorm_fixed_ += sanitize_batchnorm(&update.bundle);
     seen_.insert(update.client_id);
+    extra_contributors_ += std::max(update.contributors, 1) - 1;
     const nlohmann::json& m = update.metrics;
     if (m.is_object() && m.contains("loss") && m["loss"].is_number()) {
       const double loss = m["loss"].get<double>();
@@ -107,7 +108,7 @@ class FedAvgAggregation final : public Aggregation {
           [this]() { return robust_mean(); }, loss_sum_, loss_weight_, failures);
     } else {
       metrics = server_->finish_round(
-          round_, average_.updates(), average_.total_examples(),
+          round_, average_.updates() + extra_contributors_, average_.total_examples(),
           [this]() { return average_.finish(); }, loss_sum_, loss_weight_, failures);
     }
     server_->spare_average_ = std::move(average_);
@@ -166,6 +167,7 @@ class FedAvgAggregation final : public Aggregation {
   int64_t pending_examples_ = 0;
   std::vector<ClientUpdate> buffered_;  // buffered robust methods: the round's updates
   int64_t buffered_examples_ = 0;
+  int extra_contributors_ = 0;  // sum of (contributors - 1): clients behind a mean update
   RobustReport report_;
   int64_t clipped_ = 0;          // updates whose step exceeded clip_norm
   double max_norm_ = 0;          // the largest step norm before clipping
@@ -270,6 +272,14 @@ Result<nlohmann::json> FedAvgServer::finish_round(
   global_ = std::make_shared<const TensorBundle>(std::move(next));
   metrics["updated"] = true;
   return metrics;
+}
+
+Status FedAvgServer::supports_mean_aggregation() const {
+  if (options_.robust.enabled()) {
+    return Status::FailedPrecondition(
+        "config.strategy.robust needs each client's update (a robust rule or per-update clipping)");
+  }
+  return Status::OK();
 }
 
 Result<TensorBundle> FedAvgServer::next_global(int round, TensorBundle average) {

@@ -45,8 +45,9 @@ class FedAvgServer : public ServerStrategy {
   Status initialize(const RunContext& run, Rng& rng) override;
 
   // Samples RoundOptions::fraction_fit of `available` (sample_clients); every task shares the
-  // global bundle (as its bundle and its expected_update) and has an empty config. kFailedPrecondition before initialize/load_state or
-  // when fewer than min_fit_clients are available.
+  // global bundle (as its bundle and its expected_update) and has an empty config.
+  // kFailedPrecondition before initialize/load_state or when fewer than min_fit_clients are
+  // available.
   Result<std::vector<TaskSpec>> configure_fit(int round, const std::vector<ClientInfo>& available,
                                               Rng& rng) override;
 
@@ -70,6 +71,10 @@ class FedAvgServer : public ServerStrategy {
                                             const std::vector<ClientFailure>& failures) override;
   // evaluate_classifier of the global bundle: {"generic", "generic_by_count_rule"}.
   Result<nlohmann::json> evaluate(int round, const ServerEvalContext& context) override;
+
+  // OK unless config.strategy.robust is enabled (a robust rule or per-update clipping needs each
+  // update). Subclasses whose aggregation is not the weighted mean override it to refuse.
+  Status supports_mean_aggregation() const override;
 
   // Null before initialize/load_state.
   std::shared_ptr<const TensorBundle> global_bundle() const override { return global_; }

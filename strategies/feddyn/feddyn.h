@@ -123,6 +123,11 @@ double feddyn_client_alpha(const FedDynOptions& options, int64_t num_examples,
 
 class FedDynServer final : public FedAvgServer {
  public:
+  // Refused: its state update uses the sum over all clients, not the weighted mean.
+  Status supports_mean_aggregation() const override {
+    return Status::FailedPrecondition(
+        "its state update uses the sum over all clients, not the weighted mean");
+  }
   explicit FedDynServer(const FedDynOptions& options);
 
   // FedAvgServer::initialize, then h = 0 for every tensor feddyn_regularizes.

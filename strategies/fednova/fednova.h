@@ -114,6 +114,10 @@ bool fednova_normalizes(const NamedTensor& tensor);
 
 class FedNovaServer final : public FedAvgServer {
  public:
+  // Refused: it normalises each update by its client's local step count.
+  Status supports_mean_aggregation() const override {
+    return Status::FailedPrecondition("it normalises each update by its client's local step count");
+  }
   explicit FedNovaServer(const FedNovaOptions& options);
 
   // FedAvgServer::initialize; borrows config.local (the bound on a_i). kFailedPrecondition when

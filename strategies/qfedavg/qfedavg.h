@@ -109,6 +109,11 @@ Result<QFedAvgOptions> parse_qfedavg_options(const nlohmann::json& config);
 // evaluation and save/load, whose next_global is the q-FFL step.
 class QFedAvgServer final : public FedAvgServer {
  public:
+  // Refused: its updates are reweighted by each client's loss (q-FFL), not averaged.
+  Status supports_mean_aggregation() const override {
+    return Status::FailedPrecondition(
+        "its updates are reweighted by each client's loss (q-FFL), not averaged");
+  }
   explicit QFedAvgServer(const QFedAvgOptions& options);
 
   // FedAvgServer::initialize, then L = options.lipschitz, or 1 / run.config->local.lr when 0,

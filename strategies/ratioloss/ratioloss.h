@@ -151,6 +151,10 @@ Result<torch::Tensor> task_alpha(const TensorBundle& bundle, int64_t num_classes
 
 class RatioLossServer final : public FedAvgServer {
  public:
+  // Refused: it probes each client's update for class imbalance.
+  Status supports_mean_aggregation() const override {
+    return Status::FailedPrecondition("it probes each client's update for class imbalance");
+  }
   explicit RatioLossServer(const RatioLossOptions& options);
 
   // Checks the run (below), then FedAvgServer::initialize; α = 1, seed = run.config->seed.

@@ -157,6 +157,11 @@ LossFn control_corrected_loss(Model model, ClassificationLoss base,
 
 class ScaffoldServer final : public FedAvgServer {
  public:
+  // Refused: its control variates are averaged over all clients, not weighted by examples.
+  Status supports_mean_aggregation() const override {
+    return Status::FailedPrecondition(
+        "its control variates are averaged over all clients, not weighted by examples");
+  }
   explicit ScaffoldServer(const ScaffoldOptions& options);
 
   // FedAvgServer::initialize (the same draws from `rng`: the same x as "fedavg" for a seed), then

@@ -56,7 +56,7 @@ class TestStrategy final : public strategies::ServerStrategy {
     std::vector<strategies::TaskSpec> specs;
     std::vector<std::string> ids;
     for (int64_t i : picked) {
-      specs.push_back({available[i].id, {{"round", round}}, global_});
+      specs.push_back({available[i].id, {{"round", round}}, global_, nullptr});
       ids.push_back(available[i].id);
     }
     std::lock_guard<std::mutex> lock(log_->mu);
@@ -72,7 +72,7 @@ class TestStrategy final : public strategies::ServerStrategy {
       int /*round*/, const std::vector<strategies::ClientInfo>& available, Rng& /*rng*/) override {
     std::vector<strategies::TaskSpec> specs;
     if (!evaluate_clients_) return specs;
-    for (const auto& client : available) specs.push_back({client.id, {}, global_});
+    for (const auto& client : available) specs.push_back({client.id, {}, global_, nullptr});
     return specs;
   }
 

@@ -32,7 +32,7 @@ class BenchStrategy final : public strategies::ServerStrategy {
       started_ = std::chrono::steady_clock::now();
     }
     std::vector<strategies::TaskSpec> specs;
-    for (const auto& client : available) specs.push_back({client.id, {}, global_});
+    for (const auto& client : available) specs.push_back({client.id, {}, global_, nullptr});
     return specs;
   }
 

@@ -1,0 +1,247 @@
+// Secure aggregation and differential privacy over the real transport.
+//
+// SecAgg+ with dropouts: a fedtail-coordinator and three fedtail-client processes over loopback
+// (one hosting eight virtual clients, two hosting one each), FedAvg for three rounds with
+// config.secagg (4 neighbours per client: a sparse SecAgg+ graph, not the complete one). In round 2
+// the two single clients, 20% of the federation, drop mid-protocol: one after the receive stage
+// (its pairwise masks are in its neighbours' inputs: recovered from their shares of its s key),
+// one after its masked upload (its self mask is removed from the survivors' shares of its seed);
+// both rejoin for round 3.
+// The same run without secagg, with the same two clients gone at the same points (one before
+// training, one after its upload), must give the same final model within quantisation, and the
+// secure run's coordinator must never have held an individual update.
+//
+// DP-FedAvg: a fedtail-sim run with config.privacy (central mode, target_epsilon) stops before the
+// round that would exceed the budget, writes its final model, and reports epsilon every round.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "common/wire/bundle_file.h"
+#include "common/wire/float_elements.h"
+#include "tests/support/cli.h"
+#include "tests/support/process.h"
+#include "tests/support/sim_configs.h"
+
+namespace fedtail {
+namespace {
+
+using namespace std::chrono_literals;
+using test_support::Process;
+
+constexpr int kRounds = 3;
+constexpr int kDropRound = 2;
+
+nlohmann::json federation_config(bool secure) {
+  nlohmann::json config = {
+      {"seed", 11},
+      {"threads", 1},
+      {"device", "cpu"},
+      {"rounds", kRounds},
+      {"strategy", {{"name", "fedavg"}, {"min_fit_clients", 2}, {"fraction_evaluate", 0.0}}},
+      {"federation",
+       {{"min_available_clients", 10},
+        {"round_timeout_s", 120},
+        {"poll_timeout_ms", 500},
+        {"heartbeat_interval_ms", 300},
+        {"client_timeout_s", 3},
+        {"server_eval", false}}},
+      {"data",
+       {{"dataset", "fashion-mnist"},
+        {"max_examples_per_class", 40},
+        {"imbalance_factor", 10},
+        {"partition", "dirichlet"},
+        {"alpha", 1.0},
+        {"clients", 10}}},
+      {"model", {{"arch", "cnn"}}},
+      {"local", {{"epochs", 1}, {"batch_size", 16}, {"lr", 0.05}}}};
+  if (secure) {
+    config["secagg"] = {{"neighbours", 4},
+                        {"reconstruction_threshold", 0.5},
+                        {"max_dropout_fraction", 0.3},
+                        {"clip", 1.0},
+                        {"bits", 24},
+                        {"stage_timeout_s", 20}};
+  }
+  return config;
+}
+
+struct FederationRun {
+  std::string dir;
+  std::string log;
+  int exit_code = 0;
+};
+
+// Runs the federation: clients 0-7 in one process, clients 8 and 9 alone, each of those two with
+// FEDTAIL_FAULT_EXIT set to its drop point in round 2.
+FederationRun run_federation(const std::string& tag, bool secure, const std::string& drop8,
+                             const std::string& drop9) {
+  FederationRun run;
+  run.dir = test_support::scratch_dir(tag);
+  const std::string state = run.dir + "/state";
+  test_support::write_file(run.dir + "/run.json", federation_config(secure).dump(2));
+  Process coordinator(
+      {test_support::binary_path("fedtail-coordinator"), "--config", run.dir + "/run.json",
+       "--listen", "127.0.0.1:0", "--state-dir", state, "--threads", "1"},
+      run.dir + "/coordinator.log", {"OMP_WAIT_POLICY=PASSIVE"});
+  const std::string port = test_support::wait_for_file(state + "/port", 120s);
+  if (port.empty()) {
+    run.exit_code = -100;
+    run.log = coordinator.log();
+    return run;
+  }
+  auto client = [&](const std::string& range, const std::string& fault) {
+    std::vector<std::string> env = {"OMP_WAIT_POLICY=PASSIVE"};
+    if (!fault.empty()) env.push_back("FEDTAIL_FAULT_EXIT=" + fault);
+    return std::make_unique<Process>(
+        std::vector<std::string>{test_support::binary_path("fedtail-client"), "--coordinator",
+                                 "127.0.0.1:" + port, "--clients", range, "--state-dir",
+                                 run.dir + "/clients-" + range, "--device", "cpu", "--threads", "1",
+                                 "--retry-timeout", "30"},
+        run.dir + "/client-" + range + ".log", env);
+  };
+  auto many = client("0-7", "");
+  auto eight = client("8-8", drop8);
+  auto nine = client("9-9", drop9);
+  // Once round 2 is over (its line in metrics.jsonl), the two come back, as a phone does: every
+  // round waits for all ten, so both runs train the same clients in every round.
+  const bool round_two = test_support::wait_for_lines(state + "/metrics.jsonl", kDropRound, 240s);
+  const int eight_exit = eight->wait(30s);
+  const int nine_exit = nine->wait(30s);
+  run.log = "--- client 8 (exit " + std::to_string(eight_exit) + "):\n" + eight->log() +
+            "\n--- client 9 (exit " + std::to_string(nine_exit) + "):\n" + nine->log();
+  if (!round_two || eight_exit != 3 || nine_exit != 3) {
+    run.exit_code = -101;
+    run.log = coordinator.log() + run.log;
+    return run;
+  }
+  eight = client("8-8", "");
+  nine = client("9-9", "");
+  run.exit_code = coordinator.wait(300s);
+  many->wait(30s);
+  run.log = coordinator.log() + run.log;
+  return run;
+}
+
+// The largest absolute difference between the floating-point tensors of two bundles.
+double max_float_difference(const TensorBundle& a, const TensorBundle& b) {
+  double most = 0;
+  for (const NamedTensor& x : a) {
+    if (!dtype_is_floating(x.dtype())) continue;
+    const NamedTensor* y = b.find(x.name());
+    EXPECT_NE(y, nullptr) << x.name();
+    if (y == nullptr) return INFINITY;
+    for (int64_t i = 0; i < x.numel(); ++i) {
+      most = std::max(most, std::abs(load_float(x.dtype(), x.bytes(), i) -
+                                     load_float(y->dtype(), y->bytes(), i)));
+    }
+  }
+  return most;
+}
+
+TEST(SecAggFederation, TwentyPercentDropMidProtocolAndTheModelEqualsThePlainRun) {
+  const std::string missing = test_support::missing_federation_prerequisite();
+  if (!missing.empty()) GTEST_SKIP() << missing;
+  const std::string round = std::to_string(kDropRound);
+  const FederationRun secure =
+      run_federation("secagg-dropouts", true, "receive:" + round, "fit:" + round);
+  ASSERT_EQ(secure.exit_code, 0) << secure.log;
+  const FederationRun plain =
+      run_federation("plain-dropouts", false, "train:" + round, "fit:" + round);
+  ASSERT_EQ(plain.exit_code, 0) << plain.log;
+
+  const std::vector<nlohmann::json> lines =
+      test_support::metrics_lines(secure.dir + "/state/metrics.jsonl");
+  ASSERT_EQ(lines.size(), static_cast<size_t>(kRounds)) << secure.log;
+  // Round 1: all ten through every stage.
+  EXPECT_EQ(lines[0]["secagg"]["survivors"], 10) << lines[0].dump();
+  EXPECT_EQ(lines[0]["fit"]["updates"], 10) << lines[0].dump();
+  // Round 2: client-8 answered the receive stage, then left (recovered from its neighbours'
+  // shares of its mask key); client-9 sent its masked input, then left (its self mask removed
+  // from the survivors' shares of its seed). Nine inputs are in the sum, eight unmasked it.
+  const nlohmann::json& r2 = lines[1];
+  EXPECT_EQ(r2["secagg"]["confirmed"], 10) << r2.dump();
+  EXPECT_EQ(r2["secagg"]["survivors"], 9) << r2.dump();
+  EXPECT_EQ(r2["secagg"]["recovered_dropouts"], 1) << r2.dump();
+  EXPECT_EQ(r2["secagg"]["stages"]["unmask"]["answers"], 8) << r2.dump();
+  EXPECT_EQ(r2["fit"]["metrics"]["updated"], true) << r2.dump();
+  EXPECT_EQ(r2["fit"]["metrics"]["updates"], 9) << r2.dump();
+  // Round 3: both came back (new keys: a client's keys live one round, in memory).
+  EXPECT_EQ(lines[2]["secagg"]["survivors"], 10) << lines[2].dump();
+  EXPECT_EQ(lines[2]["fit"]["metrics"]["updated"], true) << lines[2].dump();
+
+  // Same clients, same data, same seeds: the final models agree up to the fixed point's rounding
+  // (24 bits over [-1, 1]: steps of 1.2e-7 per value and round, compounded by training; measured
+  // 2.5e-6).
+  Result<TensorBundle> a = read_bundle_file(secure.dir + "/state/final_model.bundle");
+  Result<TensorBundle> b = read_bundle_file(plain.dir + "/state/final_model.bundle");
+  ASSERT_TRUE(a.ok()) << a.status().to_string();
+  ASSERT_TRUE(b.ok()) << b.status().to_string();
+  const double difference = max_float_difference(*a, *b);
+  std::printf("secure vs plain final model: max |difference| %.3g\n", difference);
+  EXPECT_LT(difference, 5e-5) << "the secure and plain runs' final models differ";
+  const std::vector<nlohmann::json> plain_lines =
+      test_support::metrics_lines(plain.dir + "/state/metrics.jsonl");
+  ASSERT_EQ(plain_lines.size(), static_cast<size_t>(kRounds)) << plain.log;
+  EXPECT_EQ(plain_lines[1]["fit"]["updates"], 9) << plain_lines[1].dump();
+  // And the model learned: the clients' training loss fell from round 1 to round 3.
+  EXPECT_LT(lines[2]["fit"]["metrics"]["loss"].get<double>(),
+            lines[0]["fit"]["metrics"]["loss"].get<double>());
+
+  // What the coordinator held: every fit upload of the secure run was an int32 masked vector (the
+  // engine checks headers against the masked layout before allocating), and its state directory
+  // holds only the global model: no metrics line carries tensor data.
+  const std::string coordinator_log = test_support::read_file(secure.dir + "/coordinator.log");
+  EXPECT_EQ(coordinator_log.find("update refused"), std::string::npos) << coordinator_log;
+  Result<TensorBundle> checkpoint = read_bundle_file(secure.dir + "/state/checkpoint.bundle");
+  ASSERT_TRUE(checkpoint.ok());
+  for (const NamedTensor& t : *checkpoint) EXPECT_NE(a->find(t.name()), nullptr) << t.name();
+  for (const nlohmann::json& line : lines) EXPECT_LT(line.dump().size(), 20000u);
+}
+
+TEST(SecAggFederation, CentralDpStopsAtTheBudgetAndWritesTheModel) {
+  const std::string missing = test_support::missing_federation_prerequisite();
+  if (!missing.empty()) GTEST_SKIP() << missing;
+  nlohmann::json config = test_support::tiny_sim_config(6);
+  // Four clients all sampled (q = 1), noise multiplier 3: epsilon at delta 1e-5 is 1.386, 2.029,
+  // 2.547, 2.992 after rounds 1-4 and would be 3.385 after round 5 (the accountant's values,
+  // tests/unit/rdp_accountant_test.cc), so a budget of 3.2 ends the run after round 4 of 6.
+  config["privacy"] = {{"mode", "central"},
+                       {"clip_norm", 0.5},
+                       {"noise_multiplier", 3.0},
+                       {"delta", 1e-5},
+                       {"target_epsilon", 3.2}};
+  const std::string dir = test_support::scratch_dir("sim-dp");
+  test_support::write_file(dir + "/sim.json", config.dump(2));
+  const std::string out = dir + "/out";
+  test_support::CliRun r = test_support::run_cli(test_support::binary_path("fedtail-sim"),
+                                                 dir + "/sim.json --out " + out);
+  ASSERT_EQ(r.exit_code, 0) << r.err << test_support::read_file(out + "/sim.log");
+  const std::string run_dir = out + "/runs/fedavg/seed-3";
+  const std::vector<nlohmann::json> lines = test_support::metrics_lines(run_dir + "/metrics.jsonl");
+  ASSERT_EQ(lines.size(), 4u) << "the budget should end the run after round 4 of 6";
+  double last = 0;
+  for (const nlohmann::json& line : lines) {
+    const double eps = line["privacy"]["epsilon"].get<double>();
+    EXPECT_GT(eps, last);
+    EXPECT_LE(eps, 3.2);
+    EXPECT_EQ(line["privacy"]["sampling_rate"], 1.0);
+    last = eps;
+  }
+  const nlohmann::json summary =
+      nlohmann::json::parse(test_support::read_file(run_dir + "/summary.json"));
+  EXPECT_NEAR(last, 2.992, 0.001);
+  EXPECT_EQ(summary["privacy"]["budget_exhausted"], true) << summary.dump(2);
+  EXPECT_EQ(summary["rounds_completed"], 4) << summary.dump(2);
+  EXPECT_TRUE(summary["final"]["generic_accuracy"].is_number()) << summary.dump(2);
+  EXPECT_TRUE(read_bundle_file(run_dir + "/final_model.bundle").ok());
+}
+
+}  // namespace
+}  // namespace fedtail
