@@ -12,7 +12,9 @@
 // secure run's coordinator must never have held an individual update.
 //
 // DP-FedAvg: a fedtail-sim run with config.privacy (central mode, target_epsilon) stops before the
-// round that would exceed the budget, writes its final model, and reports epsilon every round.
+// round that would exceed the budget, writes its final model, and reports epsilon every round; in
+// distributed mode over secagg the clients add the noise and the round is accounted at the
+// multiplier their shares add up to.
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -241,6 +243,36 @@ TEST(SecAggFederation, CentralDpStopsAtTheBudgetAndWritesTheModel) {
   EXPECT_EQ(summary["rounds_completed"], 4) << summary.dump(2);
   EXPECT_TRUE(summary["final"]["generic_accuracy"].is_number()) << summary.dump(2);
   EXPECT_TRUE(read_bundle_file(run_dir + "/final_model.bundle").ok());
+}
+
+TEST(SecAggFederation, DistributedDpOverSecAggNoisesOnTheClients) {
+  const std::string missing = test_support::missing_federation_prerequisite();
+  if (!missing.empty()) GTEST_SKIP() << missing;
+  nlohmann::json config = test_support::tiny_sim_config(2);
+  // Each of the 4 clients clips its change to 0.5 and adds N(0, (1 · 0.5)^2 / 4) before masking;
+  // the coordinator sees only the noised sum.
+  config["secagg"] = {{"neighbours", 2}, {"stage_timeout_s", 30}};
+  config["privacy"] = {{"mode", "distributed"}, {"clip_norm", 0.5}, {"noise_multiplier", 1.0}};
+  const std::string dir = test_support::scratch_dir("sim-distributed-dp");
+  test_support::write_file(dir + "/sim.json", config.dump(2));
+  const std::string out = dir + "/out";
+  test_support::CliRun r = test_support::run_cli(test_support::binary_path("fedtail-sim"),
+                                                 dir + "/sim.json --out " + out);
+  ASSERT_EQ(r.exit_code, 0) << r.err << test_support::read_file(out + "/sim.log");
+  const std::vector<nlohmann::json> lines =
+      test_support::metrics_lines(out + "/runs/fedavg/seed-3/metrics.jsonl");
+  ASSERT_EQ(lines.size(), 2u);
+  for (const nlohmann::json& line : lines) {
+    EXPECT_EQ(line["secagg"]["survivors"], 4) << line.dump();
+    EXPECT_EQ(line["fit"]["metrics"]["updated"], true) << line.dump();
+    const nlohmann::json& p = line["privacy"];
+    EXPECT_EQ(p["mode"], "distributed") << p;
+    // No dropouts: the survivors' noise shares add up to the planned multiplier.
+    EXPECT_DOUBLE_EQ(p["effective_noise_multiplier"].get<double>(), 1.0) << p;
+    EXPECT_GT(p["epsilon"].get<double>(), 0) << p;
+  }
+  EXPECT_GT(lines[1]["privacy"]["epsilon"].get<double>(),
+            lines[0]["privacy"]["epsilon"].get<double>());
 }
 
 }  // namespace
