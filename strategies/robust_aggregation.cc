@@ -12,49 +12,13 @@
 #include "common/base/json_reader.h"
 #include "common/wire/bundle_checks.h"
 #include "common/wire/dtype.h"
+#include "common/wire/float_elements.h"
 #include "strategies/weighted_average.h"
 
 namespace fedtail::strategies {
 namespace {
 
 __extension__ typedef __int128 Int128;
-
-// Element i of a floating-point tensor's bytes, widened to double (exactly).
-inline double load_float(DType dtype, const uint8_t* bytes, int64_t i) {
-  switch (dtype) {
-    case DType::kFloat32:
-      return reinterpret_cast<const float*>(bytes)[i];
-    case DType::kFloat64:
-      return reinterpret_cast<const double*>(bytes)[i];
-    case DType::kFloat16:
-      return half_to_float(reinterpret_cast<const uint16_t*>(bytes)[i]);
-    case DType::kBFloat16:
-      return bfloat16_to_float(reinterpret_cast<const uint16_t*>(bytes)[i]);
-    default:
-      FEDTAIL_CHECK(false);
-      return 0;
-  }
-}
-
-// Rounds `value` to the dtype and stores it as element i (half types round through float).
-inline void store_float(DType dtype, uint8_t* bytes, int64_t i, double value) {
-  switch (dtype) {
-    case DType::kFloat32:
-      reinterpret_cast<float*>(bytes)[i] = static_cast<float>(value);
-      break;
-    case DType::kFloat64:
-      reinterpret_cast<double*>(bytes)[i] = value;
-      break;
-    case DType::kFloat16:
-      reinterpret_cast<uint16_t*>(bytes)[i] = float_to_half(static_cast<float>(value));
-      break;
-    case DType::kBFloat16:
-      reinterpret_cast<uint16_t*>(bytes)[i] = float_to_bfloat16(static_cast<float>(value));
-      break;
-    default:
-      FEDTAIL_CHECK(false);
-  }
-}
 
 // Element i of an integer/bool tensor as a signed 64-bit value.
 inline int64_t load_int(DType dtype, const uint8_t* bytes, int64_t i) {

@@ -12,6 +12,7 @@
 #include "common/base/json_reader.h"
 #include "common/wire/bundle_checks.h"
 #include "common/wire/dtype.h"
+#include "common/wire/float_elements.h"
 
 namespace fedtail::strategies {
 namespace {
@@ -32,38 +33,9 @@ DType moment_dtype(DType dtype) {
 }
 
 // Element i of a floating-point tensor as double, and back (half types through float).
-double load(const NamedTensor& t, int64_t i) {
-  switch (t.dtype()) {
-    case DType::kFloat32:
-      return t.data<float>()[i];
-    case DType::kFloat64:
-      return t.data<double>()[i];
-    case DType::kFloat16:
-      return half_to_float(t.data<uint16_t>()[i]);
-    case DType::kBFloat16:
-      return bfloat16_to_float(t.data<uint16_t>()[i]);
-    default:
-      return 0;
-  }
-}
-
+double load(const NamedTensor& t, int64_t i) { return load_float(t.dtype(), t.bytes(), i); }
 void store(NamedTensor& t, int64_t i, double value) {
-  switch (t.dtype()) {
-    case DType::kFloat32:
-      t.data<float>()[i] = static_cast<float>(value);
-      break;
-    case DType::kFloat64:
-      t.data<double>()[i] = value;
-      break;
-    case DType::kFloat16:
-      t.data<uint16_t>()[i] = float_to_half(static_cast<float>(value));
-      break;
-    case DType::kBFloat16:
-      t.data<uint16_t>()[i] = float_to_bfloat16(static_cast<float>(value));
-      break;
-    default:
-      break;
-  }
+  store_float(t.dtype(), t.mutable_bytes(), i, value);
 }
 
 // What one step needs besides the tensors.

@@ -16,6 +16,7 @@
 // distributed mode over secagg the clients add the noise and the round is accounted at the
 // multiplier their shares add up to.
 #include <gtest/gtest.h>
+#include <signal.h>
 
 #include <chrono>
 #include <cmath>
@@ -25,6 +26,7 @@
 #include <string>
 #include <vector>
 
+#include "common/privacy/rdp_accountant.h"
 #include "common/wire/bundle_file.h"
 #include "common/wire/float_elements.h"
 #include "tests/support/cli.h"
@@ -243,6 +245,83 @@ TEST(SecAggFederation, CentralDpStopsAtTheBudgetAndWritesTheModel) {
   EXPECT_EQ(summary["rounds_completed"], 4) << summary.dump(2);
   EXPECT_TRUE(summary["final"]["generic_accuracy"].is_number()) << summary.dump(2);
   EXPECT_TRUE(read_bundle_file(run_dir + "/final_model.bundle").ok());
+}
+
+TEST(SecAggFederation, AStrategyThatIsNotAMeanRefusesSecAggAtStartSayingWhy) {
+  const std::string missing = test_support::missing_federation_prerequisite();
+  if (!missing.empty()) GTEST_SKIP() << missing;
+  nlohmann::json config = federation_config(true);
+  config["strategy"] = {{"name", "scaffold"}};
+  const std::string dir = test_support::scratch_dir("secagg-refused");
+  test_support::write_file(dir + "/run.json", config.dump(2));
+  Process coordinator({test_support::binary_path("fedtail-coordinator"), "--config",
+                       dir + "/run.json", "--listen", "127.0.0.1:0", "--state-dir",
+                       dir + "/state", "--threads", "1"},
+                      dir + "/coordinator.log");
+  EXPECT_EQ(coordinator.wait(120s), 1) << coordinator.log();
+  EXPECT_NE(coordinator.log().find("strategy scaffold cannot run with config.secagg: its control "
+                                   "variates are averaged over all clients"),
+            std::string::npos)
+      << coordinator.log();
+}
+
+TEST(SecAggFederation, TheDpAccountantSurvivesACoordinatorKill) {
+  const std::string missing = test_support::missing_federation_prerequisite();
+  if (!missing.empty()) GTEST_SKIP() << missing;
+  // Four clients, two sampled a round (q = 0.5), noise multiplier 1.5, four rounds; the
+  // coordinator is killed after round 2's metrics line and resumed.
+  nlohmann::json config = federation_config(false);
+  config["rounds"] = 4;
+  config["data"]["clients"] = 4;
+  config["federation"]["min_available_clients"] = 4;
+  config["strategy"]["fraction_fit"] = 0.5;
+  config["privacy"] = {{"mode", "central"}, {"clip_norm", 1.0}, {"noise_multiplier", 1.5}};
+  const std::string dir = test_support::scratch_dir("dp-resume");
+  const std::string state = dir + "/state";
+  test_support::write_file(dir + "/run.json", config.dump(2));
+  auto coordinator = [&](const std::string& listen, bool resume) {
+    std::vector<std::string> argv = {test_support::binary_path("fedtail-coordinator"),
+                                     "--config",
+                                     dir + "/run.json",
+                                     "--listen",
+                                     listen,
+                                     "--state-dir",
+                                     state,
+                                     "--threads",
+                                     "1"};
+    if (resume) argv.push_back("--resume");
+    return std::make_unique<Process>(argv, dir + (resume ? "/resumed.log" : "/coordinator.log"));
+  };
+  auto first = coordinator("127.0.0.1:0", false);
+  const std::string port = test_support::wait_for_file(state + "/port", 120s);
+  ASSERT_FALSE(port.empty()) << first->log();
+  Process clients({test_support::binary_path("fedtail-client"), "--coordinator",
+                   "127.0.0.1:" + port, "--clients", "0-3", "--state-dir", dir + "/clients",
+                   "--device", "cpu", "--threads", "1", "--retry-timeout", "120"},
+                  dir + "/clients.log", {"OMP_WAIT_POLICY=PASSIVE"});
+  ASSERT_TRUE(test_support::wait_for_lines(state + "/metrics.jsonl", 2, 300s)) << first->log();
+  first->signal(SIGKILL);
+  first->wait(30s);
+  auto resumed = coordinator("127.0.0.1:" + port, true);
+  ASSERT_EQ(resumed->wait(300s), 0) << resumed->log() << clients.log();
+  EXPECT_NE(resumed->log().find("privacy: resumed after"), std::string::npos) << resumed->log();
+
+  // Every round's epsilon is the accountant's closed form for that many rounds: nothing was
+  // forgotten or counted twice across the kill.
+  const std::vector<nlohmann::json> lines = test_support::metrics_lines(state + "/metrics.jsonl");
+  ASSERT_EQ(lines.size(), 4u);
+  for (size_t r = 0; r < lines.size(); ++r) {
+    const nlohmann::json& p = lines[r]["privacy"];
+    EXPECT_EQ(p["steps"], static_cast<int64_t>(r + 1)) << p;
+    EXPECT_EQ(p["sampling_rate"], 0.5) << p;
+    Result<double> expected = privacy::epsilon_after(0.5, 1.5, static_cast<int64_t>(r + 1), 1e-5);
+    ASSERT_TRUE(expected.ok());
+    EXPECT_NEAR(p["epsilon"].get<double>(), *expected, 1e-9) << "round " << r + 1;
+  }
+  const nlohmann::json summary =
+      nlohmann::json::parse(test_support::read_file(state + "/summary.json"));
+  EXPECT_EQ(summary["privacy"]["rounds_accounted"], 4) << summary.dump(2);
+  EXPECT_EQ(summary["privacy"]["budget_exhausted"], false) << summary.dump(2);
 }
 
 TEST(SecAggFederation, DistributedDpOverSecAggNoisesOnTheClients) {
