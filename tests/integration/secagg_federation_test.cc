@@ -247,6 +247,100 @@ TEST(SecAggFederation, CentralDpStopsAtTheBudgetAndWritesTheModel) {
   EXPECT_TRUE(read_bundle_file(run_dir + "/final_model.bundle").ok());
 }
 
+TEST(SecAggFederation, ARoundThatLosesTooManyFailsCleanlyAndTheRunGoesOn) {
+  const std::string missing = test_support::missing_federation_prerequisite();
+  if (!missing.empty()) GTEST_SKIP() << missing;
+  // Four clients; at most 10% may drop in a round. client-3 leaves after round 2's receive stage
+  // (25%): the round must fail without revealing anything, keep the model, and round 3 (client-3
+  // back) must run as usual.
+  nlohmann::json config = federation_config(true);
+  config["data"]["clients"] = 4;
+  config["federation"]["min_available_clients"] = 4;
+  config["secagg"]["max_dropout_fraction"] = 0.1;
+  config["secagg"]["neighbours"] = 2;
+  const std::string dir = test_support::scratch_dir("secagg-failed-round");
+  const std::string state = dir + "/state";
+  test_support::write_file(dir + "/run.json", config.dump(2));
+  Process coordinator(
+      {test_support::binary_path("fedtail-coordinator"), "--config", dir + "/run.json", "--listen",
+       "127.0.0.1:0", "--state-dir", state, "--threads", "1"},
+      dir + "/coordinator.log", {"OMP_WAIT_POLICY=PASSIVE"});
+  const std::string port = test_support::wait_for_file(state + "/port", 120s);
+  ASSERT_FALSE(port.empty()) << coordinator.log();
+  auto client = [&](const std::string& range, const std::string& fault) {
+    std::vector<std::string> env = {"OMP_WAIT_POLICY=PASSIVE"};
+    if (!fault.empty()) env.push_back("FEDTAIL_FAULT_EXIT=" + fault);
+    return std::make_unique<Process>(
+        std::vector<std::string>{test_support::binary_path("fedtail-client"), "--coordinator",
+                                 "127.0.0.1:" + port, "--clients", range, "--state-dir",
+                                 dir + "/clients-" + range, "--device", "cpu", "--threads", "1",
+                                 "--retry-timeout", "30"},
+        dir + "/client-" + range + ".log", env);
+  };
+  auto three = client("0-2", "");
+  auto leaver = client("3-3", "receive:2");
+  ASSERT_TRUE(test_support::wait_for_lines(state + "/metrics.jsonl", 2, 240s)) << coordinator.log();
+  EXPECT_EQ(leaver->wait(30s), 3) << leaver->log();
+  leaver = client("3-3", "");
+  ASSERT_EQ(coordinator.wait(300s), 0) << coordinator.log();
+
+  const std::vector<nlohmann::json> lines = test_support::metrics_lines(state + "/metrics.jsonl");
+  ASSERT_EQ(lines.size(), static_cast<size_t>(kRounds));
+  const nlohmann::json& failed = lines[1];
+  ASSERT_TRUE(failed["secagg"].contains("error")) << failed.dump();
+  EXPECT_FALSE(failed["secagg"]["error"].get<std::string>().empty()) << failed.dump();
+  EXPECT_EQ(failed["fit"]["metrics"]["updated"], false) << failed.dump();
+  EXPECT_EQ(failed["fit"]["metrics"]["updates"], 0) << failed.dump();
+  // The survivors never got an unmask request: nothing was revealed.
+  EXPECT_FALSE(failed["secagg"]["stages"].contains("unmask")) << failed.dump();
+  for (size_t r : {size_t{0}, size_t{2}}) {
+    EXPECT_FALSE(lines[r]["secagg"].contains("error")) << lines[r].dump();
+    EXPECT_EQ(lines[r]["fit"]["metrics"]["updated"], true) << lines[r].dump();
+    EXPECT_EQ(lines[r]["secagg"]["survivors"], 4) << lines[r].dump();
+  }
+  const nlohmann::json summary =
+      nlohmann::json::parse(test_support::read_file(state + "/summary.json"));
+  EXPECT_EQ(summary["secagg"]["rounds"], 3) << summary.dump(2);
+  EXPECT_EQ(summary["secagg"]["failed_rounds"], 1) << summary.dump(2);
+}
+
+TEST(SecAggFederation, AdaptiveClippingFollowsTheUnclippedFraction) {
+  const std::string missing = test_support::missing_federation_prerequisite();
+  if (!missing.empty()) GTEST_SKIP() << missing;
+  nlohmann::json config = test_support::tiny_sim_config(3);
+  // A clip norm far above every update (their norms are about 1 here): all unclipped, so C
+  // shrinks each round towards the target quantile 0.5. Little noise (std 0.001 · 10 / 4 per value
+  // on the mean), so the model keeps training.
+  config["privacy"] = {
+      {"mode", "central"},
+      {"clip_norm", 10.0},
+      {"noise_multiplier", 0.001},
+      {"adaptive_clipping",
+       {{"target_quantile", 0.5}, {"learning_rate", 0.5}, {"count_noise_multiplier", 1.0}}}};
+  const std::string dir = test_support::scratch_dir("sim-adaptive-clip");
+  test_support::write_file(dir + "/sim.json", config.dump(2));
+  const std::string out = dir + "/out";
+  test_support::CliRun r = test_support::run_cli(test_support::binary_path("fedtail-sim"),
+                                                 dir + "/sim.json --out " + out);
+  ASSERT_EQ(r.exit_code, 0) << r.err << test_support::read_file(out + "/sim.log");
+  const std::vector<nlohmann::json> lines =
+      test_support::metrics_lines(out + "/runs/fedavg/seed-3/metrics.jsonl");
+  ASSERT_EQ(lines.size(), 3u);
+  EXPECT_EQ(lines[0]["privacy"]["clip_norm"], 10.0);
+  for (size_t i = 0; i < lines.size(); ++i) {
+    const nlohmann::json& p = lines[i]["privacy"];
+    EXPECT_EQ(p["unclipped"], 4) << p;
+    // C <- C · exp(-0.5 · (b - 0.5)) with b the noised unclipped fraction (4 ± 1 of 4).
+    const double b = p["unclipped_fraction_noised"].get<double>();
+    EXPECT_NEAR(p["next_clip_norm"].get<double>(),
+                p["clip_norm"].get<double>() * std::exp(-0.5 * (b - 0.5)), 1e-9)
+        << p;
+    if (i > 0) {
+      EXPECT_EQ(p["clip_norm"], lines[i - 1]["privacy"]["next_clip_norm"]) << p;
+    }
+  }
+}
+
 TEST(SecAggFederation, AStrategyThatIsNotAMeanRefusesSecAggAtStartSayingWhy) {
   const std::string missing = test_support::missing_federation_prerequisite();
   if (!missing.empty()) GTEST_SKIP() << missing;
@@ -254,10 +348,10 @@ TEST(SecAggFederation, AStrategyThatIsNotAMeanRefusesSecAggAtStartSayingWhy) {
   config["strategy"] = {{"name", "scaffold"}};
   const std::string dir = test_support::scratch_dir("secagg-refused");
   test_support::write_file(dir + "/run.json", config.dump(2));
-  Process coordinator({test_support::binary_path("fedtail-coordinator"), "--config",
-                       dir + "/run.json", "--listen", "127.0.0.1:0", "--state-dir",
-                       dir + "/state", "--threads", "1"},
-                      dir + "/coordinator.log");
+  Process coordinator(
+      {test_support::binary_path("fedtail-coordinator"), "--config", dir + "/run.json", "--listen",
+       "127.0.0.1:0", "--state-dir", dir + "/state", "--threads", "1"},
+      dir + "/coordinator.log");
   EXPECT_EQ(coordinator.wait(120s), 1) << coordinator.log();
   EXPECT_NE(coordinator.log().find("strategy scaffold cannot run with config.secagg: its control "
                                    "variates are averaged over all clients"),
