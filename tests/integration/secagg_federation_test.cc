@@ -76,6 +76,35 @@ nlohmann::json federation_config(bool secure) {
   return config;
 }
 
+// Starts fedtail-client hosting clients `range` ("0-7") against 127.0.0.1:`port`, its state and
+// log in `dir`; FEDTAIL_FAULT_EXIT=`fault` when not empty (client/fault_pause.h).
+std::unique_ptr<Process> start_clients(const std::string& dir, const std::string& port,
+                                       const std::string& range, const std::string& fault) {
+  std::vector<std::string> env = {"OMP_WAIT_POLICY=PASSIVE"};
+  if (!fault.empty()) env.push_back("FEDTAIL_FAULT_EXIT=" + fault);
+  return std::make_unique<Process>(
+      std::vector<std::string>{test_support::binary_path("fedtail-client"), "--coordinator",
+                               "127.0.0.1:" + port, "--clients", range, "--state-dir",
+                               dir + "/clients-" + range, "--device", "cpu", "--threads", "1",
+                               "--retry-timeout", "30"},
+      dir + "/client-" + range + ".log", env);
+}
+
+// Runs fedtail-sim on `config` in a fresh scratch directory tagged `tag`; returns the metrics lines
+// of its one run (FedAvg, seed 3: tiny_sim_config) and sets *run_dir to that run's directory.
+std::vector<nlohmann::json> run_sim(const std::string& tag, const nlohmann::json& config,
+                                    std::string* run_dir = nullptr) {
+  const std::string dir = test_support::scratch_dir(tag);
+  test_support::write_file(dir + "/sim.json", config.dump(2));
+  const std::string out = dir + "/out";
+  test_support::CliRun r = test_support::run_cli(test_support::binary_path("fedtail-sim"),
+                                                 dir + "/sim.json --out " + out);
+  EXPECT_EQ(r.exit_code, 0) << r.err << test_support::read_file(out + "/sim.log");
+  const std::string run = out + "/runs/fedavg/seed-3";
+  if (run_dir != nullptr) *run_dir = run;
+  return test_support::metrics_lines(run + "/metrics.jsonl");
+}
+
 struct FederationRun {
   std::string dir;
   std::string log;
@@ -101,15 +130,9 @@ FederationRun run_federation(const std::string& tag, bool secure, const std::str
     return run;
   }
   auto client = [&](const std::string& range, const std::string& fault) {
-    std::vector<std::string> env = {"OMP_WAIT_POLICY=PASSIVE"};
-    if (!fault.empty()) env.push_back("FEDTAIL_FAULT_EXIT=" + fault);
-    return std::make_unique<Process>(
-        std::vector<std::string>{test_support::binary_path("fedtail-client"), "--coordinator",
-                                 "127.0.0.1:" + port, "--clients", range, "--state-dir",
-                                 run.dir + "/clients-" + range, "--device", "cpu", "--threads", "1",
-                                 "--retry-timeout", "30"},
-        run.dir + "/client-" + range + ".log", env);
+    return start_clients(run.dir, port, range, fault);
   };
+
   auto many = client("0-7", "");
   auto eight = client("8-8", drop8);
   auto nine = client("9-9", drop9);
@@ -221,14 +244,8 @@ TEST(SecAggFederation, CentralDpStopsAtTheBudgetAndWritesTheModel) {
                        {"noise_multiplier", 3.0},
                        {"delta", 1e-5},
                        {"target_epsilon", 3.2}};
-  const std::string dir = test_support::scratch_dir("sim-dp");
-  test_support::write_file(dir + "/sim.json", config.dump(2));
-  const std::string out = dir + "/out";
-  test_support::CliRun r = test_support::run_cli(test_support::binary_path("fedtail-sim"),
-                                                 dir + "/sim.json --out " + out);
-  ASSERT_EQ(r.exit_code, 0) << r.err << test_support::read_file(out + "/sim.log");
-  const std::string run_dir = out + "/runs/fedavg/seed-3";
-  const std::vector<nlohmann::json> lines = test_support::metrics_lines(run_dir + "/metrics.jsonl");
+  std::string run_dir;
+  const std::vector<nlohmann::json> lines = run_sim("sim-dp", config, &run_dir);
   ASSERT_EQ(lines.size(), 4u) << "the budget should end the run after round 4 of 6";
   double last = 0;
   for (const nlohmann::json& line : lines) {
@@ -268,15 +285,9 @@ TEST(SecAggFederation, ARoundThatLosesTooManyFailsCleanlyAndTheRunGoesOn) {
   const std::string port = test_support::wait_for_file(state + "/port", 120s);
   ASSERT_FALSE(port.empty()) << coordinator.log();
   auto client = [&](const std::string& range, const std::string& fault) {
-    std::vector<std::string> env = {"OMP_WAIT_POLICY=PASSIVE"};
-    if (!fault.empty()) env.push_back("FEDTAIL_FAULT_EXIT=" + fault);
-    return std::make_unique<Process>(
-        std::vector<std::string>{test_support::binary_path("fedtail-client"), "--coordinator",
-                                 "127.0.0.1:" + port, "--clients", range, "--state-dir",
-                                 dir + "/clients-" + range, "--device", "cpu", "--threads", "1",
-                                 "--retry-timeout", "30"},
-        dir + "/client-" + range + ".log", env);
+    return start_clients(dir, port, range, fault);
   };
+
   auto three = client("0-2", "");
   auto leaver = client("3-3", "receive:2");
   ASSERT_TRUE(test_support::wait_for_lines(state + "/metrics.jsonl", 2, 240s)) << coordinator.log();
@@ -317,14 +328,7 @@ TEST(SecAggFederation, AdaptiveClippingFollowsTheUnclippedFraction) {
       {"noise_multiplier", 0.001},
       {"adaptive_clipping",
        {{"target_quantile", 0.5}, {"learning_rate", 0.5}, {"count_noise_multiplier", 1.0}}}};
-  const std::string dir = test_support::scratch_dir("sim-adaptive-clip");
-  test_support::write_file(dir + "/sim.json", config.dump(2));
-  const std::string out = dir + "/out";
-  test_support::CliRun r = test_support::run_cli(test_support::binary_path("fedtail-sim"),
-                                                 dir + "/sim.json --out " + out);
-  ASSERT_EQ(r.exit_code, 0) << r.err << test_support::read_file(out + "/sim.log");
-  const std::vector<nlohmann::json> lines =
-      test_support::metrics_lines(out + "/runs/fedavg/seed-3/metrics.jsonl");
+  const std::vector<nlohmann::json> lines = run_sim("sim-adaptive-clip", config);
   ASSERT_EQ(lines.size(), 3u);
   EXPECT_EQ(lines[0]["privacy"]["clip_norm"], 10.0);
   for (size_t i = 0; i < lines.size(); ++i) {
@@ -426,14 +430,7 @@ TEST(SecAggFederation, DistributedDpOverSecAggNoisesOnTheClients) {
   // the coordinator sees only the noised sum.
   config["secagg"] = {{"neighbours", 2}, {"stage_timeout_s", 30}};
   config["privacy"] = {{"mode", "distributed"}, {"clip_norm", 0.5}, {"noise_multiplier", 1.0}};
-  const std::string dir = test_support::scratch_dir("sim-distributed-dp");
-  test_support::write_file(dir + "/sim.json", config.dump(2));
-  const std::string out = dir + "/out";
-  test_support::CliRun r = test_support::run_cli(test_support::binary_path("fedtail-sim"),
-                                                 dir + "/sim.json --out " + out);
-  ASSERT_EQ(r.exit_code, 0) << r.err << test_support::read_file(out + "/sim.log");
-  const std::vector<nlohmann::json> lines =
-      test_support::metrics_lines(out + "/runs/fedavg/seed-3/metrics.jsonl");
+  const std::vector<nlohmann::json> lines = run_sim("sim-distributed-dp", config);
   ASSERT_EQ(lines.size(), 2u);
   for (const nlohmann::json& line : lines) {
     EXPECT_EQ(line["secagg"]["survivors"], 4) << line.dump();
