@@ -226,7 +226,9 @@ Status RoundEngine::run_round(int round) {
   // config.privacy.target_epsilon: no round starts that would spend more; the last one that may
   // is evaluated as the run's last.
   bool last_private_round = false;
-  if (!privacy_allows(round, static_cast<int>(specs.size()), &last_private_round)) {
+  FEDTAIL_ASSIGN_OR_RETURN(
+      bool allowed, privacy_allows(round, static_cast<int>(specs.size()), &last_private_round));
+  if (!allowed) {
     privacy_budget_spent_ = true;
     return Status::OK();
   }

@@ -290,8 +290,9 @@ class RoundEngine {
   Status prepare_privacy();
   bool private_fit() const;
   // Whether round `round` may run within privacy.target_epsilon (false: the run ends before it),
-  // and whether it is the last one that may (*last).
-  bool privacy_allows(int round, int selected, bool* last);
+  // and whether it is the last one that may (*last). kInvalidArgument when no noise multiplier can
+  // keep the planned rounds within the budget (calibration, at the first DP round).
+  Result<bool> privacy_allows(int round, int selected, bool* last);
   Result<PrivateFit> run_private_fit(int round, const std::vector<strategies::TaskSpec>& specs);
   Result<PrivateFit> run_secure_fit(int round, const std::vector<strategies::TaskSpec>& specs,
                                     std::shared_ptr<const TensorBundle> base);

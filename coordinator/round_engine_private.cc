@@ -111,7 +111,7 @@ Status RoundEngine::prepare_privacy() {
   return Status::OK();
 }
 
-bool RoundEngine::privacy_allows(int round, int selected, bool* last) {
+Result<bool> RoundEngine::privacy_allows(int round, int selected, bool* last) {
   *last = false;
   const PrivacyOptions& dp = config_.options.privacy;
   if (!dp.enabled() || selected == 0) return true;
@@ -122,8 +122,10 @@ bool RoundEngine::privacy_allows(int round, int selected, bool* last) {
     const int64_t rounds = config_.options.rounds - (round - 1) + accountant_.steps();
     Result<double> z = privacy::noise_multiplier_for(q, rounds, *dp.target_epsilon, dp.delta);
     if (!z.ok()) {
-      spdlog::error("privacy: cannot calibrate the noise: {}; no round runs", z.status().message());
-      return false;
+      return Status::InvalidArgument("config.privacy.target_epsilon: no noise multiplier keeps " +
+                                     std::to_string(rounds) + " round(s) at sampling rate " +
+                                     std::to_string(q) + " within it (" + z.status().message() +
+                                     "); raise it or plan fewer rounds");
     }
     dp_noise_multiplier_ = *z;
     spdlog::info(

@@ -264,6 +264,24 @@ TEST(SecAggFederation, CentralDpStopsAtTheBudgetAndWritesTheModel) {
   EXPECT_TRUE(read_bundle_file(run_dir + "/final_model.bundle").ok());
 }
 
+TEST(SecAggFederation, AnUnreachableBudgetFailsTheRunSayingWhy) {
+  const std::string missing = test_support::missing_federation_prerequisite();
+  if (!missing.empty()) GTEST_SKIP() << missing;
+  nlohmann::json config = test_support::tiny_sim_config(3);
+  // epsilon 1e-6 for 3 rounds of all 4 clients would need a noise multiplier above 10^4.
+  config["privacy"] = {{"mode", "central"}, {"target_epsilon", 1e-6}};
+  const std::string dir = test_support::scratch_dir("sim-unreachable-budget");
+  test_support::write_file(dir + "/sim.json", config.dump(2));
+  const std::string out = dir + "/out";
+  test_support::CliRun r = test_support::run_cli(test_support::binary_path("fedtail-sim"),
+                                                 dir + "/sim.json --out " + out);
+  EXPECT_NE(r.exit_code, 0);
+  const std::string log = r.err + test_support::read_file(out + "/sim.log");
+  EXPECT_NE(log.find("config.privacy.target_epsilon: no noise multiplier keeps 3 round(s)"),
+            std::string::npos)
+      << log;
+}
+
 TEST(SecAggFederation, ARoundThatLosesTooManyFailsCleanlyAndTheRunGoesOn) {
   const std::string missing = test_support::missing_federation_prerequisite();
   if (!missing.empty()) GTEST_SKIP() << missing;
