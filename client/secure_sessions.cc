@@ -4,21 +4,13 @@
 #include <vector>
 
 #include "common/base/rng.h"
+#include "common/privacy/dp_noise.h"
 #include "common/privacy/quantize.h"
-#include "common/privacy/secagg_crypto.h"
 #include "common/wire/float_elements.h"
 #include "strategies/robust_aggregation.h"
 
 namespace fedtail::client {
 namespace {
-
-// A generator seeded from the OS CSPRNG: the DP noise share must be unpredictable.
-Rng secure_rng() {
-  const privacy::Key32 key = privacy::random_key();
-  uint64_t seed = 0;
-  for (int i = 0; i < 8; ++i) seed = (seed << 8) | key[static_cast<size_t>(i)];
-  return Rng(seed);
-}
 
 Result<double> number_field(const nlohmann::json& request, const char* key) {
   auto it = request.find(key);
@@ -102,7 +94,7 @@ Result<TensorBundle> SecureSessions::mask_update(const std::string& client, uint
           "secagg mask request: clip_norm must be > 0, noise_stddev >= 0");
     }
     FEDTAIL_RETURN_IF_ERROR(strategies::clip_update(global, &update, clip_norm).status());
-    Rng rng = secure_rng();
+    Rng rng = privacy::os_seeded_rng();
     for (NamedTensor& t : update) {
       if (!dtype_is_floating(t.dtype())) continue;
       uint8_t* bytes = t.mutable_bytes();

@@ -15,7 +15,6 @@
 #include "common/privacy/dp_noise.h"
 #include "common/privacy/quantize.h"
 #include "common/privacy/secagg.h"
-#include "common/privacy/secagg_crypto.h"
 #include "common/wire/float_elements.h"
 #include "coordinator/private_aggregation.h"
 #include "coordinator/round_engine.h"
@@ -25,14 +24,6 @@ namespace {
 
 using strategies::ClientFailure;
 using strategies::TaskSpec;
-
-// A generator seeded from the OS CSPRNG: DP noise that a reader of the config cannot recompute.
-Rng secure_rng() {
-  const privacy::Key32 key = privacy::random_key();
-  uint64_t seed = 0;
-  for (int i = 0; i < 8; ++i) seed = (seed << 8) | key[static_cast<size_t>(i)];
-  return Rng(seed);
-}
 
 // The replies of a kSecAgg phase: client id -> its "secagg" object. A report without one fails
 // its client.
@@ -212,7 +203,7 @@ Result<RoundEngine::PrivateFit> RoundEngine::run_central_dp_fit(
     FEDTAIL_ASSIGN_OR_RETURN(update_z, privacy::update_noise_multiplier(dp_noise_multiplier_,
                                                                         dp.count_noise_multiplier));
   }
-  Rng rng = secure_rng();
+  Rng rng = privacy::os_seeded_rng();
   std::optional<TensorBundle> mean;
   if (!sum.contributors().empty()) {
     FEDTAIL_ASSIGN_OR_RETURN(
@@ -391,7 +382,7 @@ Result<RoundEngine::PrivateFit> RoundEngine::run_secure_fit(
   if (with_dp && !distributed_dp && dp_noise_multiplier_ > 0) {
     // Central DP over secure aggregation: the coordinator noises the unmasked sum of the clipped
     // changes (it never sees one of them).
-    Rng rng = secure_rng();
+    Rng rng = privacy::os_seeded_rng();
     const double stddev = dp_noise_multiplier_ * dp_clip_norm_ / static_cast<double>(selected);
     for (NamedTensor& t : mean) {
       if (!dtype_is_floating(t.dtype())) continue;

@@ -3,6 +3,8 @@
 #include <cmath>
 #include <string>
 
+#include "common/privacy/secagg_crypto.h"
+
 namespace fedtail::privacy {
 
 double l2_norm(const std::vector<FloatSpan>& spans) {
@@ -50,6 +52,13 @@ Result<double> update_noise_multiplier(double noise_multiplier, double clipped_c
   const double inv_z2 = 1 / (noise_multiplier * noise_multiplier);
   const double inv_b2 = 1 / (count_multiplier * count_multiplier);
   return 1 / std::sqrt(inv_z2 - inv_b2);
+}
+
+Rng os_seeded_rng() {
+  const Key32 key = random_key();
+  uint64_t seed = 0;
+  for (size_t i = 0; i < 8; ++i) seed = (seed << 8) | key[i];
+  return Rng(seed);
 }
 
 }  // namespace fedtail::privacy

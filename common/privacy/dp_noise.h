@@ -55,6 +55,11 @@ double next_clip_norm(double clip, double unclipped_fraction_noisy, double targe
 // increase clipped_count_stddev or decrease z).
 Result<double> update_noise_multiplier(double noise_multiplier, double clipped_count_stddev);
 
+// A generator seeded from the OS CSPRNG (RAND_bytes), for DP noise: noise derived from the run seed
+// could be recomputed, and subtracted, by anyone who knows the config. Runs that draw from it are
+// not bit-reproducible.
+Rng os_seeded_rng();
+
 }  // namespace fedtail::privacy
 
 #endif  // FEDTAIL_COMMON_PRIVACY_DP_NOISE_H_
