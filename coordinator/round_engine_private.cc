@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <set>
 
 #include "common/privacy/dp_noise.h"
 #include "common/privacy/quantize.h"
@@ -48,6 +49,18 @@ void add_failures(const std::map<std::string, std::string>& dropped, const char*
   for (const auto& [id, reason] : dropped) {
     failures->push_back({id, std::string("secagg ") + stage + ": " + reason});
   }
+}
+
+// The round's failures, one entry per client (the first stage that lost it), sorted by id.
+std::vector<ClientFailure> one_per_client(std::vector<ClientFailure> failures) {
+  std::set<std::string> seen;
+  std::vector<ClientFailure> unique;
+  for (auto& f : failures) {
+    if (seen.insert(f.client_id).second) unique.push_back(std::move(f));
+  }
+  std::sort(unique.begin(), unique.end(),
+            [](const auto& a, const auto& b) { return a.client_id < b.client_id; });
+  return unique;
 }
 
 // One kSecAgg task: {"secagg": request + {"stage": stage}}.
@@ -276,9 +289,9 @@ Result<RoundEngine::PrivateFit> RoundEngine::run_secure_fit(
       // Nothing was released, but clients were sampled: account conservatively.
       fit.privacy = account_privacy_round(selected, dp_noise_multiplier_);
     }
-    total.failures = failures;
-    FEDTAIL_ASSIGN_OR_RETURN(fit.metrics,
-                             finish_with_mean(round, std::nullopt, {}, nlohmann::json(), failures));
+    total.failures = one_per_client(failures);
+    FEDTAIL_ASSIGN_OR_RETURN(
+        fit.metrics, finish_with_mean(round, std::nullopt, {}, nlohmann::json(), total.failures));
     total.answered = 0;
     fit.outcome = std::move(total);
     return std::move(fit);
@@ -407,17 +420,9 @@ Result<RoundEngine::PrivateFit> RoundEngine::run_secure_fit(
   } else if (with_dp) {
     fit.privacy = account_privacy_round(selected, dp_noise_multiplier_);
   }
-  // Failures: one entry per client (the first stage that lost it).
-  std::set<std::string> seen;
-  std::vector<ClientFailure> unique;
-  for (auto& f : failures) {
-    if (seen.insert(f.client_id).second) unique.push_back(std::move(f));
-  }
-  std::sort(unique.begin(), unique.end(),
-            [](const auto& a, const auto& b) { return a.client_id < b.client_id; });
+  total.failures = one_per_client(std::move(failures));
   FEDTAIL_ASSIGN_OR_RETURN(fit.metrics, finish_with_mean(round, std::move(mean), sum.contributors(),
-                                                         sum.mean_loss(), unique));
-  total.failures = std::move(unique);
+                                                         sum.mean_loss(), total.failures));
   total.answered = static_cast<int>(survivors.size());
   fit.outcome = std::move(total);
   return fit;
