@@ -9,7 +9,14 @@ namespace fedtail::client {
 Result<LoopEnd> run_client_loop(Connection& connection, TaskRunner& runner) {
   connection.set_join_request(runner.join_request());
   connection.set_join_callback([&connection, &runner](const v1::JoinResponse& response) {
-    FEDTAIL_RETURN_IF_ERROR(runner.prepare(response));
+    Status prepared = runner.prepare(response);
+    if (!prepared.ok()) {
+      // Say so now (e.g. a model that differs from the coordinator's), so the coordinator does
+      // not select clients that will never answer.
+      Status left = connection.leave("cannot take part: " + prepared.message());
+      if (!left.ok()) spdlog::warn("leaving failed ({})", left.message());
+      return prepared;
+    }
     // From now on (re-)Joins carry the clients' example counts and model family.
     connection.set_join_request(runner.join_request());
     return Status::OK();

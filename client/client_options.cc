@@ -49,6 +49,7 @@ Result<ClientOptions> parse_client_options(const nlohmann::json& json, const std
     r.read("partition", &options.partition);
   }
   r.read("data_root", &options.data_root);
+  r.read("model_path", &options.model_path);
   r.read("threads", &options.threads);
   r.read("state_dir", &options.state_dir);
   FEDTAIL_RETURN_IF_ERROR(r.status());

@@ -4,6 +4,7 @@
 //   {"client_id": "client-3",  // required unless --clients is given
 //    "partition": 3,           // required unless --clients is given: the client's data share
 //    "data_root": "",          // optional: where the data is here (--data-root wins)
+//    "model_path": "",         // optional: this machine's TorchScript model file (--model-path)
 //    "threads": 0,             // optional: LibTorch threads (0 = the run config's choice)
 //    "state_dir": ""}          // optional: where per-client state files live
 //
@@ -29,6 +30,9 @@ struct ClientOptions {
   // Where the dataset files are on this machine; --data-root overrides it. "" = the dataset's
   // default location. The run config's config.data.root (the coordinator's) is never used.
   std::string data_root;
+  // This machine's copy of a TorchScript model (config.model.arch "torchscript"); --model-path
+  // overrides it. "" = the run config's model.path.
+  std::string model_path;
   // LibTorch intra-op threads. 0 (default) = use the run config's "threads".
   int threads = 0;
   // Directory of the per-client state files (<state_dir>/<client_id>.state). "" = the default.

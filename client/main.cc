@@ -92,6 +92,7 @@ struct Flags {
   int threads = 0;
   double retry_timeout_s = 600;
   std::string data_root;
+  std::string model_path;
   uint64_t max_bundle_bytes = kDefaultMaxBundleBytes;
   std::string attack;  // red-team mode (client/attack.h); "" = honest
   std::string log_level = "info";
@@ -141,6 +142,7 @@ Result<Setup> make_setup(const Flags& flags) {
     setup.connection.client_id = options.client_id;
   }
   setup.runner.data_root = !flags.data_root.empty() ? flags.data_root : options.data_root;
+  setup.runner.model_path = !flags.model_path.empty() ? flags.model_path : options.model_path;
   setup.runner.threads = flags.threads > 0 ? flags.threads : options.threads;
   if (flags.threads < 0) return Status::InvalidArgument("--threads: must be >= 0");
   if (!flags.device.empty()) {
@@ -310,9 +312,10 @@ int main(int argc, char** argv) {
       "for tasks, trains or evaluates on its local share of the data, and uploads the results."};
   app.set_version_flag("--version", FEDTAIL_VERSION);
   app.add_option("--coordinator", flags.coordinator, "the coordinator's HOST:PORT")->required();
-  app.add_option("--config", flags.config,
-                 "client.json: {client_id, partition, data_root, threads, state_dir} (optional "
-                 "with --clients)");
+  app.add_option(
+      "--config", flags.config,
+      "client.json: {client_id, partition, data_root, model_path, threads, state_dir} (optional "
+      "with --clients)");
   app.add_option("--clients", flags.clients,
                  "host virtual clients A..B (ids client-A .. client-B) instead of one client");
   app.add_option("--device", flags.device, "auto, cpu, cuda or cuda:i (default: the run config's)");
@@ -353,6 +356,10 @@ int main(int argc, char** argv) {
                  "where the dataset's files are on this machine (default: client.json's data_root, "
                  "else the dataset's default location); the coordinator's config.data.root is "
                  "ignored");
+  app.add_option("--model-path", flags.model_path,
+                 "this machine's copy of the run's TorchScript model (config.model.arch "
+                 "\"torchscript\"; default: client.json's model_path, else the run config's "
+                 "model.path); checked against the coordinator's digest and tensor layout");
   app.add_option("--max-bundle-bytes", flags.max_bundle_bytes,
                  "largest task bundle (model) accepted from the coordinator, in bytes; a bigger "
                  "task is refused")

@@ -19,6 +19,7 @@
 #include "common/data/dataset_readers.h"
 #include "common/learning/device.h"
 #include "common/learning/model_options.h"
+#include "common/learning/torchscript_model.h"
 #include "common/security/join_token.h"
 #include "strategies/registry.h"
 
@@ -44,8 +45,9 @@ Status TaskRunner::prepare(const v1::JoinResponse& join) {
     return parsed.status().with_context("the run config sent by the coordinator");
   }
   const nlohmann::json json = std::move(parsed).value();
-  FEDTAIL_ASSIGN_OR_RETURN(RunConfig config,
-                           parse_run_config(json, {"rounds", "strategy", "federation", "secagg", "privacy"}));
+  FEDTAIL_ASSIGN_OR_RETURN(
+      RunConfig config,
+      parse_run_config(json, {"rounds", "strategy", "federation", "secagg", "privacy"}));
 
   // config.strategy: {"name": ..., options...}; the factories get it without "name".
   const nlohmann::json strategy = config.extra.value("strategy", nlohmann::json::object());
@@ -83,6 +85,9 @@ Status TaskRunner::prepare(const v1::JoinResponse& join) {
         config.data.root, own_root.empty() ? "(none: pass --data-root)" : own_root);
   }
   config.data.root = options_.data_root;
+  if (config.model.arch == kTorchScriptArch && !options_.model_path.empty()) {
+    config.model.path = options_.model_path;
+  }
   for (const HostedClient& c : options_.clients) {
     if (c.partition >= config.data.clients) {
       return Status::InvalidArgument(
@@ -128,6 +133,7 @@ Status TaskRunner::prepare(const v1::JoinResponse& join) {
                       : Rng::derive(config.seed, "client_model." + client.arch);
         FEDTAIL_ASSIGN_OR_RETURN(Model model,
                                  make_model(client_model_options(model_options, c.partition), rng));
+        FEDTAIL_RETURN_IF_ERROR(check_torchscript_pins(model_options, *model, model_options.path));
         model->to(*device);
         models.emplace(client.arch, model);
       }

@@ -69,6 +69,10 @@ struct TaskRunnerOptions {
   // config.data.root: the coordinator does not choose which folder the client reads (a differing
   // value is logged once per prepare()).
   std::string data_root;
+  // Where this machine's copy of a TorchScript model is (--model-path, or client.json's
+  // model_path); "" = the run config's model.path. Checked against the coordinator's pinned
+  // layout and digest (torchscript_model.h) before the client joins its run.
+  std::string model_path;
   // --device (auto|cpu|cuda|cuda:i); "" = the run config's "device".
   std::string device;
   // LibTorch intra-op threads; 0 = the run config's "threads".

@@ -7,8 +7,10 @@
 
 #include "common/base/json_reader.h"
 #include "common/learning/device.h"
+#include "common/learning/torchscript_model.h"
 #include "common/wire/bundle_file.h"
 #include "coordinator/checkpoint.h"
+#include "coordinator/live_feed.h"
 #include "coordinator/summary.h"
 #include "strategies/registry.h"
 
@@ -35,6 +37,8 @@ std::string with_port(const std::string& listen, int port) {
 Coordinator::Coordinator(CoordinatorFlags flags) : flags_(std::move(flags)) {}
 
 Coordinator::~Coordinator() {
+  // First: the LiveStatus's probe reads the engine and the registry.
+  end_live_run(Status::Unavailable("the coordinator closed before the run ended"));
   request_stop();
   if (server_) server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   if (engine_) (void)engine_->wait();
@@ -142,6 +146,21 @@ Status Coordinator::init() {
   }
   FEDTAIL_RETURN_IF_ERROR(
       fill_model_options_from_data(data_.train, &run_config_.model).with_context("config.model"));
+  if (run_config_.model.arch == kTorchScriptArch) {
+    // A user's module: clients get its digest and tensor layout, and check their copy against
+    // them; a resume with another module file meets a changed config.
+    Status pinned = pin_torchscript_model(&run_config_.model);
+    if (!pinned.ok()) return pinned.with_context(flags_.config_path + ": config");
+    nlohmann::json& model = config_json_["model"];
+    model["sha256"] = run_config_.model.sha256;
+    model["layout"] = nlohmann::json::array();
+    for (const TensorLayout& t : run_config_.model.layout) {
+      model["layout"].push_back({t.name, t.dtype, t.shape});
+    }
+    config_sha256_ = config_digest(config_json_);
+    spdlog::info("TorchScript model {}: sha256 {}, {} tensors", run_config_.model.path,
+                 run_config_.model.sha256, run_config_.model.layout.size());
+  }
 
   return prepare_state_dir();
 }
@@ -284,6 +303,17 @@ Status Coordinator::start() {
                token_secret_.empty() ? "" : ", join tokens", run_id_, options_.rounds,
                options_.strategy_name, flags_.state_dir);
   started_ = std::chrono::steady_clock::now();
+  if (flags_.live) {
+    std::vector<nlohmann::json> earlier;  // a resumed run's lines so far
+    if (resumed_) {
+      Result<std::vector<nlohmann::json>> lines = read_metrics_lines(state_path(kMetricsFile));
+      if (lines.ok()) earlier = std::move(lines).value();
+    }
+    flags_.live->begin_run({run_id_, options_.strategy_name, flags_.live_label, options_.rounds},
+                           std::move(earlier));
+    flags_.live->set_probe([this] { return probe_live_state(*engine_, *registry_); });
+    live_begun_ = true;
+  }
   return engine_->start();
 }
 
@@ -306,6 +336,7 @@ Status Coordinator::on_round_end(int round, const nlohmann::json& line,
   info.strategy = options_.strategy_name;
   FEDTAIL_RETURN_IF_ERROR(write_checkpoint(state_path(kCheckpointFile), info, std::move(state)));
   rounds_completed_ = round;
+  if (flags_.live) flags_.live->add_round(record);
   if (on_round_) on_round_(record);
   return Status::OK();
 }
@@ -339,6 +370,7 @@ Status Coordinator::wait() {
   Status status = engine_->wait();
   if (status.ok()) {
     status = write_outputs();
+    end_live_run(status);  // before waiting for the clients' SHUTDOWN
     const auto grace = std::min<std::chrono::milliseconds>(
         std::chrono::milliseconds(options_.federation.poll_timeout_ms) + std::chrono::seconds(2),
         kShutdownGraceCap);
@@ -357,8 +389,21 @@ Status Coordinator::wait() {
   } else if (status.code() == StatusCode::kUnavailable) {
     spdlog::warn("run {} {}: no round completed, nothing to resume", run_id_, status.message());
   }
+  end_live_run(status);
   server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   return status;
+}
+
+void Coordinator::end_live_run(const Status& status) {
+  if (!flags_.live || !live_begun_) return;
+  if (status.ok()) {
+    flags_.live->end_run(LiveRunState::kFinished);
+  } else {
+    // kUnavailable: request_stop (a signal), or the coordinator closed before the end.
+    flags_.live->end_run(
+        status.code() == StatusCode::kUnavailable ? LiveRunState::kStopped : LiveRunState::kFailed,
+        status.message());
+  }
 }
 
 void Coordinator::set_min_available_clients(int n) {

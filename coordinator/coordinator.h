@@ -24,6 +24,7 @@
 #include "common/security/join_token.h"
 #include "common/security/tls.h"
 #include "coordinator/client_registry.h"
+#include "coordinator/live_status.h"
 #include "coordinator/options.h"
 #include "coordinator/round_engine.h"
 #include "coordinator/service.h"
@@ -50,6 +51,10 @@ struct CoordinatorFlags {
   std::string device;  // server-side evaluation device; "" = config.device
   int threads = -1;    // LibTorch threads; < 0 = config.threads
   int rounds = 0;      // > 0 overrides config.rounds
+  // Fed with the run's progress (begin_run at start(), each metrics line, end_run) for the HTTP
+  // dashboard (coordinator/http_dashboard.h); null = none. Shared: it may show several runs.
+  std::shared_ptr<LiveStatus> live;
+  std::string live_label;  // the run's label on the dashboard, e.g. "fedavg seed 1, run 2/6"
 };
 
 class Coordinator {
@@ -105,6 +110,8 @@ class Coordinator {
   Status on_round_end(int round, const nlohmann::json& line,
                       const strategies::ServerStrategy& strategy);
   Status write_outputs();
+  // Tells flags_.live (if any) how the run ended; only the first call counts.
+  void end_live_run(const Status& status);
   std::string state_path(const char* name) const;
   double wall_seconds() const;
 
@@ -127,6 +134,7 @@ class Coordinator {
   double wall_seconds_before_ = 0;  // of earlier (resumed) runs
   std::function<void()> on_done_;
   std::function<void(const nlohmann::json&)> on_round_;
+  bool live_begun_ = false;  // flags_.live->begin_run was called (start(), owner's thread)
 
   // Written by the engine thread in on_round_end (one thread), read after wait().
   int64_t metrics_lines_ = 0;

@@ -5,6 +5,11 @@
 //       [--token-revocation-file F]] [--state-dir D] [--resume] [--insecure]
 //       [--allow-unauthenticated-clients]
 //       [--plugin LIB.so]... [--device D] [--threads N] [--rounds N] [--log-level L]
+//       [--http HOST:PORT [--http-token-file F]]
+//
+// --http serves a live dashboard (/), its JSON (/api/status, /api/metrics) and Prometheus metrics
+// (/metrics) on HOST:PORT (coordinator/http_dashboard.h); the bound port also goes to
+// <state-dir>/http_port.
 //
 // Exit status: 0 when every round ran; 128+signal after SIGINT/SIGTERM (the checkpoint of the last
 // finished round stays valid: rerun with --resume); 1 on any error (one line naming the flag,
@@ -22,7 +27,10 @@
 #include "common/base/logging.h"
 #include "common/base/malloc_tuning.h"
 #include "common/base/signal_watcher.h"
+#include "coordinator/checkpoint.h"
 #include "coordinator/coordinator.h"
+#include "coordinator/http_dashboard.h"
+#include "coordinator/live_status.h"
 #include "strategies/registry.h"
 
 namespace {
@@ -33,6 +41,8 @@ struct Flags {
   fedtail::coordinator::CoordinatorFlags coordinator;
   std::vector<std::string> plugins;
   std::string log_level = "info";
+  std::string http;             // dashboard address; "" = no dashboard
+  std::string http_token_file;  // the dashboard's bearer token; "" = none
 };
 
 int run(const Flags& flags) {
@@ -46,13 +56,37 @@ int run(const Flags& flags) {
     }
     spdlog::info("loaded plugin {}", plugin);
   }
+  fedtail::coordinator::CoordinatorFlags coordinator_flags = flags.coordinator;
+  // The dashboard first: a refused --http fails before the data is loaded.
+  std::unique_ptr<fedtail::coordinator::HttpDashboard> dashboard;
+  if (!flags.http.empty()) {
+    coordinator_flags.live = std::make_shared<fedtail::coordinator::LiveStatus>();
+    fedtail::Result<std::unique_ptr<fedtail::coordinator::HttpDashboard>> made =
+        fedtail::coordinator::HttpDashboard::create(flags.http, flags.http_token_file,
+                                                    coordinator_flags.live);
+    if (!made.ok()) {
+      std::fprintf(stderr, "%s: %s\n", kProgram, made.status().message().c_str());
+      return 1;
+    }
+    dashboard = std::move(made).value();
+  }
   fedtail::Result<std::unique_ptr<fedtail::coordinator::Coordinator>> created =
-      fedtail::coordinator::Coordinator::create(flags.coordinator);
+      fedtail::coordinator::Coordinator::create(std::move(coordinator_flags));
   if (!created.ok()) {
     std::fprintf(stderr, "%s: %s\n", kProgram, created.status().message().c_str());
     return 1;
   }
   fedtail::coordinator::Coordinator& coordinator = **created;
+  if (dashboard) {
+    // Where scripts and tests find the dashboard (--http HOST:0 picks the port).
+    const std::string http_port_file = coordinator.state_dir() + "/http_port";
+    fedtail::Status written = fedtail::coordinator::write_file_atomic(
+        http_port_file, std::to_string(dashboard->port()) + "\n");
+    if (!written.ok()) {
+      std::fprintf(stderr, "%s: %s\n", kProgram, written.message().c_str());
+      return 1;
+    }
+  }
   fedtail::SignalWatcher watcher([&coordinator] { coordinator.request_stop(); });
   fedtail::Status status = coordinator.start();
   if (status.ok()) status = coordinator.wait();
@@ -107,6 +141,17 @@ int main(int argc, char** argv) {
   app.add_option("--rounds", c.rounds, "override config.rounds")->check(CLI::PositiveNumber);
   app.add_option("--log-level", flags.log_level, "trace, debug, info, warn, error, off")
       ->capture_default_str();
+  CLI::Option* http =
+      app.add_option("--http", flags.http,
+                     "serve a live dashboard (/), JSON (/api/status, /api/metrics) and Prometheus "
+                     "metrics (/metrics) on HOST:PORT (port 0: any free port, written to "
+                     "<state-dir>/http_port); read-only; a non-loopback address needs "
+                     "--http-token-file (default: off)");
+  app.add_option("--http-token-file", flags.http_token_file,
+                 "bearer token the dashboard requires (Authorization: Bearer <token>, or "
+                 "?token=<token> for the page); at least 32 bytes (`fedtail-certs secret` makes "
+                 "one)")
+      ->needs(http);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -72,6 +72,7 @@ Status RoundEngine::start() {
   std::lock_guard<std::mutex> lock(mu_);
   if (started_) return Status::FailedPrecondition("round engine: already started");
   started_ = true;
+  phase_since_ = std::chrono::system_clock::now();
   thread_ = std::thread([this] { thread_main(); });
   return Status::OK();
 }
@@ -111,6 +112,24 @@ int RoundEngine::min_available_clients() const {
   return override_value > 0 ? override_value : config_.options.federation.min_available_clients;
 }
 
+EngineSnapshot RoundEngine::snapshot() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  EngineSnapshot snapshot;
+  snapshot.round = round_;
+  snapshot.phase_since = phase_since_;
+  if (done_) {
+    snapshot.phase = "done";
+  } else if (phase_ && phase_->open) {
+    snapshot.phase = task_kind_name(phase_->kind);
+    snapshot.selected = phase_->selected;
+    for (const auto& [id, entry] : phase_->tasks) {
+      snapshot.received += entry.state == TaskEntry::State::kDone && entry.accepted;
+    }
+    snapshot.failures = phase_->failures;
+  }
+  return snapshot;
+}
+
 int RoundEngine::TEST_round() const {
   std::lock_guard<std::mutex> lock(mu_);
   return round_;
@@ -131,6 +150,7 @@ void RoundEngine::thread_main() {
     std::lock_guard<std::mutex> lock(mu_);
     result_ = status;
     done_ = true;
+    phase_since_ = std::chrono::system_clock::now();
     on_done = on_done_;
   }
   cv_.notify_all();
@@ -397,6 +417,7 @@ Result<RoundEngine::PhaseOutcome> RoundEngine::run_phase(
     phase->deadline = SteadyClock::now() + timeout;
     phase->aggregation = aggregation;
     phase_ = std::move(phase);
+    phase_since_ = std::chrono::system_clock::now();
     std::set<std::string> seen;
     for (const strategies::TaskSpec& spec : specs) {
       auto task = std::make_shared<Task>();
@@ -497,6 +518,7 @@ Result<RoundEngine::PhaseOutcome> RoundEngine::run_phase(
     phase.aggregation = nullptr;
     retired_ = std::move(phase.tasks);
     phase_.reset();
+    phase_since_ = std::chrono::system_clock::now();
   }
   // Failures come out in arrival order; sort them so that the strategy and the metrics line see
   // the same list whatever the timing.

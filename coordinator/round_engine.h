@@ -99,6 +99,18 @@ struct PhaseTiming {
   double aggregate_s = 0;  // inside Aggregation::add (the strategy's fold)
 };
 
+// What a live display (coordinator/live_feed.h) sees of the engine at one moment.
+struct EngineSnapshot {
+  int round = 0;  // the round in progress (0 before the first)
+  // "fit", "evaluate" or "secagg" while a phase is open; "idle" between phases (waiting for
+  // clients, server-side evaluation); "done" once the engine thread has ended.
+  std::string phase = "idle";
+  std::chrono::system_clock::time_point phase_since;  // when the phase opened (or last closed)
+  int selected = 0;                                   // tasks of the open phase
+  int received = 0;                                   // ... answered and accepted so far
+  std::vector<strategies::ClientFailure> failures;    // ... failed so far, in arrival order
+};
+
 // A result upload being received: the task it answers and the decoder its chunks go to. Made by
 // begin_push, consumed by complete_push or abandon_push. Not thread-safe (one stream feeds it).
 class PendingUpload {
@@ -150,6 +162,8 @@ class RoundEngine {
   void set_min_available_clients(int n);
   // The number of connected clients a round waits for.
   int min_available_clients() const;
+  // A copy of the round and the open phase's progress. Thread-safe (takes mu_ briefly).
+  EngineSnapshot snapshot() const;
 
   // ---- Service side: any thread ----
 
@@ -350,9 +364,11 @@ class RoundEngine {
   bool finished_ = false;                     // guarded by mu_; SHUTDOWN is being answered
   bool done_ = false;                         // guarded by mu_
   bool started_ = false;                      // guarded by mu_
-  std::set<std::string> shutdown_sent_;       // guarded by mu_; session tokens
-  std::function<void()> on_done_;             // guarded by mu_
-  Status result_;                             // written by the engine thread before done_
+  // Guarded by mu_: when the phase last opened or closed (EngineSnapshot::phase_since).
+  std::chrono::system_clock::time_point phase_since_;
+  std::set<std::string> shutdown_sent_;  // guarded by mu_; session tokens
+  std::function<void()> on_done_;        // guarded by mu_
+  Status result_;                        // written by the engine thread before done_
 
   // Last: its timer thread calls upload_closed(), so it stops before anything else goes.
   std::unique_ptr<UploadWatch> watch_;

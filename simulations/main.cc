@@ -5,6 +5,8 @@
 //   fedtail-sim CONFIG.json [--out DIR] [--workers N] [--device D] [--rounds N]
 //       [--strategies a,b] [--seeds N] [--set PATH=VALUE]... [--resume | --overwrite]
 //       [--threads N] [--plugin LIB.so]... [--log-level L] [--worker-log-level L]
+//       [--launcher local|slurm [--coordinator-host HOST] [--srun-arg ARG]...]
+//       [--http HOST:PORT [--http-token-file F]]
 //   fedtail-sim CONFIG.json --check [--rounds N] [--strategies a,b] [--seeds N]
 //       [--set PATH=VALUE]... [--plugin LIB.so]...
 //
@@ -27,6 +29,8 @@
 #include "common/base/json_reader.h"
 #include "common/base/malloc_tuning.h"
 #include "common/base/signal_watcher.h"
+#include "coordinator/http_dashboard.h"
+#include "coordinator/live_status.h"
 #include "simulations/config_check.h"
 #include "simulations/simulation.h"
 #include "strategies/registry.h"
@@ -96,8 +100,21 @@ int check(const fedtail::simulation::SimulationOptions& options, const std::stri
   return report->ok() ? 0 : 1;
 }
 
-int run(fedtail::simulation::SimulationOptions options) {
+int run(fedtail::simulation::SimulationOptions options, const std::string& http,
+        const std::string& http_token_file) {
   if (!load_strategies(options.plugins)) return 1;
+  // The dashboard first: a refused --http fails before anything is prepared. It outlives the runs.
+  std::unique_ptr<fedtail::coordinator::HttpDashboard> dashboard;
+  if (!http.empty()) {
+    options.live = std::make_shared<fedtail::coordinator::LiveStatus>();
+    fedtail::Result<std::unique_ptr<fedtail::coordinator::HttpDashboard>> made =
+        fedtail::coordinator::HttpDashboard::create(http, http_token_file, options.live);
+    if (!made.ok()) {
+      std::fprintf(stderr, "%s: %s\n", kProgram, made.status().message().c_str());
+      return 1;
+    }
+    dashboard = std::move(made).value();
+  }
   fedtail::Result<std::unique_ptr<fedtail::simulation::Simulation>> created =
       fedtail::simulation::Simulation::create(options);
   if (!created.ok()) {
@@ -105,6 +122,7 @@ int run(fedtail::simulation::SimulationOptions options) {
     return 1;
   }
   fedtail::simulation::Simulation& simulation = **created;
+  if (dashboard) spdlog::info("dashboard: {}", dashboard->url());
   fedtail::SignalWatcher watcher([&simulation] { simulation.request_stop(); });
   fedtail::Status status = simulation.run();
   if (!simulation.markdown().empty()) {
@@ -130,7 +148,8 @@ int main(int argc, char** argv) {
   bool check_only = false;
   CLI::App app{
       "fedtail simulation: runs a federation (coordinator in-process, clients in worker "
-      "processes over loopback) for each strategy and seed of CONFIG, and writes a comparison "
+      "processes over loopback, or srun steps of a Slurm allocation with --launcher slurm) for "
+      "each strategy and seed of CONFIG, and writes a comparison "
       "table (summary.md, summary.json), metrics.jsonl and accuracy curves (PNG)"};
   app.set_version_flag("--version", FEDTAIL_VERSION);
   app.add_option("config", options.config_path,
@@ -175,6 +194,35 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--worker-log-level", options.worker_log_level, "workers' log level")
       ->capture_default_str();
+  app.add_option("--launcher", options.launcher,
+                 "how workers start: local (processes on this machine, over loopback) or slurm "
+                 "(inside a Slurm allocation, e.g. tools/slurm/fedtail-sim.sbatch: each worker an "
+                 "srun step on the allocation's nodes, one per GPU on CUDA, over TLS with join "
+                 "tokens made for each run; --out must be on a filesystem all nodes share)")
+      ->check(CLI::IsMember({"local", "slurm"}))
+      ->capture_default_str();
+  app.add_option("--coordinator-host", options.coordinator_host,
+                 "slurm: the host name or address workers dial the coordinator by (default: this "
+                 "node's host name)");
+  app.add_option("--srun-arg", options.srun_args,
+                 "slurm: an extra srun argument for every worker step, e.g. --srun-arg=--mem=16G "
+                 "(repeatable)")
+      ->type_name("ARG")
+      ->expected(1)
+      ->take_all();
+  std::string http;
+  std::string http_token_file;
+  CLI::Option* http_option =
+      app.add_option("--http", http,
+                     "serve a live dashboard of the run in progress (/), JSON (/api/status, "
+                     "/api/metrics) and Prometheus metrics (/metrics) on HOST:PORT (port 0: any "
+                     "free port, logged); read-only; a non-loopback address needs "
+                     "--http-token-file (default: off)");
+  app.add_option("--http-token-file", http_token_file,
+                 "bearer token the dashboard requires (Authorization: Bearer <token>, or "
+                 "?token=<token> for the page); at least 32 bytes (`fedtail-certs secret` makes "
+                 "one)")
+      ->needs(http_option);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -225,7 +273,7 @@ int main(int argc, char** argv) {
   }
   options.terminal = ::isatty(STDERR_FILENO) == 1;
   try {
-    return run(std::move(options));
+    return run(std::move(options), http, http_token_file);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "%s: unexpected exception: %s\n", kProgram, e.what());
   } catch (...) {

@@ -369,6 +369,7 @@ nlohmann::json make_report(const ReportInfo& info, const std::vector<RunResult>&
          table_rows(runs, labels, "personalized", kLast10PersonalColumns, 3, "models_last10")},
         {"cost", cost}}}};
   if (!info.overrides.empty()) report["overrides"] = info.overrides;
+  if (info.slurm.is_object()) report["slurm"] = info.slurm;
   if (runs.size() == 1) {
     for (const char* key : {"rounds_completed", "final"}) report[key] = runs[0][key];
     report["strategy"] = runs[0]["strategy"];
@@ -395,6 +396,17 @@ std::string report_markdown(const nlohmann::json& report) {
      << report["seeds"].dump() << "; " << report.value("workers", 0) << " worker process(es); "
      << "wall time " << static_cast<long>(std::lround(report.value("wall_seconds", 0.0)))
      << " s.\n";
+  if (report.contains("slurm") && report["slurm"].is_object()) {
+    const nlohmann::json& slurm = report["slurm"];
+    std::string nodes;
+    for (const nlohmann::json& node : slurm.value("nodes", nlohmann::json::array())) {
+      nodes += (nodes.empty() ? "" : ", ") + (node.is_string() ? node.get<std::string>() : "?");
+    }
+    md << "Slurm job " << slurm.value("job_id", std::string("?")) << " on " << nodes
+       << ": each worker an srun step; coordinator on "
+       << slurm.value("coordinator_host", std::string("?")) << " over "
+       << slurm.value("transport", std::string("?")) << ".\n";
+  }
   md << "Accuracies in %, " << (n_seeds > 1 ? "mean ± std over seeds" : "one seed")
      << ", at each run's last evaluated round.\n\n";
 

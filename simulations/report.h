@@ -40,10 +40,14 @@ struct ReportInfo {
   double wall_seconds = 0;
   int workers = 0;
   std::vector<std::string> overrides;  // the --set PATH=VALUE applied to the config, in order
+  // Launcher "slurm": {"job_id", "nodes", "coordinator_host", "transport", "gpus_per_worker",
+  // "cpus_per_worker"}; null for a local simulation.
+  nlohmann::json slurm;
 };
 
 // summary.json of the whole simulation: {"config", "overrides" (only when there are: the --set
-// texts, in order), "wall_seconds", "workers", "setting",
+// texts, in order), "slurm" (only for a Slurm simulation: ReportInfo::slurm), "wall_seconds",
+// "workers", "setting",
 // "validation_per_class" (config.data's; > 0: accuracies are on a validation set), "seeds",
 // "strategies", "runs": [per run: label, strategy, seed, run_dir, status, rounds_completed,
 // wall_seconds, final (the contract's keys, docs/architecture.md), models {generic, personalized}

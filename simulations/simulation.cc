@@ -9,12 +9,14 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 
 #include "common/base/json_reader.h"
 #include "common/learning/device.h"
 #include "coordinator/checkpoint.h"
 #include "coordinator/coordinator.h"
 #include "simulations/config_check.h"
+#include "simulations/run_credentials.h"
 #include "simulations/worker_pool.h"
 
 namespace fedtail::simulation {
@@ -52,6 +54,19 @@ std::string shell_quoted(const std::string& text) {
   std::string quoted = "'";
   for (char c : text) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
   return quoted + "'";
+}
+
+// This machine's host name; "" when it cannot be read.
+std::string host_name() {
+  char name[256] = {};
+  if (::gethostname(name, sizeof(name) - 1) != 0) return "";
+  return name;
+}
+
+// "host:port", with an IPv6 literal in brackets.
+std::string dial_address(const std::string& host, int port) {
+  const bool v6 = host.find(':') != std::string::npos;
+  return (v6 ? "[" + host + "]" : host) + ":" + std::to_string(port);
 }
 
 }  // namespace
@@ -96,6 +111,12 @@ Status Simulation::init() {
     return Status::NotFound(options_.client_binary +
                             ": fedtail-client not found beside fedtail-sim (build it)");
   }
+  if (options_.launcher == "slurm") {
+    FEDTAIL_RETURN_IF_ERROR(init_slurm());
+  } else if (options_.launcher != "local") {
+    return Status::InvalidArgument("--launcher: must be local or slurm (got \"" +
+                                   options_.launcher + "\")");
+  }
 
   // Workers and devices: one worker per GPU when training on CUDA, else one per core.
   const int cores = std::max(1, hardware_threads());
@@ -107,7 +128,11 @@ Status Simulation::init() {
     if (!parsed.ok()) {
       return parsed.status().with_context(options_.device.empty() ? "config.device" : "--device");
     }
-    if (parsed->is_cuda() && !parsed->has_index()) {
+    if (slurm_ && parsed->is_cuda() && !parsed->has_index() && slurm_->gpus_per_node > 0) {
+      // Each worker step is given one GPU, which it sees as its only one.
+      devices_.push_back("cuda:0");
+      slurm_gpus_ = true;
+    } else if (parsed->is_cuda() && !parsed->has_index()) {
       const int gpus = static_cast<int>(torch::cuda::device_count());
       for (int i = 0; i < gpus; ++i) devices_.push_back("cuda:" + std::to_string(i));
     } else {
@@ -118,6 +143,13 @@ Status Simulation::init() {
   workers_ = plan_.workers > 0 ? plan_.workers : cuda ? static_cast<int>(devices_.size()) : cores;
   workers_ = std::clamp(workers_, 1, std::max(1, plan_.num_clients));
   threads_per_worker_ = options_.threads > 0 ? options_.threads : std::max(1, cores / workers_);
+  if (slurm_) {
+    // The allocation, not this machine, decides: its GPUs or tasks, and each node's CPUs.
+    workers_ = plan_.workers > 0 ? plan_.workers : default_slurm_workers(*slurm_, cuda);
+    workers_ = std::clamp(workers_, 1, std::max(1, plan_.num_clients));
+    threads_per_worker_ =
+        options_.threads > 0 ? options_.threads : slurm_cpus_per_worker(*slurm_, workers_);
+  }
   coordinator_threads_ = cores;
 
   // The output directory.
@@ -154,6 +186,38 @@ Status Simulation::init() {
   progress_ =
       std::make_unique<Progress>(plan_.num_runs() * plan_.rounds, done_rounds, options_.terminal);
   return init_simulation_logging(options_.log_level, path("sim.log"), progress_.get());
+}
+
+Status Simulation::init_slurm() {
+  const std::map<std::string, std::string> env = process_environment();
+  FEDTAIL_ASSIGN_OR_RETURN(SlurmAllocation allocation, read_slurm_allocation(env));
+  Result<std::string> srun = find_on_path("srun", env);
+  if (!srun.ok()) return srun.status().with_context("--launcher slurm");
+  srun_ = std::move(srun).value();
+  coordinator_host_ = !options_.coordinator_host.empty() ? options_.coordinator_host : host_name();
+  if (coordinator_host_.empty()) coordinator_host_ = allocation.this_node;
+  if (coordinator_host_.empty()) {
+    return Status::FailedPrecondition(
+        "--launcher slurm: cannot tell this host's name: pass --coordinator-host");
+  }
+  slurm_ = std::move(allocation);
+  return Status::OK();
+}
+
+std::vector<std::vector<std::string>> Simulation::worker_launchers() const {
+  std::vector<std::vector<std::string>> launchers;
+  if (!slurm_) return launchers;
+  SrunStepOptions step;
+  step.srun = srun_;
+  step.workers = workers_;
+  step.cpus_per_task = slurm_cpus_per_worker(*slurm_, workers_);
+  step.gpu = slurm_gpus_;
+  step.extra_args = options_.srun_args;
+  for (int i = 0; i < workers_; ++i) {
+    step.worker = i;
+    launchers.push_back(srun_step_command(*slurm_, step));
+  }
+  return launchers;
 }
 
 void Simulation::request_stop() {
@@ -197,11 +261,25 @@ Result<RunResult> Simulation::run_one(const StrategyEntry& entry, uint64_t seed)
 
   coordinator::CoordinatorFlags flags;
   flags.config_path = config_path;
-  flags.listen = "127.0.0.1:0";
+  flags.listen = slurm_ ? "0.0.0.0:0" : "127.0.0.1:0";
+  RunCredentials credentials;
+  if (slurm_) {
+    // Workers on other nodes: TLS, and join tokens of this run only.
+    FEDTAIL_ASSIGN_OR_RETURN(
+        credentials,
+        make_run_credentials(run_dir + "/tls", {coordinator_host_, slurm_->this_node, host_name(),
+                                                "localhost", "127.0.0.1"}));
+    flags.tls.cert = credentials.server_cert;
+    flags.tls.key = credentials.server_key;
+    flags.token_secret_file = credentials.token_secret;
+  }
   flags.state_dir = run_dir;
   flags.resume = options_.resume && fs::exists(run_dir + "/" + coordinator::kCheckpointFile, ec);
   flags.device = devices_.front();
   flags.threads = coordinator_threads_;
+  flags.live = options_.live;
+  flags.live_label = name + ", run " + std::to_string(run_index_) + "/" +
+                     std::to_string(plan_.strategies.size() * plan_.seeds.size());
   FEDTAIL_ASSIGN_OR_RETURN(std::unique_ptr<coordinator::Coordinator> coordinator,
                            coordinator::Coordinator::create(flags));
   int first_round = 1;
@@ -225,7 +303,8 @@ Result<RunResult> Simulation::run_one(const StrategyEntry& entry, uint64_t seed)
 
   WorkerPoolOptions pool_options;
   pool_options.client_binary = options_.client_binary;
-  pool_options.coordinator = coordinator->address();
+  pool_options.coordinator =
+      slurm_ ? dial_address(coordinator_host_, coordinator->port()) : coordinator->address();
   pool_options.num_clients = plan_.num_clients;
   pool_options.workers = workers_;
   pool_options.devices = devices_;
@@ -234,6 +313,23 @@ Result<RunResult> Simulation::run_one(const StrategyEntry& entry, uint64_t seed)
   pool_options.log_dir = run_dir + "/workers";
   pool_options.plugins = options_.plugins;
   pool_options.log_level = options_.worker_log_level;
+  pool_options.launchers = worker_launchers();
+  pool_options.tls_ca = credentials.ca_cert;
+  pool_options.token_secret_file = credentials.token_secret;
+  {
+    // Absolute: a worker may run elsewhere (a Slurm step) with another working directory.
+    const nlohmann::json run_config = run_config_for(plan_, entry, seed);
+    auto absolute_path = [](const std::string& p) {
+      return p.empty() ? p : fs::absolute(p).lexically_normal().string();
+    };
+    if (run_config.contains("data") && run_config["data"].is_object()) {
+      pool_options.data_root = absolute_path(run_config["data"].value("root", ""));
+    }
+    if (run_config.contains("model") && run_config["model"].is_object() &&
+        run_config["model"].value("arch", "") == "torchscript") {
+      pool_options.model_path = absolute_path(run_config["model"].value("path", ""));
+    }
+  }
   Result<std::unique_ptr<WorkerPool>> started = WorkerPool::start(pool_options);
   if (!started.ok()) {
     coordinator->request_stop();
@@ -242,8 +338,19 @@ Result<RunResult> Simulation::run_one(const StrategyEntry& entry, uint64_t seed)
     return started.status();
   }
   std::unique_ptr<WorkerPool> pool = std::move(started).value();
+  if (slurm_) {
+    for (size_t i = 0; i < pool_options.launchers.size(); ++i) {
+      std::string command;
+      for (const std::string& word : pool_options.launchers[i]) {
+        command += (command.empty() ? "" : " ") + shell_quoted(word);
+      }
+      spdlog::info("{}: worker {}: Slurm step `{} fedtail-client ...`", name, i, command);
+    }
+    spdlog::info("{}: Slurm job {}: TLS and join tokens made for this run in {}/tls", name,
+                 slurm_->job_id, run_dir);
+  }
   spdlog::info("{}: coordinator on {}, {} worker(s) for {} clients ({} thread(s) each), logs in {}",
-               name, coordinator->address(), pool->size(), plan_.num_clients, threads_per_worker_,
+               name, pool_options.coordinator, pool->size(), plan_.num_clients, threads_per_worker_,
                pool_options.log_dir);
 
   int min_available = coordinator->options().federation.min_available_clients;
@@ -313,6 +420,14 @@ Status Simulation::write_report(const std::vector<RunResult>& results, bool fina
       std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
   info.workers = workers_;
   info.overrides = options_.overrides;
+  if (slurm_) {
+    info.slurm = {{"job_id", slurm_->job_id},
+                  {"nodes", slurm_->nodes},
+                  {"coordinator_host", coordinator_host_},
+                  {"transport", "TLS, join tokens"},
+                  {"gpus_per_worker", slurm_gpus_ ? 1 : 0},
+                  {"cpus_per_worker", slurm_cpus_per_worker(*slurm_, workers_)}};
+  }
   nlohmann::json report = make_report(info, results);
   FEDTAIL_RETURN_IF_ERROR(coordinator::write_file_atomic(
       path("summary.json"),
@@ -336,10 +451,11 @@ Status Simulation::run() {
   started_ = std::chrono::steady_clock::now();
   spdlog::info(
       "simulation of {}: {} strateg{} x {} seed(s), {} rounds, {} clients, {} worker(s) "
-      "on {}; results in {}",
+      "on {}{}; results in {}",
       options_.config_path, plan_.strategies.size(), plan_.strategies.size() == 1 ? "y" : "ies",
       plan_.seeds.size(), plan_.rounds, plan_.num_clients, workers_,
-      devices_.size() > 1 ? "cuda" : devices_.front(), options_.out_dir);
+      devices_.size() > 1 ? "cuda" : devices_.front(),
+      slurm_ ? " as steps of Slurm job " + slurm_->job_id : std::string(), options_.out_dir);
   for (const std::string& text : options_.overrides) {
     spdlog::info("config override: --set {}", text);
   }
@@ -349,6 +465,7 @@ Status Simulation::run() {
   for (uint64_t seed : plan_.seeds) {
     for (const StrategyEntry& entry : plan_.strategies) {
       if (stop_.load()) break;
+      ++run_index_;
       Result<RunResult> result = run_one(entry, seed);
       if (!result.ok() && result.status().code() == StatusCode::kUnavailable && stop_.load()) {
         break;
@@ -387,10 +504,11 @@ Status Simulation::run() {
   if (stop_.load()) {
     std::string sets;
     for (const std::string& text : options_.overrides) sets += " --set " + shell_quoted(text);
+    // Under Slurm the same job is submitted again (the allocation is gone).
+    const std::string again = slurm_ ? "sbatch tools/slurm/fedtail-sim.sbatch " : "fedtail-sim ";
     return Status::Unavailable("stopped; what finished is in " + options_.out_dir +
-                               "; continue with: fedtail-sim " +
-                               shell_quoted(options_.config_path) + sets + " --out " +
-                               shell_quoted(options_.out_dir) + " --resume");
+                               "; continue with: " + again + shell_quoted(options_.config_path) +
+                               sets + " --out " + shell_quoted(options_.out_dir) + " --resume");
   }
   if (!failed.empty()) {
     std::string list;

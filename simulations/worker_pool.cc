@@ -36,15 +36,11 @@ Result<std::unique_ptr<WorkerPool>> WorkerPool::start(const WorkerPoolOptions& o
   for (size_t i = 0; i < ranges.size(); ++i) {
     const auto [first, last] = ranges[i];
     SubprocessOptions spawn;
-    spawn.argv = {options.client_binary,
-                  "--coordinator",
-                  options.coordinator,
-                  "--clients",
-                  std::to_string(first) + "-" + std::to_string(last),
-                  "--state-dir",
-                  options.state_dir,
-                  "--log-level",
-                  options.log_level};
+    if (i < options.launchers.size()) spawn.argv = options.launchers[i];
+    spawn.argv.insert(spawn.argv.end(),
+                      {options.client_binary, "--coordinator", options.coordinator, "--clients",
+                       std::to_string(first) + "-" + std::to_string(last), "--state-dir",
+                       options.state_dir, "--log-level", options.log_level});
     if (!options.devices.empty()) {
       spawn.argv.push_back("--device");
       spawn.argv.push_back(options.devices[i % options.devices.size()]);
@@ -52,6 +48,22 @@ Result<std::unique_ptr<WorkerPool>> WorkerPool::start(const WorkerPoolOptions& o
     if (options.threads_per_worker > 0) {
       spawn.argv.push_back("--threads");
       spawn.argv.push_back(std::to_string(options.threads_per_worker));
+    }
+    if (!options.tls_ca.empty()) {
+      spawn.argv.push_back("--tls-ca");
+      spawn.argv.push_back(options.tls_ca);
+    }
+    if (!options.token_secret_file.empty()) {
+      spawn.argv.push_back("--token-secret-file");
+      spawn.argv.push_back(options.token_secret_file);
+    }
+    if (!options.data_root.empty()) {
+      spawn.argv.push_back("--data-root");
+      spawn.argv.push_back(options.data_root);
+    }
+    if (!options.model_path.empty()) {
+      spawn.argv.push_back("--model-path");
+      spawn.argv.push_back(options.model_path);
     }
     for (const std::string& plugin : options.plugins) {
       spawn.argv.push_back("--plugin");

@@ -3,6 +3,8 @@
 //
 // Workers are ordinary clients: they dial the coordinator over the real transport, derive their
 // clients' data from the run config and seed, and keep per-client state under a state directory.
+// A worker may run under a launcher (WorkerPoolOptions::launchers, e.g. srun on a Slurm
+// allocation): the pool then follows the launcher's process, which lives as long as the worker.
 // The pool starts them, notices one that ends before the run does (check()), and on finish() waits
 // for the rest to leave after the coordinator's SHUTDOWN (killing any that do not). Not
 // thread-safe: one thread drives a pool.
@@ -30,6 +32,16 @@ struct WorkerPoolOptions {
   std::string log_dir;               // worker-<i>.log files
   std::vector<std::string> plugins;  // --plugin, repeated
   std::string log_level = "info";
+  // Worker i runs as launchers[i] followed by its own argv (e.g. an `srun ...` job step, whose exit
+  // status is the worker's); a worker without an entry (or an empty one) runs directly.
+  std::vector<std::vector<std::string>> launchers;
+  std::string tls_ca;             // --tls-ca (verify the coordinator); "" = plaintext (loopback)
+  std::string token_secret_file;  // --token-secret-file (derive join tokens); "" = none
+  // The run config's data.root and model.path (torchscript), given to every worker as
+  // --data-root / --model-path: clients never take them from the coordinator, but a simulation's
+  // workers are the user's own processes. "" = not passed.
+  std::string data_root;
+  std::string model_path;
 };
 
 // A worker that ended before the run did.

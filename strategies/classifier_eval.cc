@@ -54,11 +54,16 @@ Result<ModelOptions> run_model_options(const RunContext& run) {
 }
 
 nlohmann::json model_options_to_json(const ModelOptions& o) {
-  return {{"arch", o.arch},
-          {"feature_dim", o.feature_dim},
-          {"in_channels", o.in_channels},
-          {"image_size", o.image_size},
-          {"num_classes", o.num_classes}};
+  nlohmann::json json = {{"arch", o.arch},
+                         {"feature_dim", o.feature_dim},
+                         {"in_channels", o.in_channels},
+                         {"image_size", o.image_size},
+                         {"num_classes", o.num_classes}};
+  if (o.arch == kTorchScriptArch) {
+    json["path"] = o.path;
+    json["sha256"] = o.sha256;
+  }
+  return json;
 }
 
 nlohmann::json augment_options_to_json(const AugmentOptions& o) {

@@ -13,6 +13,7 @@ packages=(
   libtorch-dev libopenblas0-pthread
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libssl-dev nlohmann-json3-dev libcli11-dev libspdlog-dev zlib1g-dev libstb-dev libxxhash-dev
+  libcpp-httplib-dev
   libgtest-dev libbenchmark-dev
   dataset-fashion-mnist gnuplot-nox iproute2
 )

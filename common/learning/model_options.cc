@@ -5,6 +5,7 @@
 
 #include "common/base/json_reader.h"
 #include "common/data/dataset.h"
+#include "common/learning/torchscript_model.h"
 
 namespace fedtail {
 
@@ -22,10 +23,39 @@ int native_feature_dim(const std::string& arch) {
 
 namespace {
 
-std::string architecture_list() {
+// The built-in architectures (what model.groups takes), and with `torchscript` what model.arch
+// takes.
+std::string architecture_list(bool torchscript) {
   std::string list;
   for (const auto& a : model_architectures()) list += (list.empty() ? "" : ", ") + a;
-  return list;
+  return torchscript ? list + ", " + kTorchScriptArch : list;
+}
+
+bool is_torchscript(const ModelOptions& options) { return options.arch == kTorchScriptArch; }
+
+// "layout": [[name, dtype, [shape...]], ...].
+Status parse_layout(const nlohmann::json& json, const std::string& path,
+                    std::vector<TensorLayout>* out) {
+  if (!json.is_array()) return Status::InvalidArgument(path + ": must be an array");
+  for (size_t i = 0; i < json.size(); ++i) {
+    const nlohmann::json& e = json[i];
+    const std::string at = path + "[" + std::to_string(i) + "]";
+    if (!e.is_array() || e.size() != 3 || !e[0].is_string() || !e[1].is_string() ||
+        !e[2].is_array()) {
+      return Status::InvalidArgument(at + ": must be [name, dtype, [shape]]");
+    }
+    TensorLayout t;
+    t.name = e[0].get<std::string>();
+    t.dtype = e[1].get<std::string>();
+    for (const nlohmann::json& d : e[2]) {
+      if (!d.is_number_integer() || d.get<int64_t>() < 0) {
+        return Status::InvalidArgument(at + ": shape entries must be integers >= 0");
+      }
+      t.shape.push_back(d.get<int64_t>());
+    }
+    out->push_back(std::move(t));
+  }
+  return Status::OK();
 }
 
 }  // namespace
@@ -33,7 +63,9 @@ std::string architecture_list() {
 Result<ModelOptions> parse_model_options(const nlohmann::json& json, const std::string& path) {
   ModelOptions options;
   JsonReader r(json, path);
-  r.read_enum("arch", &options.arch, model_architectures());
+  std::vector<std::string> archs = model_architectures();
+  archs.push_back(kTorchScriptArch);
+  r.read_enum("arch", &options.arch, archs);
   r.read("feature_dim", &options.feature_dim);
   r.check(options.feature_dim >= 0, "feature_dim",
           "must be >= 0 (got " + std::to_string(options.feature_dim) + "); 0 = native width");
@@ -49,7 +81,31 @@ Result<ModelOptions> parse_model_options(const nlohmann::json& json, const std::
   r.read("groups", &options.groups);
   for (size_t i = 0; i < options.groups.size(); ++i) {
     r.check(native_feature_dim(options.groups[i]) != 0, "groups[" + std::to_string(i) + "]",
-            "must be one of " + architecture_list() + " (got \"" + options.groups[i] + "\")");
+            "must be one of " + architecture_list(false) + " (got \"" + options.groups[i] + "\")" +
+                (options.groups[i] == kTorchScriptArch
+                     ? "; a TorchScript model cannot be part of heterogeneous groups"
+                     : ""));
+  }
+  r.read("path", &options.path);
+  r.read("sha256", &options.sha256);
+  nlohmann::json layout;
+  r.read_raw("layout", &layout);
+  FEDTAIL_RETURN_IF_ERROR(r.status());
+  if (!layout.is_null()) r.absorb(parse_layout(layout, path + ".layout", &options.layout));
+  if (is_torchscript(options)) {
+    r.check(!options.path.empty(), "path",
+            "required with arch \"torchscript\": the file torch.jit.save wrote (see "
+            "tools/export_model.py)");
+    r.check(options.sha256.empty() || options.sha256.size() == 64, "sha256",
+            "must be 64 hex digits (got \"" + options.sha256 + "\")");
+  } else {
+    const char* key = !options.path.empty()     ? "path"
+                      : !options.sha256.empty() ? "sha256"
+                      : !options.layout.empty() ? "layout"
+                                                : nullptr;
+    if (key != nullptr) {
+      r.check(false, key, "only for arch \"torchscript\" (arch is \"" + options.arch + "\")");
+    }
   }
   FEDTAIL_RETURN_IF_ERROR(r.finish());
   return options;
@@ -89,14 +145,19 @@ Status fill_model_options_from_data(const Dataset& data, ModelOptions* options) 
 }
 
 Status validate_model_options(const ModelOptions& options) {
-  if (native_feature_dim(options.arch) == 0) {
-    return Status::InvalidArgument("model.arch: must be one of " + architecture_list() +
+  if (is_torchscript(options)) {
+    if (options.path.empty()) {
+      return Status::InvalidArgument("model.path: required with arch \"torchscript\"");
+    }
+  } else if (native_feature_dim(options.arch) == 0) {
+    return Status::InvalidArgument("model.arch: must be one of " + architecture_list(true) +
                                    " (got \"" + options.arch + "\")");
   }
   for (size_t i = 0; i < options.groups.size(); ++i) {
     if (native_feature_dim(options.groups[i]) == 0) {
       return Status::InvalidArgument("model.groups[" + std::to_string(i) + "]: must be one of " +
-                                     architecture_list() + " (got \"" + options.groups[i] + "\")");
+                                     architecture_list(false) + " (got \"" + options.groups[i] +
+                                     "\")");
     }
   }
   if (options.feature_dim < 0) {
@@ -139,11 +200,15 @@ std::vector<std::string> client_architectures(const ModelOptions& options) {
 
 Result<int> common_feature_dim(const ModelOptions& options) {
   const char* field = options.groups.empty() ? "model.arch" : "model.groups";
+  if (is_torchscript(options) && options.groups.empty()) {
+    if (options.feature_dim > 0) return options.feature_dim;
+    return torchscript_feature_dim(options);
+  }
   const std::vector<std::string> archs = client_architectures(options);
   for (const std::string& a : archs) {
     if (native_feature_dim(a) == 0) {
       return Status::InvalidArgument(std::string(field) + ": must be one of " +
-                                     architecture_list() + " (got \"" + a + "\")");
+                                     architecture_list(false) + " (got \"" + a + "\")");
     }
   }
   if (options.feature_dim > 0) return options.feature_dim;

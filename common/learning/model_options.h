@@ -2,6 +2,8 @@
 //
 // The architecture and feature width come from the run config ("model" section); the input shape
 // and class count normally come from the dataset (fill_model_options_from_data). Plain value type.
+// arch "torchscript" is a user's PyTorch model (torchscript_model.h): `path` names the file, and
+// the coordinator pins its digest and tensor layout into the run config it sends.
 #ifndef FEDTAIL_COMMON_LEARNING_MODEL_OPTIONS_H_
 #define FEDTAIL_COMMON_LEARNING_MODEL_OPTIONS_H_
 
@@ -16,10 +18,25 @@ namespace fedtail {
 
 struct Dataset;
 
+// One tensor of a model as the coordinator pinned it ("layout"): name, dtype name ("float32",
+// "int64", ...) and shape.
+struct TensorLayout {
+  std::string name;
+  std::string dtype;
+  std::vector<int64_t> shape;
+  bool operator==(const TensorLayout& o) const {
+    return name == o.name && dtype == o.dtype && shape == o.shape;
+  }
+};
+
+// The architecture name of a user's TorchScript model.
+inline constexpr char kTorchScriptArch[] = "torchscript";
+
 struct ModelOptions {
   // Backbone architecture: "cnn" (3 conv blocks, native width 128), "resnet8" (CIFAR ResNet,
   // blocks [1,1,1] at widths 16/32/64, native width 64), "resnet18" ([2,2,2,2] at 64..512, native
-  // 512) or "resnet34" ([3,4,6,3] at 64..512, native 512). Default "cnn".
+  // 512), "resnet34" ([3,4,6,3] at 64..512, native 512) or "torchscript" (the module at `path`; its
+  // native width is its head's input width). Default "cnn".
   std::string arch = "cnn";
   // Width of the feature vector the backbone emits. 0 (default) = the architecture's native width;
   // any other value adds a Linear(native, feature_dim) + ReLU projection inside the backbone.
@@ -38,6 +55,17 @@ struct ModelOptions {
   // (default) = every client uses `arch`; when set, `arch` is not used by the clients. Only
   // strategies without a global model (fedsa, fedproto) accept groups; the others refuse them.
   std::vector<std::string> groups;
+
+  // arch "torchscript" only (other archs refuse them):
+  // The torch.jit.save'd module (torchscript_model.h states the convention). Required. Clients
+  // use their own --model-path when given (the file is the user's to distribute).
+  std::string path;
+  // Hex SHA-256 of that file. Optional in a config (the coordinator checks it when given); the
+  // coordinator always sets it in the run config it sends, and every client checks its file.
+  std::string sha256;
+  // The tensors of the coordinator's initial model, set by the coordinator (never in a config
+  // file); a client refuses a module whose tensors differ, naming the first difference.
+  std::vector<TensorLayout> layout;
 };
 
 // The architectures make_model accepts, in documentation order.
@@ -48,10 +76,11 @@ const std::vector<std::string>& model_architectures();
 int native_feature_dim(const std::string& arch);
 
 // Reads the "model" object at `path` (e.g. "config.model"): keys arch, feature_dim, in_channels,
-// image_size, num_classes, groups, all optional. Returns kInvalidArgument naming the field for a
-// wrong type, an unknown key, an unknown arch (`config.model.arch: must be one of cnn, resnet8,
-// resnet18, resnet34 (got "vgg")`, `config.model.groups[2]: must be one of ...`) or a negative
-// size.
+// image_size, num_classes, groups, path, sha256, layout, all optional (path required for arch
+// "torchscript", refused for the others; "torchscript" is not allowed in groups). Returns
+// kInvalidArgument naming the field for a wrong type, an unknown key, an unknown arch
+// (`config.model.arch: must be one of cnn, resnet8, resnet18, resnet34 (got "vgg")`,
+// `config.model.groups[2]: must be one of ...`) or a negative size.
 Result<ModelOptions> parse_model_options(const nlohmann::json& json, const std::string& path);
 
 // Sets in_channels, image_size and num_classes from `data` where they are 0. Returns

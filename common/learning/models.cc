@@ -5,6 +5,8 @@
 
 #include <cmath>
 
+#include "common/learning/torchscript_model.h"
+
 namespace fedtail {
 
 namespace {
@@ -244,6 +246,16 @@ Result<Model> make_model(const ModelOptions& options, Rng& rng) {
   const uint64_t backbone_seed = rng.seed_for_torch();
   const uint64_t head_seed = rng.seed_for_torch();
   try {
+    if (options.arch == kTorchScriptArch) {
+      // The module's own weights; only a projection (feature_dim) is drawn from the seed.
+      TorchScriptHead head;
+      FEDTAIL_ASSIGN_OR_RETURN(std::shared_ptr<BackboneImpl> backbone,
+                               make_torchscript_backbone(options, &head));
+      initialize(*backbone, make_generator(backbone_seed));
+      Model model(std::make_shared<ModelImpl>(options, std::move(backbone), head_seed));
+      FEDTAIL_RETURN_IF_ERROR(install_torchscript_head(head, model.get()));
+      return model;
+    }
     auto backbone = make_backbone(options);
     initialize(*backbone, make_generator(backbone_seed));
     return Model(std::make_shared<ModelImpl>(options, std::move(backbone), head_seed));

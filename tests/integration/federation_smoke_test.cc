@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "tests/support/cli.h"
+#include "tests/support/federation_processes.h"
 #include "tests/support/process.h"
 
 namespace fedtail {
@@ -56,26 +57,10 @@ class FederationSmoke : public ::testing::Test {
   }
 
   std::unique_ptr<Process> start_coordinator(const std::vector<std::string>& extra = {}) {
-    std::vector<std::string> argv = {test_support::binary_path("fedtail-coordinator"),
-                                     "--config",
-                                     dir_ + "/run.json",
-                                     "--listen",
-                                     "127.0.0.1:0",
-                                     "--state-dir",
-                                     state_dir_,
-                                     "--threads",
-                                     "1"};
-    argv.insert(argv.end(), extra.begin(), extra.end());
-    return std::make_unique<Process>(argv, dir_ + "/coordinator.log");
+    return test_support::start_loopback_coordinator(dir_, state_dir_, extra);
   }
-
   std::unique_ptr<Process> start_client(int k, const std::string& port) {
-    const std::string range = std::to_string(k) + "-" + std::to_string(k);
-    return std::make_unique<Process>(
-        std::vector<std::string>{test_support::binary_path("fedtail-client"), "--coordinator",
-                                 "127.0.0.1:" + port, "--clients", range, "--state-dir",
-                                 dir_ + "/client-state", "--device", "cpu", "--threads", "1"},
-        dir_ + "/client-" + std::to_string(k) + ".log");
+    return test_support::start_loopback_client(dir_, k, port);
   }
 
   std::string dir_;

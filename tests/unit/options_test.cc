@@ -34,7 +34,8 @@ TEST(OptionsTest, ModelOptionsParseAndDefault) {
 
 TEST(OptionsTest, ModelOptionsErrorsNameTheField) {
   EXPECT_EQ(error_of(parse_model_options(json::parse(R"({"arch": "vgg"})"), "config.model")),
-            "config.model.arch: must be one of cnn, resnet8, resnet18, resnet34 (got \"vgg\")");
+            "config.model.arch: must be one of cnn, resnet8, resnet18, resnet34, torchscript (got "
+            "\"vgg\")");
   EXPECT_EQ(error_of(parse_model_options(json::parse(R"({"depth": 3})"), "config.model")),
             "config.model.depth: unknown key");
   EXPECT_NE(error_of(parse_model_options(json::parse(R"({"feature_dim": -1})"), "config.model"))
