@@ -13,6 +13,7 @@
 #include "common/base/rng.h"
 #include "common/data/federated_data.h"
 #include "common/learning/model_options.h"
+#include "common/learning/models.h"
 #include "common/learning/run_config.h"
 #include "coordinator/options.h"
 #include "simulations/data_presence.h"
@@ -122,6 +123,13 @@ Status check_with_data(const CheckOptions& options, const FederatedData* data, u
   const bool sized = model.in_channels > 0 && model.image_size > 0 && model.num_classes > 0;
   if (sized) {
     FEDTAIL_RETURN_IF_ERROR(in_config(validate_model_options(model), "model"));
+    if (model.arch == kTorchScriptArch) {
+      // The user's module: loaded and probed now (convention, classes, input shape), so that a
+      // module without a head fails the pre-flight, not the run.
+      Rng rng(0);
+      Result<Model> built = make_model(model, rng);
+      if (!built.ok()) return in_config(built.status(), "model");
+    }
   } else {
     // Only the files tell the shape: check the rest of the options with stand-ins.
     ModelOptions stand_in = model;

@@ -259,15 +259,16 @@ std::vector<TensorLayout> model_layout(const torch::nn::Module& model) {
 
 Status pin_torchscript_model(ModelOptions* options) {
   if (options->arch != kTorchScriptArch) return Status::OK();
+  // The module first: its errors say what is wrong with the file ("model.path: ...").
+  ModelOptions unpinned = *options;
+  unpinned.layout.clear();
+  Rng rng(0);  // only the layout is used
+  FEDTAIL_ASSIGN_OR_RETURN(Model model, make_model(unpinned, rng));
   FEDTAIL_ASSIGN_OR_RETURN(std::string digest, file_sha256(options->path));
   if (!options->sha256.empty() && options->sha256 != digest) {
     return Status::InvalidArgument("model.sha256: the config says " + options->sha256 +
                                    ", the file " + options->path + " has " + digest);
   }
-  ModelOptions unpinned = *options;
-  unpinned.layout.clear();
-  Rng rng(0);  // only the layout is used
-  FEDTAIL_ASSIGN_OR_RETURN(Model model, make_model(unpinned, rng));
   options->sha256 = digest;
   options->layout = model_layout(*model);
   return Status::OK();
