@@ -13,6 +13,7 @@
 
 #include "common/base/json_reader.h"
 #include "common/learning/device.h"
+#include "common/learning/model_options.h"
 #include "coordinator/checkpoint.h"
 #include "coordinator/coordinator.h"
 #include "simulations/config_check.h"
@@ -256,8 +257,8 @@ Result<RunResult> Simulation::run_one(const StrategyEntry& entry, uint64_t seed)
   fs::create_directories(run_dir, ec);
   if (ec) return Status::IOError(run_dir + ": cannot create: " + ec.message());
   const std::string config_path = run_dir + "/config.json";
-  FEDTAIL_RETURN_IF_ERROR(coordinator::write_file_atomic(
-      config_path, run_config_for(plan_, entry, seed).dump(2) + "\n"));
+  const nlohmann::json run_config = run_config_for(plan_, entry, seed);
+  FEDTAIL_RETURN_IF_ERROR(coordinator::write_file_atomic(config_path, run_config.dump(2) + "\n"));
 
   coordinator::CoordinatorFlags flags;
   flags.config_path = config_path;
@@ -318,7 +319,6 @@ Result<RunResult> Simulation::run_one(const StrategyEntry& entry, uint64_t seed)
   pool_options.token_secret_file = credentials.token_secret;
   {
     // Absolute: a worker may run elsewhere (a Slurm step) with another working directory.
-    const nlohmann::json run_config = run_config_for(plan_, entry, seed);
     auto absolute_path = [](const std::string& p) {
       return p.empty() ? p : fs::absolute(p).lexically_normal().string();
     };
@@ -326,7 +326,7 @@ Result<RunResult> Simulation::run_one(const StrategyEntry& entry, uint64_t seed)
       pool_options.data_root = absolute_path(run_config["data"].value("root", ""));
     }
     if (run_config.contains("model") && run_config["model"].is_object() &&
-        run_config["model"].value("arch", "") == "torchscript") {
+        run_config["model"].value("arch", "") == kTorchScriptArch) {
       pool_options.model_path = absolute_path(run_config["model"].value("path", ""));
     }
   }
