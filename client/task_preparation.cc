@@ -17,6 +17,7 @@
 #include "common/base/json_reader.h"
 #include "common/base/rng.h"
 #include "common/data/dataset_readers.h"
+#include "common/learning/config_sections.h"
 #include "common/learning/device.h"
 #include "common/learning/model_options.h"
 #include "common/learning/torchscript_model.h"
@@ -45,9 +46,7 @@ Status TaskRunner::prepare(const v1::JoinResponse& join) {
     return parsed.status().with_context("the run config sent by the coordinator");
   }
   const nlohmann::json json = std::move(parsed).value();
-  FEDTAIL_ASSIGN_OR_RETURN(
-      RunConfig config,
-      parse_run_config(json, {"rounds", "strategy", "federation", "secagg", "privacy"}));
+  FEDTAIL_ASSIGN_OR_RETURN(RunConfig config, parse_run_config(json, coordinator_config_sections()));
 
   // config.strategy: {"name": ..., options...}; the factories get it without "name".
   const nlohmann::json strategy = config.extra.value("strategy", nlohmann::json::object());

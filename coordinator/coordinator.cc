@@ -6,6 +6,7 @@
 #include <filesystem>
 
 #include "common/base/json_reader.h"
+#include "common/learning/config_sections.h"
 #include "common/learning/device.h"
 #include "common/learning/torchscript_model.h"
 #include "common/wire/bundle_file.h"
@@ -70,8 +71,7 @@ Status Coordinator::init() {
   }
   if (flags_.rounds > 0 && config_json_.is_object()) config_json_["rounds"] = flags_.rounds;
   {
-    Result<RunConfig> parsed =
-        parse_run_config(config_json_, {"rounds", "strategy", "federation", "secagg", "privacy"});
+    Result<RunConfig> parsed = parse_run_config(config_json_, coordinator_config_sections());
     if (!parsed.ok()) return parsed.status().with_context(flags_.config_path);
     run_config_ = std::move(parsed).value();
   }
@@ -79,6 +79,14 @@ Status Coordinator::init() {
     Result<CoordinatorOptions> parsed = parse_coordinator_options(run_config_.extra);
     if (!parsed.ok()) return parsed.status().with_context(flags_.config_path);
     options_ = std::move(parsed).value();
+    // config.devices' traces are read from beside the config file when given relative.
+    const std::filesystem::path config_dir =
+        std::filesystem::absolute(flags_.config_path).parent_path();
+    for (std::string* trace : {&options_.devices.trace, &options_.devices.availability_trace}) {
+      if (!trace->empty() && std::filesystem::path(*trace).is_relative()) {
+        *trace = (config_dir / *trace).string();
+      }
+    }
   }
   config_sha256_ = config_digest(config_json_);
 
@@ -188,11 +196,13 @@ Status Coordinator::prepare_state_dir() {
                                         options_.strategy_name + "\"");
     }
     FEDTAIL_RETURN_IF_ERROR(truncate_metrics_lines(state_path(kMetricsFile), info.metrics_lines));
-    if (options_.privacy.enabled()) {
-      // The DP accountant's state is the last kept metrics line's "privacy" object.
+    {
+      // The engine goes on from the last kept metrics line: the simulated clock ("sim_time_s"),
+      // the asynchronous task count, and the DP accountant's state (the last "privacy" object).
       FEDTAIL_ASSIGN_OR_RETURN(std::vector<nlohmann::json> lines,
                                read_metrics_lines(state_path(kMetricsFile)));
-      for (auto it = lines.rbegin(); it != lines.rend(); ++it) {
+      if (!lines.empty() && lines.back().is_object()) resume_line_ = lines.back();
+      for (auto it = lines.rbegin(); options_.privacy.enabled() && it != lines.rend(); ++it) {
         if (it->is_object() && it->contains("privacy")) {
           privacy_state_ = (*it)["privacy"];
           break;
@@ -253,6 +263,11 @@ Status Coordinator::start() {
   engine_config.first_round = first_round_;
   engine_config.resumed = resumed_;
   engine_config.privacy_state = privacy_state_;
+  engine_config.resume_line = resume_line_;
+  if (options_.devices.enabled) {
+    FEDTAIL_ASSIGN_OR_RETURN(engine_config.devices,
+                             DeviceModel::create(options_.devices, run_config_.seed));
+  }
   engine_config.on_round_end = [this](int round, const nlohmann::json& line,
                                       const strategies::ServerStrategy& strategy) {
     return on_round_end(round, line, strategy);

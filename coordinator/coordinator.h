@@ -130,6 +130,7 @@ class Coordinator {
   std::unique_ptr<strategies::ServerStrategy> strategy_;
   int first_round_ = 1;
   bool resumed_ = false;
+  nlohmann::json resume_line_;      // on resume: the last kept metrics line (EngineConfig)
   nlohmann::json privacy_state_;    // on resume with config.privacy: the accountant (EngineConfig)
   double wall_seconds_before_ = 0;  // of earlier (resumed) runs
   std::function<void()> on_done_;

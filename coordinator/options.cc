@@ -112,6 +112,10 @@ Result<CoordinatorOptions> parse_coordinator_options(const nlohmann::json& secti
   FEDTAIL_ASSIGN_OR_RETURN(
       options.privacy,
       parse_privacy_options(privacy == sections.end() ? nlohmann::json() : *privacy));
+  auto devices = sections.find("devices");
+  FEDTAIL_ASSIGN_OR_RETURN(
+      options.devices, parse_device_options(devices == sections.end() ? nlohmann::json() : *devices,
+                                            "config.devices", ""));
   if (options.privacy.mode == PrivacyOptions::Mode::kDistributed && !options.secagg.enabled) {
     return Status::InvalidArgument(
         "config.privacy.mode: \"distributed\" needs the config.secagg section (without secure "

@@ -18,6 +18,7 @@
 #include <string>
 
 #include "common/base/status.h"
+#include "coordinator/device_model.h"
 #include "coordinator/privacy_options.h"
 
 namespace fedtail::coordinator {
@@ -83,10 +84,12 @@ struct CoordinatorOptions {
   FederationOptions federation;
   SecAggOptions secagg;    // config.secagg (coordinator/privacy_options.h)
   PrivacyOptions privacy;  // config.privacy
+  DeviceOptions
+      devices;  // config.devices: simulated devices and clock (coordinator/device_model.h)
 };
 
-// Reads the "rounds", "strategy", "federation", "secagg" and "privacy" keys of `sections`
-// (RunConfig::extra, or the whole config object: other keys are ignored). Errors are
+// Reads the "rounds", "strategy", "federation", "secagg", "privacy" and "devices" keys of
+// `sections` (RunConfig::extra, or the whole config object: other keys are ignored). Errors are
 // kInvalidArgument naming the JSON path, "config.<key>...": a missing "rounds" or "strategy.name",
 // a wrong type, an unknown key in "federation", or an absurd value (rounds < 1,
 // min_available_clients < 1, a timeout <= 0, client_timeout_s not above the poll timeout and

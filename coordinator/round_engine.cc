@@ -34,6 +34,14 @@ uint64_t unix_ms_after(double seconds) {
       std::chrono::duration_cast<std::chrono::milliseconds>(at.time_since_epoch()).count());
 }
 
+// A phase's wall time and where it went, as "<phase>_s", "<phase>_compute_s", "<phase>_upload_s".
+void put_phase_timing(nlohmann::json* timing, const char* phase, double wall_s,
+                      const PhaseTiming& t) {
+  (*timing)[std::string(phase) + "_s"] = wall_s;
+  (*timing)[std::string(phase) + "_compute_s"] = t.compute_s;
+  (*timing)[std::string(phase) + "_upload_s"] = t.upload_s;
+}
+
 std::shared_ptr<const PayloadDigest> digest_of(const TensorBundle& bundle) {
   return std::make_shared<const PayloadDigest>(payload_digest(bundle));
 }
@@ -177,10 +185,28 @@ Status RoundEngine::run_rounds() {
     Status status = strategy_->resume(context);
     if (!status.ok()) return status.with_context("strategy " + options.strategy_name + ": resume");
   }
-  FEDTAIL_RETURN_IF_ERROR(prepare_privacy());
-  for (int round = config_.first_round; round <= options.rounds; ++round) {
-    if (stop_.load() || privacy_budget_spent_) break;
-    FEDTAIL_RETURN_IF_ERROR(run_round(round));
+  if (config_.devices && (options.secagg.enabled || options.privacy.enabled())) {
+    return Status::FailedPrecondition(
+        "config.devices: simulated devices do not combine with config.secagg or config.privacy "
+        "yet");
+  }
+  if (config_.resume_line.is_object()) {
+    sim_now_ = config_.resume_line.value("sim_time_s", 0.0);
+    async_tasks_ = config_.resume_line.value("tasks_issued", uint64_t{0});
+  }
+  if (auto* async = dynamic_cast<strategies::AsyncStrategy*>(strategy_)) {
+    if (options.secagg.enabled || options.privacy.enabled()) {
+      return Status::FailedPrecondition(
+          "strategy " + options.strategy_name +
+          " is asynchronous: secure aggregation and differential privacy need synchronous rounds");
+    }
+    FEDTAIL_RETURN_IF_ERROR(run_async(async));
+  } else {
+    FEDTAIL_RETURN_IF_ERROR(prepare_privacy());
+    for (int round = config_.first_round; round <= options.rounds; ++round) {
+      if (stop_.load() || privacy_budget_spent_) break;
+      FEDTAIL_RETURN_IF_ERROR(run_round(round));
+    }
   }
   if (stop_.load()) {
     return Status::Unavailable("stopped after round " + std::to_string(completed_round_) + " of " +
@@ -212,6 +238,18 @@ bool RoundEngine::wait_for_clients(int needed, const char* why) {
   return false;
 }
 
+std::vector<strategies::ClientInfo> RoundEngine::clients_now() const {
+  std::vector<strategies::ClientInfo> clients = registry_->available_clients();
+  if (config_.devices) {
+    clients.erase(std::remove_if(clients.begin(), clients.end(),
+                                 [this](const strategies::ClientInfo& client) {
+                                   return !config_.devices->available(client.id, sim_now_);
+                                 }),
+                  clients.end());
+  }
+  return clients;
+}
+
 Status RoundEngine::run_round(int round) {
   const CoordinatorOptions& options = config_.options;
   const uint64_t seed = config_.run_config->seed;
@@ -227,7 +265,7 @@ Status RoundEngine::run_round(int round) {
   int needed = 0;  // min_available_clients()
   for (;;) {
     if (!wait_for_clients(needed, "")) return Status::OK();  // stopped
-    std::vector<strategies::ClientInfo> available = registry_->available_clients();
+    std::vector<strategies::ClientInfo> available = clients_now();
     Rng rng = Rng::derive(seed, "fit", {static_cast<uint64_t>(round)});
     Result<std::vector<strategies::TaskSpec>> configured =
         strategy_->configure_fit(round, available, rng);
@@ -237,6 +275,22 @@ Status RoundEngine::run_round(int round) {
     }
     if (configured.status().code() != StatusCode::kFailedPrecondition) {
       return configured.status().with_context(where + ": configure_fit");
+    }
+    if (config_.devices) {
+      // Too few clients are on at this simulated time: the clock moves to when another comes on.
+      std::set<std::string> on;
+      for (const auto& client : available) on.insert(client.id);
+      std::vector<std::string> off;
+      for (const auto& client : registry_->available_clients()) {
+        if (!on.count(client.id)) off.push_back(client.id);
+      }
+      std::optional<double> next = config_.devices->next_online(off, sim_now_);
+      if (next) {
+        spdlog::info("{}: {} (simulated time {:.1f} s); the clock moves to {:.1f} s", where,
+                     configured.status().message(), sim_now_, *next);
+        sim_now_ = *next;
+        continue;
+      }
     }
     // Too few clients for the strategy: wait for one more than there are now.
     needed = std::max(static_cast<int>(available.size()) + 1, min_available_clients());
@@ -257,18 +311,11 @@ Status RoundEngine::run_round(int round) {
                          {"rounds", options.rounds},
                          {"strategy", options.strategy_name},
                          {"run_id", config_.run_id}};
-  int fit_failures = 0;
-  int fit_selected = 0;
   uint64_t bytes_down = 0;  // payload bytes of the round's tasks and results
   uint64_t bytes_up = 0;
   // Where the round's time went: phase walls (seconds on the engine's clock) and, per phase, the
   // sums over accepted results of the clients' compute, the uploads and the strategy's fold.
   nlohmann::json timing = nlohmann::json::object();
-  auto put_phase_timing = [&timing](const char* phase, double wall_s, const PhaseTiming& t) {
-    timing[std::string(phase) + "_s"] = wall_s;
-    timing[std::string(phase) + "_compute_s"] = t.compute_s;
-    timing[std::string(phase) + "_upload_s"] = t.upload_s;
-  };
   if (specs.empty()) {
     spdlog::info("{}: the strategy selected no client; training skipped", where);
     line["fit"] = {{"selected", 0},
@@ -305,10 +352,8 @@ Status RoundEngine::run_round(int round) {
       metrics = aggregation->finish(outcome->failures);
     }
     if (!metrics.ok()) return metrics.status().with_context(where + ": aggregation finish");
-    put_phase_timing("fit", seconds_since(fit_start), outcome->timing);
+    put_phase_timing(&timing, "fit", seconds_since(fit_start), outcome->timing);
     timing["aggregate_s"] = outcome->timing.aggregate_s + seconds_since(finish_start);
-    fit_failures = static_cast<int>(outcome->failures.size());
-    fit_selected = outcome->selected;
     line["fit"] = {{"selected", outcome->selected},
                    {"updates", outcome->answered},
                    {"failures", failures_json(outcome->failures)},
@@ -317,13 +362,29 @@ Status RoundEngine::run_round(int round) {
                    {"metrics", *metrics}};
     bytes_down += outcome->bytes_down;
     bytes_up += outcome->bytes_up;
+    sim_now_ += outcome->sim_seconds;
   }
   if (stop_.load()) return Status::OK();
 
   const bool evaluate =
       round % config_.run_config->eval.every == 0 || round == options.rounds || last_private_round;
   if (evaluate) {
-    std::vector<strategies::ClientInfo> available = registry_->available_clients();
+    FEDTAIL_RETURN_IF_ERROR(
+        evaluate_round(round, /*federated=*/true, &line, &timing, &bytes_down, &bytes_up));
+  }
+  if (stop_.load()) return Status::OK();
+  return finish_line(round, where, started, std::move(line), std::move(timing), bytes_down,
+                     bytes_up);
+}
+
+Status RoundEngine::evaluate_round(int round, bool federated, nlohmann::json* line,
+                                   nlohmann::json* timing, uint64_t* bytes_down,
+                                   uint64_t* bytes_up) {
+  const uint64_t seed = config_.run_config->seed;
+  const std::string where =
+      "round " + std::to_string(round) + "/" + std::to_string(config_.options.rounds);
+  if (federated) {
+    std::vector<strategies::ClientInfo> available = clients_now();
     Rng rng = Rng::derive(seed, "evaluate", {static_cast<uint64_t>(round)});
     Result<std::vector<strategies::TaskSpec>> especs =
         strategy_->configure_evaluate(round, available, rng);
@@ -339,19 +400,21 @@ Status RoundEngine::run_round(int round) {
         if (stop_.load()) return Status::OK();
         return outcome.status();
       }
-      put_phase_timing("evaluate", seconds_since(evaluate_start), outcome->timing);
+      put_phase_timing(timing, "evaluate", seconds_since(evaluate_start), outcome->timing);
       Result<nlohmann::json> metrics =
           strategy_->aggregate_evaluate(round, outcome->reports, outcome->failures);
       if (!metrics.ok()) return metrics.status().with_context(where + ": aggregate_evaluate");
-      line["evaluate"] = {{"selected", outcome->selected},
-                          {"reports", outcome->answered},
-                          {"failures", failures_json(outcome->failures)},
-                          {"bytes_down", outcome->bytes_down},
-                          {"bytes_up", outcome->bytes_up},
-                          {"metrics", *metrics}};
-      bytes_down += outcome->bytes_down;
-      bytes_up += outcome->bytes_up;
+      (*line)["evaluate"] = {{"selected", outcome->selected},
+                             {"reports", outcome->answered},
+                             {"failures", failures_json(outcome->failures)},
+                             {"bytes_down", outcome->bytes_down},
+                             {"bytes_up", outcome->bytes_up},
+                             {"metrics", *metrics}};
+      *bytes_down += outcome->bytes_down;
+      *bytes_up += outcome->bytes_up;
     }
+  }
+  {
     if (config_.server_test != nullptr && config_.options.federation.server_eval) {
       strategies::ServerEvalContext context;
       context.test = config_.server_test;
@@ -361,13 +424,21 @@ Status RoundEngine::run_round(int round) {
       const SteadyClock::time_point server_eval_start = SteadyClock::now();
       Result<nlohmann::json> metrics = strategy_->evaluate(round, context);
       if (!metrics.ok()) return metrics.status().with_context(where + ": server evaluation");
-      timing["server_eval_s"] = seconds_since(server_eval_start);
-      line["server_eval"] = *metrics;
+      (*timing)["server_eval_s"] = seconds_since(server_eval_start);
+      (*line)["server_eval"] = *metrics;
     }
   }
-  if (stop_.load()) return Status::OK();
+  return Status::OK();
+}
 
+Status RoundEngine::finish_line(int round, const std::string& where,
+                                SteadyClock::time_point started, nlohmann::json line,
+                                nlohmann::json timing, uint64_t bytes_down, uint64_t bytes_up) {
   const double seconds = seconds_since(started);
+  if (config_.devices) {
+    line["sim_time_s"] = sim_now_;
+    line["clients_on"] = clients_now().size();  // connected and available at sim_time_s
+  }
   line["seconds"] = seconds;
   line["bytes"] = {{"down", bytes_down}, {"up", bytes_up}};
   line["timing"] = std::move(timing);
@@ -376,9 +447,15 @@ Status RoundEngine::run_round(int round) {
   std::optional<double> loss = number_at(line, {"fit", "metrics", "loss"});
   std::optional<double> generic = number_at(line, {"server_eval", "generic", "overall"});
   std::optional<double> personal = number_at(line, {"evaluate", "metrics", "personalized", "mean"});
-  spdlog::info("{}: {} clients, {} failures, loss {}, accuracy {}{}, {:.1f} s", where, fit_selected,
-               fit_failures, format_number(loss, "%.4f"), format_number(generic, "%.4f"),
-               personal ? " (personalized " + format_number(personal, "%.4f") + ")" : "", seconds);
+  const int fit_selected = line["fit"].value("selected", 0);
+  const size_t fit_failures =
+      line["fit"].contains("failures") ? line["fit"]["failures"].size() : size_t{0};
+  spdlog::info("{}: {} clients, {} failures, loss {}, accuracy {}{}, {:.1f} s{}", where,
+               fit_selected, fit_failures, format_number(loss, "%.4f"),
+               format_number(generic, "%.4f"),
+               personal ? " (personalized " + format_number(personal, "%.4f") + ")" : "", seconds,
+               config_.devices ? " (simulated time " + format_number(sim_now_, "%.1f") + " s)"
+                               : std::string());
   if (const uint64_t refused = line["refused"]["total"].get<uint64_t>(); refused > 0) {
     spdlog::warn("{}: {} input(s) refused since the last round: {}", where, refused,
                  describe_refusals(line["refused"]));
@@ -420,25 +497,10 @@ Result<RoundEngine::PhaseOutcome> RoundEngine::run_phase(
     phase_since_ = std::chrono::system_clock::now();
     std::set<std::string> seen;
     for (const strategies::TaskSpec& spec : specs) {
-      auto task = std::make_shared<Task>();
-      task->id = incarnation_ + "-r" + std::to_string(round) + "-" + task_kind_name(kind) + "-" +
-                 spec.client_id;
-      task->kind = kind;
-      task->round = round;
-      task->strategy = config_.options.strategy_name;
-      task->client_id = spec.client_id;
-      task->config_json = spec.config.is_null() ? "{}" : spec.config.dump();
-      task->deadline_unix_ms = deadline_unix_ms;
-      if (kind == TaskKind::kFit) task->expected_update = spec.expected_update;
-      if (spec.bundle) {
-        auto& digest = digests[spec.bundle.get()];
-        if (!digest) digest = digest_of(*spec.bundle);
-        task->bundle = spec.bundle;
-        task->digest = digest;
-      } else {
-        task->bundle = empty_bundle_;
-        task->digest = empty_digest_;
-      }
+      std::shared_ptr<const Task> task =
+          make_task(incarnation_ + "-r" + std::to_string(round) + "-" + task_kind_name(kind) + "-" +
+                        spec.client_id,
+                    round, kind, spec, deadline_unix_ms, &digests);
       if (!seen.insert(spec.client_id).second) {
         spdlog::warn("{}: the strategy gave client \"{}\" two tasks; the second is ignored", where,
                      spec.client_id);
@@ -446,6 +508,7 @@ Result<RoundEngine::PhaseOutcome> RoundEngine::run_phase(
       }
       TaskEntry entry;
       entry.task = task;
+      entry.sim_start = sim_now_;
       auto [it, inserted] = phase_->tasks.emplace(task->id, std::move(entry));
       ++phase_->selected;
       ++phase_->pending;
@@ -510,6 +573,17 @@ Result<RoundEngine::PhaseOutcome> RoundEngine::run_phase(
     }
     outcome.selected = phase.selected;
     outcome.answered = phase.selected - static_cast<int>(phase.failures.size());
+    if (config_.devices && kind == TaskKind::kFit) {
+      // The phase lasts, on the simulated clock, until its last result arrives or its last client
+      // goes off; at most devices.deadline_s.
+      for (const auto& [id, entry] : phase.tasks) {
+        if (entry.sim_end >= 0) {
+          outcome.sim_seconds = std::max(outcome.sim_seconds, entry.sim_end - entry.sim_start);
+        }
+      }
+      const double deadline_s = config_.devices->options().deadline_s;
+      if (deadline_s > 0) outcome.sim_seconds = std::min(outcome.sim_seconds, deadline_s);
+    }
     outcome.bytes_down = phase.bytes_down;
     outcome.bytes_up = phase.bytes_up;
     outcome.timing = phase.timing;
@@ -528,6 +602,31 @@ Result<RoundEngine::PhaseOutcome> RoundEngine::run_phase(
             [](const auto& a, const auto& b) { return a.client_id < b.client_id; });
   if (stop_.load()) return Status::Unavailable(where + ": stopped");
   return outcome;
+}
+
+std::shared_ptr<const Task> RoundEngine::make_task(
+    std::string id, int round, TaskKind kind, const strategies::TaskSpec& spec,
+    uint64_t deadline_unix_ms,
+    std::map<const TensorBundle*, std::shared_ptr<const PayloadDigest>>* digests) const {
+  auto task = std::make_shared<Task>();
+  task->id = std::move(id);
+  task->kind = kind;
+  task->round = round;
+  task->strategy = config_.options.strategy_name;
+  task->client_id = spec.client_id;
+  task->config_json = spec.config.is_null() ? "{}" : spec.config.dump();
+  task->deadline_unix_ms = deadline_unix_ms;
+  if (kind == TaskKind::kFit) task->expected_update = spec.expected_update;
+  if (spec.bundle) {
+    auto& digest = (*digests)[spec.bundle.get()];
+    if (!digest) digest = digest_of(*spec.bundle);
+    task->bundle = spec.bundle;
+    task->digest = digest;
+  } else {
+    task->bundle = empty_bundle_;
+    task->digest = empty_digest_;
+  }
+  return task;
 }
 
 void RoundEngine::finish_run() {

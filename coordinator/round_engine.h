@@ -23,6 +23,30 @@
 // Every random choice is derived from (seed, purpose, round), and aggregation is order-independent,
 // so a run resumed at round r+1 from round r's checkpoint behaves as the uninterrupted run.
 //
+// Simulated time (config "devices", coordinator/device_model.h): the engine keeps a simulated
+// clock. A task handed out at simulated time t arrives at t + DeviceModel::task_seconds(...) (the
+// client's measured or modeled compute, its bandwidth and latency); a synchronous round's fit
+// phase lasts until its last arrival, or devices.deadline_s when set (later results are refused as
+// late on the simulated clock and the round ends at the deadline). A client is offered tasks only
+// while its availability says it is on; one that goes off before its result would arrive fails
+// ("offline"). Evaluation takes no simulated time. Each metrics line carries "sim_time_s" and
+// "clients_on" (the connected clients available at that time). The real
+// transport still carries every task and result, as fast as the machine allows: the clock only
+// decides what counts and in which order, never sleeps.
+//
+// Asynchronous runs (a strategy that implements strategies::AsyncStrategy, e.g. fedbuff): one
+// long fit phase whose tasks are handed out as slots free up (max_concurrency in flight, clients
+// drawn with Rng::derive(seed, "async", {task number}); a task's "round" on the wire is its task
+// number, so each draws its own client-side randomness). Results are processed one at a time in
+// arrival order: real arrival without devices; simulated arrival with devices, a result being
+// processed only once no task still running could arrive before it (the task's lower bound,
+// DeviceModel::task_seconds_lower_bound), so the order is the simulated clock's whatever the real
+// timing. An update staler than max_staleness versions is refused and counted; the others go to
+// the strategy's buffer; a full buffer is one server step: "rounds" counts steps, each with its
+// metrics line and checkpoint. Tasks in flight when a run stops are not saved: a resumed run hands
+// out fresh ones (from the checkpointed model, at the checkpointed simulated time). Federated
+// evaluation runs once, after the last step.
+//
 // Threading: start()/wait()/request_stop() from the owner's thread; the service methods from any
 // thread (gRPC's callback threads), concurrently. The strategy is called from the engine thread
 // only, except Aggregation::add, which runs on the uploading thread under fold_mu_ (one at a time).
@@ -55,6 +79,7 @@
 #include "common/privacy/rdp_accountant.h"
 #include "common/wire/bundle_codec.h"
 #include "coordinator/client_registry.h"
+#include "coordinator/device_model.h"
 #include "coordinator/options.h"
 #include "coordinator/poll_waiters.h"
 #include "coordinator/refusals.h"
@@ -62,6 +87,7 @@
 #include "coordinator/upload_gate.h"
 #include "coordinator/upload_watch.h"
 #include "fedtail/v1/federation.pb.h"
+#include "strategies/async_strategy.h"
 #include "strategies/strategy.h"
 
 namespace fedtail::coordinator {
@@ -85,6 +111,11 @@ struct EngineConfig {
   // On resume with config.privacy: the "privacy" object of the last kept metrics line (the
   // accountant's state: "rdp", "steps", "clip_norm"); null otherwise.
   nlohmann::json privacy_state;
+  // On resume: the last kept metrics line (its "sim_time_s" and "tasks_issued" are continued);
+  // null otherwise.
+  nlohmann::json resume_line;
+  // Simulated devices and clock (config.devices); null: none, real time only.
+  std::shared_ptr<const DeviceModel> devices;
   // Called on the engine thread after each round with the round and its metrics line; a non-OK
   // status ends the run with that status. Empty: nothing is called.
   std::function<Status(int round, const nlohmann::json& line,
@@ -245,9 +276,23 @@ class RoundEngine {
     // Outcome, when kDone.
     bool received = false;  // a push of it arrived (so a later push is a duplicate)
     bool accepted = false;
-    std::string reason;      // why it failed or was refused
-    int stalls = 0;          // uploads of it that UploadWatch stopped
-    std::string last_stall;  // why the last one was stopped
+    std::string reason;       // why it failed or was refused
+    int stalls = 0;           // uploads of it that UploadWatch stopped
+    std::string last_stall;   // why the last one was stopped
+    uint64_t done_order = 0;  // when it became kDone, counting from 1 within the phase
+    // Simulated clock (config.devices): when the task was handed out, a lower bound of its
+    // arrival, and, once known, when it arrived or failed (< 0: unknown, or a real-time failure).
+    double sim_start = 0;
+    double sim_lower = 0;
+    double sim_end = -1;
+    // Asynchronous runs: the model version it was handed, its task number, when it was handed out
+    // (real clock, for federation.round_timeout_s), its accepted update until the engine thread
+    // processes it, and whether it has been.
+    int64_t version = 0;
+    uint64_t seq = 0;
+    SteadyClock::time_point issued;
+    std::shared_ptr<strategies::ClientUpdate> held;
+    bool consumed = false;
   };
   struct Phase {
     int round = 0;
@@ -261,6 +306,8 @@ class RoundEngine {
     std::vector<strategies::ClientFailure> failures;
     std::vector<strategies::EvalReport> reports;
     strategies::Aggregation* aggregation = nullptr;  // fit only; owned by the engine thread
+    bool hold = false;  // asynchronous: accepted updates are held in their TaskEntry, not folded
+    uint64_t done_count = 0;  // tasks that became kDone (TaskEntry::done_order)
     uint64_t bytes_down = 0;  // payload bytes of the tasks handed out (re-deliveries count again)
     uint64_t bytes_up = 0;    // payload bytes of the results received whole
     PhaseTiming timing;
@@ -273,6 +320,7 @@ class RoundEngine {
     PhaseTiming timing;
     std::vector<strategies::ClientFailure> failures;
     std::vector<strategies::EvalReport> reports;
+    double sim_seconds = 0;  // simulated duration of the phase (devices only)
   };
   struct Delivery {
     PollWaiters::Callback done;
@@ -290,6 +338,27 @@ class RoundEngine {
   Result<PhaseOutcome> run_phase(int round, TaskKind kind,
                                  const std::vector<strategies::TaskSpec>& specs,
                                  strategies::Aggregation* aggregation, double timeout_s = 0);
+
+  // A task for `spec` (its bundle's digest computed once per bundle, cached in *digests).
+  std::shared_ptr<const Task> make_task(
+      std::string id, int round, TaskKind kind, const strategies::TaskSpec& spec,
+      uint64_t deadline_unix_ms,
+      std::map<const TensorBundle*, std::shared_ptr<const PayloadDigest>>* digests) const;
+  // Federated evaluation (when `federated`) and server-side evaluation after round `round`, into
+  // *line; adds the phases' timing and bytes.
+  Status evaluate_round(int round, bool federated, nlohmann::json* line, nlohmann::json* timing,
+                        uint64_t* bytes_down, uint64_t* bytes_up);
+  // Completes the round's metrics line (seconds, bytes, timing, refusals, sim_time_s), logs it and
+  // hands it to on_round_end.
+  Status finish_line(int round, const std::string& where, SteadyClock::time_point started,
+                     nlohmann::json line, nlohmann::json timing, uint64_t bytes_down,
+                     uint64_t bytes_up);
+  // The connected clients that may take a task now: all of them without devices, those available
+  // at the simulated time sim_now_ with devices.
+  std::vector<strategies::ClientInfo> clients_now() const;
+
+  // Asynchronous runs (round_engine_async.cc).
+  Status run_async(strategies::AsyncStrategy* async);
 
   // Secure aggregation and differential privacy (round_engine_private.cc).
   struct PrivateFit {
@@ -324,6 +393,13 @@ class RoundEngine {
   // With mu_ held.
   void expire_sessions_locked();
   void fail_locked(TaskEntry& entry, const std::string& reason);
+  // Marks `entry` kDone (accepted or not): its done_order, the phase's pending count.
+  void mark_done_locked(TaskEntry& entry);
+  // Simulated clock: where a result of `entry` arrives (sim_end), and the reason it does not count
+  // (offline before it arrives, or after devices.deadline_s of a synchronous fit), if any.
+  std::optional<std::string> settle_simulated_locked(TaskEntry& entry,
+                                                     const nlohmann::json& metrics,
+                                                     int64_t num_examples, uint64_t bytes_up);
   void requeue_locked(TaskEntry& entry, std::vector<Delivery>* deliveries);
   TaskEntry* find_current_locked(const std::string& task_id);
   static void deliver(std::vector<Delivery>& deliveries);
@@ -345,7 +421,9 @@ class RoundEngine {
   std::atomic<bool> stop_{false};
   std::atomic<uint64_t> wakeups_{0};
   std::atomic<int> min_available_override_{0};  // > 0: replaces federation.min_available_clients
-  int completed_round_ = 0;  // engine thread only: the last round whose checkpoint was written
+  int completed_round_ = 0;   // engine thread only: the last round whose checkpoint was written
+  double sim_now_ = 0;        // engine thread only: the simulated clock (devices), seconds
+  uint64_t async_tasks_ = 0;  // engine thread only: asynchronous tasks handed out so far
   // Engine thread only: differential privacy's state (config.privacy).
   privacy::RdpAccountant accountant_;
   double dp_clip_norm_ = 0;            // the current clip norm (adaptive clipping changes it)

@@ -53,13 +53,52 @@ RoundEngine::TaskEntry* RoundEngine::find_current_locked(const std::string& task
   return it == phase_->tasks.end() ? nullptr : &it->second;
 }
 
+void RoundEngine::mark_done_locked(TaskEntry& entry) {
+  entry.state = TaskEntry::State::kDone;
+  entry.done_order = ++phase_->done_count;
+  --phase_->pending;
+}
+
+std::optional<std::string> RoundEngine::settle_simulated_locked(TaskEntry& entry,
+                                                                const nlohmann::json& metrics,
+                                                                int64_t num_examples,
+                                                                uint64_t bytes_up) {
+  const DeviceModel& devices = *config_.devices;
+  const Task& task = *entry.task;
+  double compute_s = 0;
+  if (auto c = metrics.find("compute_s"); c != metrics.end() && c->is_number()) {
+    compute_s = std::max(0.0, c->get<double>());
+  }
+  const int64_t examples = num_examples * std::max(1, config_.run_config->local.epochs);
+  const double seconds = devices.task_seconds(task.client_id, compute_s, examples,
+                                              task.bundle->payload_bytes(), bytes_up);
+  const double arrival = entry.sim_start + seconds;
+  if (std::optional<double> off = devices.next_offline(task.client_id, entry.sim_start, arrival)) {
+    entry.sim_end = *off;
+    char text[128];
+    std::snprintf(text, sizeof(text),
+                  "offline (simulated): went off at %.1f s, before its result at %.1f s", *off,
+                  arrival);
+    return std::string(text);
+  }
+  entry.sim_end = arrival;
+  const double deadline_s = devices.options().deadline_s;
+  if (!phase_->hold && deadline_s > 0 && seconds > deadline_s) {
+    char text[128];
+    std::snprintf(text, sizeof(text),
+                  "late (simulated): its result took %.1f s, the round's deadline is %g s", seconds,
+                  deadline_s);
+    return std::string(text);
+  }
+  return std::nullopt;
+}
+
 void RoundEngine::fail_locked(TaskEntry& entry, const std::string& reason) {
   if (entry.state == TaskEntry::State::kDone) return;
-  entry.state = TaskEntry::State::kDone;
+  mark_done_locked(entry);
   entry.accepted = false;
   entry.reason = reason;
   phase_->failures.push_back({entry.task->client_id, reason});
-  --phase_->pending;
   spdlog::warn("round {} {}: client {} failed: {}", entry.task->round,
                task_kind_name(entry.task->kind), entry.task->client_id, reason);
   cv_.notify_all();
@@ -145,8 +184,12 @@ RoundEngine::PullStart RoundEngine::pull(const SessionView& session,
       while (!queue->second.empty()) {
         const std::string id = std::move(queue->second.front());
         queue->second.pop_front();
-        TaskEntry& entry = phase_->tasks.at(id);
-        if (entry.state != TaskEntry::State::kQueued) continue;  // failed meanwhile
+        auto found = phase_->tasks.find(id);
+        // Failed meanwhile (and, in an asynchronous run, perhaps processed and removed).
+        if (found == phase_->tasks.end() || found->second.state != TaskEntry::State::kQueued) {
+          continue;
+        }
+        TaskEntry& entry = found->second;
         entry.state = TaskEntry::State::kDelivered;
         entry.delivered_to = session.token;
         phase_->bytes_down += entry.task->bundle->payload_bytes();
@@ -360,7 +403,24 @@ v1::PushResultResponse RoundEngine::complete_push(std::unique_ptr<PendingUpload>
       c != upload->metrics_.end() && c->is_number() && c->get<double>() >= 0) {
     phase_->timing.compute_s += c->get<double>();
   }
-  if (task.kind == TaskKind::kFit) {
+  if (config_.devices && task.kind == TaskKind::kFit) {
+    if (std::optional<std::string> reason = settle_simulated_locked(
+            *entry, upload->metrics_, upload->num_examples_, bundle->payload_bytes())) {
+      // Not a refusal of the client's input: on the simulated clock its result never came.
+      entry->received = true;
+      fail_locked(*entry, *reason);
+      return make_response(/*accepted=*/false, /*duplicate=*/false, *reason);
+    }
+  }
+  if (task.kind == TaskKind::kFit && phase_->hold) {
+    // Asynchronous: the engine thread processes it in order (round_engine_async.cc).
+    auto update = std::make_shared<strategies::ClientUpdate>();
+    update->client_id = task.client_id;
+    update->num_examples = upload->num_examples_;
+    update->bundle = std::move(bundle).value();
+    update->metrics = std::move(upload->metrics_);
+    entry->held = std::move(update);
+  } else if (task.kind == TaskKind::kFit) {
     strategies::ClientUpdate update;
     update.client_id = task.client_id;
     update.num_examples = upload->num_examples_;
@@ -394,10 +454,9 @@ v1::PushResultResponse RoundEngine::complete_push(std::unique_ptr<PendingUpload>
     report.metrics = std::move(upload->metrics_);
     phase_->reports.push_back(std::move(report));
   }
-  entry->state = TaskEntry::State::kDone;
+  mark_done_locked(*entry);
   entry->received = true;
   entry->accepted = true;
-  --phase_->pending;
   cv_.notify_all();
   spdlog::debug("round {} {}: result of {} accepted", task.round, task_kind_name(task.kind),
                 task.client_id);

@@ -12,9 +12,11 @@
 
 #include "common/base/rng.h"
 #include "common/data/federated_data.h"
+#include "common/learning/config_sections.h"
 #include "common/learning/model_options.h"
 #include "common/learning/models.h"
 #include "common/learning/run_config.h"
+#include "coordinator/device_model.h"
 #include "coordinator/options.h"
 #include "simulations/data_presence.h"
 #include "strategies/registry.h"
@@ -24,8 +26,7 @@ namespace fedtail::simulation {
 namespace {
 
 // The run config keys the coordinator owns (coordinator/options.h).
-const std::vector<std::string> kCoordinatorKeys = {"rounds", "strategy", "federation", "secagg",
-                                                   "privacy"};
+const std::vector<std::string>& kCoordinatorKeys = coordinator_config_sections();
 
 // What an entry's checks without data leave for the checks with it.
 struct Pending {
@@ -89,6 +90,28 @@ Status guarded(const std::string& what, F&& check) {
   }
 }
 
+// The traces of the run's simulated devices, read as its coordinator will read them. Errors name
+// config.simulation.devices (make_plan copies it into every run's "devices", the paths absolute).
+Status check_device_traces(const coordinator::DeviceOptions& devices, uint64_t seed) {
+  using coordinator::DeviceModel;
+  using coordinator::DeviceOptions;
+  if (!devices.enabled) return Status::OK();
+  DeviceOptions device_trace = devices;  // without the availability trace
+  device_trace.availability = DeviceOptions::Availability::kAlways;
+  Result<std::unique_ptr<DeviceModel>> with_devices = DeviceModel::create(device_trace, seed);
+  if (!with_devices.ok()) {
+    return with_devices.status().with_context("config.simulation.devices.trace");
+  }
+  DeviceOptions availability_trace = devices;  // without the device trace
+  availability_trace.trace.clear();
+  Result<std::unique_ptr<DeviceModel>> with_availability =
+      DeviceModel::create(availability_trace, seed);
+  if (!with_availability.ok()) {
+    return with_availability.status().with_context("config.simulation.devices.availability.trace");
+  }
+  return Status::OK();
+}
+
 // Steps 1 and 2 of the header's list for one entry. Fills *pending; the first failure otherwise.
 Status check_without_data(const SimulationPlan& plan, const StrategyEntry& entry, uint64_t seed,
                           EntryCheck* out, Pending* pending) {
@@ -97,6 +120,7 @@ Status check_without_data(const SimulationPlan& plan, const StrategyEntry& entry
   pending->parsed = true;
   out->model = model_name(pending->run.model);
   FEDTAIL_ASSIGN_OR_RETURN(pending->coordinator, coordinator::parse_coordinator_options(config));
+  FEDTAIL_RETURN_IF_ERROR(check_device_traces(pending->coordinator.devices, seed));
   const std::string& name = pending->coordinator.strategy_name;
   const nlohmann::json& options = pending->coordinator.strategy_config;
   Result<std::unique_ptr<strategies::ServerStrategy>> server =

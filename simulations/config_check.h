@@ -4,7 +4,8 @@
 //
 // For every strategy entry of the plan (make_plan, the command line applied), with the plan's
 // first seed:
-//   1. its run config and coordinator options (as make_plan checks them);
+//   1. its run config and coordinator options (as make_plan checks them), and the traces of its
+//      simulated devices (config.simulation.devices: read as the coordinator reads them);
 //   2. the strategy's factories, server and client (strategies/registry.h: its options);
 //   3. the model options, sized from the built data set as the coordinator sizes them, else from
 //      what the dataset's name tells (data_presence.h, known_shape), then validate_model_options;

@@ -251,6 +251,8 @@ int main(int argc, char** argv) {
   for (std::string& plugin : options.plugins) {
     plugin = std::filesystem::absolute(plugin).string();  // workers run elsewhere
   }
+  // simulation.devices' trace paths are relative to the config file.
+  options.plan.config_dir = std::filesystem::path(options.config_path).parent_path().string();
   if (check_only) {
     // The libraries' info lines would drown the report: warnings only, unless asked.
     const std::string level = app.count("--log-level") > 0 ? options.log_level : "warn";

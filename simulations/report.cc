@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "common/base/subprocess.h"
+#include "simulations/report_time.h"
 
 namespace fedtail::simulation {
 namespace {
@@ -184,21 +185,6 @@ nlohmann::json seconds_per_round(const std::vector<nlohmann::json>& lines) {
   return out;
 }
 
-// {"mean", "std", "n"} of the numbers in `values` (std: sample standard deviation, null for n < 2).
-nlohmann::json mean_std(const std::vector<double>& values) {
-  if (values.empty()) return {{"mean", nullptr}, {"std", nullptr}, {"n", 0}};
-  double sum = 0;
-  for (double v : values) sum += v;
-  const double mean = sum / values.size();
-  nlohmann::json out = {{"mean", mean}, {"std", nullptr}, {"n", values.size()}};
-  if (values.size() > 1) {
-    double sq = 0;
-    for (double v : values) sq += (v - mean) * (v - mean);
-    out["std"] = std::sqrt(sq / (values.size() - 1));
-  }
-  return out;
-}
-
 // Rows of one table kind ("generic" or "personalized") of the runs' `models` field ("models":
 // final, "models_best", "models_last10"): per label, per model key, per column.
 nlohmann::json table_rows(const nlohmann::json& runs, const std::vector<std::string>& labels,
@@ -222,8 +208,11 @@ nlohmann::json table_rows(const nlohmann::json& runs, const std::vector<std::str
         std::vector<double> values;
         for (const nlohmann::json& run : runs) {
           if (run["label"] != label || !run[models][kind].contains(key)) continue;
-          const nlohmann::json& v = run[models][kind][key][columns[c]];
-          if (is_number(v)) values.push_back(v.get<double>());
+          // A column no evaluated round reported is absent from the best / last-10 rows.
+          const nlohmann::json& model = run[models][kind][key];
+          if (model.contains(columns[c]) && is_number(model[columns[c]])) {
+            values.push_back(model[columns[c]].get<double>());
+          }
         }
         row[columns[c]] = mean_std(values);
       }
@@ -278,7 +267,85 @@ std::string describe_config(const nlohmann::json& config) {
   return out.str();
 }
 
+// Runs gnuplot on `script`; its output goes to script + ".log". kInternal with that output when
+// gnuplot fails.
+Status run_gnuplot(const std::string& gnuplot, const std::string& script) {
+  SubprocessOptions options;
+  options.argv = {gnuplot, script};
+  options.log_path = script + ".log";
+  FEDTAIL_ASSIGN_OR_RETURN(std::unique_ptr<Subprocess> process, Subprocess::spawn(options));
+  if (process->wait() != 0) {
+    std::ifstream log(options.log_path);
+    std::stringstream text;
+    text << log.rdbuf();
+    return Status::Internal("gnuplot " + script + " failed (" + process->describe_exit() +
+                            "): " + text.str());
+  }
+  return Status::OK();
+}
+
+// accuracy_vs_time.png from accuracy_time_series; no file when no line has a simulated time
+// with a generic accuracy. Returns the PNG path written, or "" for none.
+Result<std::string> draw_time_curve(const std::vector<RunResult>& runs, const std::string& out_dir,
+                                    const std::string& gnuplot) {
+  const std::vector<TimeSeries> series = accuracy_time_series(runs);
+  double longest = 0;
+  for (const TimeSeries& s : series) {
+    for (const TimeSeries::Point& p : s.points) longest = std::max(longest, p.seconds);
+  }
+  if (series.empty()) return std::string();
+  const TimeUnit unit = time_unit_for(longest);
+  std::vector<std::pair<std::string, std::string>> files;  // title, data file
+  for (const TimeSeries& s : series) {
+    std::string stem = s.title;
+    std::replace(stem.begin(), stem.end(), ' ', '-');
+    const std::string data =
+        (fs::path(out_dir) / "curves" / ("accuracy_vs_time-" + stem + ".dat")).string();
+    std::ofstream out(data);
+    out << "# simulated_" << unit.name << " mean std (generic accuracy %, over seeds)\n";
+    for (const TimeSeries::Point& p : s.points) {
+      out << p.seconds / unit.seconds << " " << p.accuracy_pct << " " << p.std_pct << "\n";
+    }
+    if (!out) return Status::IOError(data + ": cannot write");
+    files.emplace_back(s.title, data);
+  }
+  const std::string png = (fs::path(out_dir) / "accuracy_vs_time.png").string();
+  const std::string script = (fs::path(out_dir) / "curves" / "accuracy_vs_time.gp").string();
+  {
+    std::ofstream gp(script);
+    gp << "set terminal pngcairo size 960,600 noenhanced\n"
+       << "set output '" << png << "'\n"
+       << "set title 'generic accuracy (%) vs simulated time (latest evaluation of each seed, "
+          "mean over seeds)'\n"
+       << "set xlabel 'simulated time (" << unit.name << ")'\nset ylabel 'generic accuracy (%)'\n"
+       << "set key bottom right\nset grid\n"
+       << "plot ";
+    for (size_t i = 0; i < files.size(); ++i) {
+      gp << (i ? ", \\\n     " : "") << "'" << files[i].second << "' using 1:2 with steps title '"
+         << files[i].first << "'";
+    }
+    gp << "\n";
+    if (!gp) return Status::IOError(script + ": cannot write");
+  }
+  FEDTAIL_RETURN_IF_ERROR(run_gnuplot(gnuplot, script));
+  return png;
+}
+
 }  // namespace
+
+nlohmann::json mean_std(const std::vector<double>& values) {
+  if (values.empty()) return {{"mean", nullptr}, {"std", nullptr}, {"n", 0}};
+  double sum = 0;
+  for (double v : values) sum += v;
+  const double mean = sum / values.size();
+  nlohmann::json out = {{"mean", mean}, {"std", nullptr}, {"n", values.size()}};
+  if (values.size() > 1) {
+    double sq = 0;
+    for (double v : values) sq += (v - mean) * (v - mean);
+    out["std"] = std::sqrt(sq / (values.size() - 1));
+  }
+  return out;
+}
 
 nlohmann::json make_report(const ReportInfo& info, const std::vector<RunResult>& results) {
   nlohmann::json runs = nlohmann::json::array();
@@ -310,6 +377,23 @@ nlohmann::json make_report(const ReportInfo& info, const std::vector<RunResult>&
     run["seconds_per_round"] = seconds_per_round(r.lines);
     run["worker_failures"] = r.worker_failures;
     runs.push_back(std::move(run));
+  }
+
+  // The time view needs the final generic table (its default targets), and adds keys to the runs.
+  const nlohmann::json generic_rows = table_rows(runs, labels, "generic", kGroupColumns, 4);
+  nlohmann::json time_rows, time_targets;
+  if (has_simulated_time(results)) {
+    const AccuracyTargets targets = accuracy_targets(info.config, generic_rows);
+    for (size_t i = 0; i < results.size(); ++i) {
+      runs[i].update(run_time_view(results[i], targets.values));
+    }
+    time_rows = time_table(runs, labels, targets.values);
+    time_targets = {{"values", targets.values},
+                    {"from", targets.from_config ? "config" : "default"}};
+    if (!targets.from_config && !targets.reference_label.empty()) {
+      time_targets["reference"] = {{"label", targets.reference_label},
+                                   {"generic_accuracy", targets.reference_accuracy}};
+    }
   }
 
   nlohmann::json cost = nlohmann::json::array();
@@ -358,7 +442,7 @@ nlohmann::json make_report(const ReportInfo& info, const std::vector<RunResult>&
       {"strategies", labels},
       {"runs", runs},
       {"table",
-       {{"generic", table_rows(runs, labels, "generic", kGroupColumns, 4)},
+       {{"generic", generic_rows},
         {"personalized", table_rows(runs, labels, "personalized", kPersonalColumns, 2)},
         {"generic_best", table_rows(runs, labels, "generic", kBestGroupColumns, 5, "models_best")},
         {"personalized_best",
@@ -368,6 +452,10 @@ nlohmann::json make_report(const ReportInfo& info, const std::vector<RunResult>&
         {"personalized_last10",
          table_rows(runs, labels, "personalized", kLast10PersonalColumns, 3, "models_last10")},
         {"cost", cost}}}};
+  if (!time_targets.is_null()) {
+    report["time_targets"] = std::move(time_targets);
+    report["table"]["time_to_accuracy"] = std::move(time_rows);
+  }
   if (!info.overrides.empty()) report["overrides"] = info.overrides;
   if (info.slurm.is_object()) report["slurm"] = info.slurm;
   if (runs.size() == 1) {
@@ -467,6 +555,7 @@ std::string report_markdown(const nlohmann::json& report) {
   };
   side_by_side("generic", "overall", " (all classes)");
   side_by_side("personalized", "mean", " (mean over clients)");
+  md << time_markdown(report);
 
   md << "\n## Cost\n\n| strategy | rounds | wall s per run | MB down per round | MB up per round "
         "|\n|---|---|---|---|---|\n";
@@ -612,18 +701,12 @@ Result<std::vector<std::string>> draw_curves(const std::vector<RunResult>& runs,
       gp << "\n";
       if (!gp) return Status::IOError(script + ": cannot write");
     }
-    SubprocessOptions options;
-    options.argv = {gnuplot, script};
-    options.log_path = script + ".log";
-    FEDTAIL_ASSIGN_OR_RETURN(std::unique_ptr<Subprocess> process, Subprocess::spawn(options));
-    if (process->wait() != 0) {
-      std::ifstream log(options.log_path);
-      std::stringstream text;
-      text << log.rdbuf();
-      return Status::Internal("gnuplot " + script + " failed (" + process->describe_exit() +
-                              "): " + text.str());
-    }
+    FEDTAIL_RETURN_IF_ERROR(run_gnuplot(gnuplot, script));
     written.push_back(png);
+  }
+  if (has_simulated_time(runs)) {
+    FEDTAIL_ASSIGN_OR_RETURN(std::string png, draw_time_curve(runs, out_dir, gnuplot));
+    if (!png.empty()) written.push_back(png);
   }
   return written;
 }

@@ -62,18 +62,30 @@ struct ReportInfo {
 // seconds_per_round: {key: {mean, std, n}}]}}. Each
 // table row holds label, model and {mean, std, n} per column (std null for one seed). With a single
 // run, its strategy, rounds_completed, wall_seconds and final are also at the top level.
+// When some metrics line has "sim_time_s" (simulated devices; report_time.h), also: per run
+// "sim_time_s", "time_to_accuracy" and, for an asynchronous run, "async" (run_time_view);
+// "table"."time_to_accuracy" (time_table's rows); and "time_targets": {"values" (the targets,
+// ascending), "from" ("config": simulation.target_accuracy, or "default"), "reference" (default
+// rule only, when a strategy reported a final generic accuracy: {"label", "generic_accuracy"})}.
 nlohmann::json make_report(const ReportInfo& info, const std::vector<RunResult>& runs);
 
-// summary.md: the tables of make_report's "table", in percent, mean ± std over seeds.
+// summary.md: the tables of make_report's "table", in percent, mean ± std over seeds; with
+// simulated time, the section "Accuracy vs simulated time" (report_time.h's time_markdown).
 std::string report_markdown(const nlohmann::json& report);
+
+// {"mean", "std", "n"} of `values`, the cell of every table: std is the sample standard deviation,
+// null for fewer than 2 values; mean is null for none.
+nlohmann::json mean_std(const std::vector<double>& values);
 
 // metrics.jsonl of the simulation: every run's lines, each with "label" and "seed" added.
 std::string combined_metrics(const std::vector<RunResult>& runs);
 
 // Draws accuracy-vs-round curves (mean over seeds per strategy) into `out_dir`: accuracy.png
-// (generic accuracy) and, when reported, personalized.png; data files under out_dir/curves/.
-// Returns the PNG paths written. kNotFound when gnuplot is not installed; kInternal when it fails
-// (its message included).
+// (generic accuracy) and, when reported, personalized.png; with simulated time (some line has
+// "sim_time_s"), accuracy_vs_time.png (generic accuracy against simulated time: the lines of
+// report_time.h's accuracy_time_series). Data files under out_dir/curves/. Returns the PNG paths
+// written. kNotFound when gnuplot is not installed (nothing is written); kIOError when a file
+// cannot be written; kInternal when gnuplot fails (its message included).
 Result<std::vector<std::string>> draw_curves(const std::vector<RunResult>& runs,
                                              const std::string& out_dir);
 

@@ -1,10 +1,14 @@
 #include "simulations/sim_config.h"
 
 #include <algorithm>
+#include <filesystem>
 #include <set>
+#include <system_error>
 
 #include "common/base/json_reader.h"
+#include "common/learning/config_sections.h"
 #include "common/learning/run_config.h"
+#include "coordinator/device_model.h"
 #include "coordinator/options.h"
 
 namespace fedtail::simulation {
@@ -81,6 +85,36 @@ std::string a_type(const nlohmann::json& value) {
   if (value.is_null()) return "null";
   const std::string type = value.type_name();
   return (value.is_array() || value.is_object() ? "an " : "a ") + type;
+}
+
+// Makes the relative trace paths of a "devices" section absolute against `dir` (absolute); values
+// that are not strings are left for parse_device_options to refuse.
+void absolute_device_paths(const std::string& dir, nlohmann::json* devices) {
+  if (!devices->is_object()) return;
+  auto absolute = [&dir](nlohmann::json* path) {
+    if (!path->is_string()) return;
+    const std::string text = path->get<std::string>();
+    if (text.empty() || std::filesystem::path(text).is_absolute()) return;
+    *path = (std::filesystem::path(dir) / text).lexically_normal().string();
+  };
+  if (devices->contains("trace")) absolute(&(*devices)["trace"]);
+  if (devices->contains("availability") && (*devices)["availability"].is_object() &&
+      (*devices)["availability"].contains("trace")) {
+    absolute(&(*devices)["availability"]["trace"]);
+  }
+}
+
+// `dir` made absolute and normal ("" = the current directory), without a trailing separator.
+Result<std::string> absolute_dir(const std::string& dir) {
+  std::error_code error;
+  const std::filesystem::path path =
+      std::filesystem::absolute(std::filesystem::path(dir.empty() ? "." : dir), error);
+  if (error) {
+    return Status::IOError("the config's directory \"" + dir + "\": " + error.message());
+  }
+  std::string text = path.lexically_normal().string();
+  if (text.size() > 1 && text.back() == '/') text.pop_back();
+  return text;
 }
 
 }  // namespace
@@ -165,6 +199,7 @@ nlohmann::json run_config_for(const SimulationPlan& plan, const StrategyEntry& e
                               uint64_t seed) {
   nlohmann::json config = plan.base_config;
   config.merge_patch(entry.overrides);
+  if (config.contains("devices")) absolute_device_paths(plan.config_dir, &config["devices"]);
   config["strategy"] = entry.strategy;
   config["seed"] = seed;
   config["rounds"] = plan.rounds;
@@ -203,7 +238,35 @@ Result<SimulationPlan> make_plan(const nlohmann::json& config, const PlanFlags& 
   reader.read_raw("seeds", &seeds);
   reader.read("workers", &plan.workers);
   reader.check(plan.workers >= 0, "workers", "must be >= 0 (0 = one per core, or per GPU)");
+  // The report's time-to-accuracy targets (simulations/report_time.h reads them from the config).
+  std::vector<double> target_accuracy;
+  reader.read("target_accuracy", &target_accuracy);
+  reader.check(!reader.has("target_accuracy") || !target_accuracy.empty(), "target_accuracy",
+               "expected a non-empty array of accuracies in (0, 1)");
+  for (size_t i = 0; i < target_accuracy.size(); ++i) {
+    reader.check(target_accuracy[i] > 0 && target_accuracy[i] < 1,
+                 "target_accuracy[" + std::to_string(i) + "]",
+                 "must be an accuracy in (0, 1), a fraction (got " +
+                     nlohmann::json(target_accuracy[i]).dump() + ")");
+  }
+  nlohmann::json devices;
+  reader.read_raw("devices", &devices);
   FEDTAIL_RETURN_IF_ERROR(reader.finish());
+
+  // The simulated devices: every run's "devices", its trace paths absolute (the runs read their
+  // config elsewhere). The traces themselves are read by the check (config_check.h).
+  if (config.contains("devices")) {
+    return Status::InvalidArgument(
+        "config.devices: a simulation's devices go in config.simulation.devices");
+  }
+  FEDTAIL_ASSIGN_OR_RETURN(plan.config_dir, absolute_dir(flags.config_dir));
+  if (!devices.is_null()) {
+    FEDTAIL_RETURN_IF_ERROR(
+        coordinator::parse_device_options(devices, "config.simulation.devices", plan.config_dir)
+            .status());
+    absolute_device_paths(plan.config_dir, &devices);
+    plan.base_config["devices"] = std::move(devices);
+  }
   if (entries.is_null()) {
     if (!base_strategy.contains("name")) {
       return Status::InvalidArgument(
@@ -262,8 +325,7 @@ Result<SimulationPlan> make_plan(const nlohmann::json& config, const PlanFlags& 
   // The base config (its seed and data) as the coordinator will read it.
   nlohmann::json probe = plan.base_config;
   probe["strategy"] = plan.strategies.front().strategy;
-  Result<RunConfig> run =
-      parse_run_config(probe, {"rounds", "strategy", "federation", "secagg", "privacy"});
+  Result<RunConfig> run = parse_run_config(probe, coordinator_config_sections());
   if (!run.ok()) return run.status();
   if (flags.rounds > 0) {
     plan.rounds = flags.rounds;
@@ -314,8 +376,7 @@ Result<SimulationPlan> make_plan(const nlohmann::json& config, const PlanFlags& 
   for (const StrategyEntry& entry : plan.strategies) {
     const nlohmann::json config_of_run = run_config_for(plan, entry, plan.seeds.front());
     const std::string where = "strategy \"" + entry.label + "\"";
-    Result<RunConfig> parsed =
-        parse_run_config(config_of_run, {"rounds", "strategy", "federation", "secagg", "privacy"});
+    Result<RunConfig> parsed = parse_run_config(config_of_run, coordinator_config_sections());
     if (!parsed.ok()) return parsed.status().with_context(where);
     Result<coordinator::CoordinatorOptions> options =
         coordinator::parse_coordinator_options(config_of_run);

@@ -10,7 +10,11 @@
 //       {"name": "fedloge", "label": "fedloge-dense", "sparsity": 0,
 //        "overrides": {"local": {"batch_size": 8}}}],  // merge patch on this run's config
 //     "seeds": [1, 2, 3],                        // or a count N: seed .. seed + N - 1
-//     "workers": 0                               // worker processes; 0 = auto (cores or GPUs)
+//     "workers": 0,                              // worker processes; 0 = auto (cores or GPUs)
+//     "target_accuracy": [0.5, 0.7],             // time-to-accuracy targets of the report, with
+//                                                //   simulated devices (default: report_time.h)
+//     "devices": {"trace": "devices.csv"}        // simulated devices and clock (optional;
+//                                                //   coordinator/device_model.h)
 //   }
 //
 // Each (strategy, seed) is one run: the config without "simulation", patched with the entry's
@@ -19,6 +23,10 @@
 // config sets them: every client connected before a round (min_available_clients = data.clients,
 // so that client sampling does not depend on start-up timing), a one-day round deadline (a slow
 // worker is not a failed one), short polls and a 30 s silence limit (a dead worker is noticed).
+// simulation.devices becomes every run's top-level "devices" (where the coordinator reads it; a
+// simulation config may not set "devices" itself), with its relative trace paths ("trace",
+// "availability.trace") made absolute against the config file's directory (PlanFlags::config_dir);
+// an entry's overrides may patch it (e.g. {"devices": {"deadline_s": 60}}).
 // Plain value types and free functions; thread-safe.
 #ifndef FEDTAIL_SIMULATIONS_SIM_CONFIG_H_
 #define FEDTAIL_SIMULATIONS_SIM_CONFIG_H_
@@ -45,6 +53,9 @@ struct PlanFlags {
   std::vector<std::string> strategies;  // --strategies: labels or names to keep, in this order
   int seeds = 0;                        // --seeds N: config.seed .. config.seed + N - 1
   int workers = 0;                      // --workers
+  // The config file's directory (fedtail-sim's CONFIG): relative trace paths of
+  // simulation.devices resolve against it. "" = the current directory.
+  std::string config_dir;
 };
 
 // One --set PATH=VALUE: a key of the config replaced before anything reads the config.
@@ -78,15 +89,18 @@ struct SimulationPlan {
   int workers = 0;                                        // 0 = auto
   int rounds = 0;                                         // rounds of every run
   int num_clients = 0;                                    // config.data.clients
+  std::string config_dir;  // absolute: where the devices' relative trace paths resolve
 
   int num_runs() const { return static_cast<int>(strategies.size() * seeds.size()); }
 };
 
 // Builds the plan of `config` (the parsed file; errors name JSON paths under "config.") with
 // `flags` applied, and checks every run's config (run config, coordinator options, strategy
-// entry) so that a mistake is reported before anything starts. kInvalidArgument otherwise, e.g.
+// entry, simulation.devices without reading its traces: config_check.h reads them) so that a
+// mistake is reported before anything starts. kInvalidArgument otherwise, e.g.
 // "config.simulation.strategies[1].name: missing required field", "--strategies: no strategy
-// \"fedx\" in the config (it has fedavg, fedloge)".
+// \"fedx\" in the config (it has fedavg, fedloge)", "config.simulation.devices.slowdown.sigma:
+// must be >= 0 (got -1)".
 Result<SimulationPlan> make_plan(const nlohmann::json& config, const PlanFlags& flags);
 
 // The run config of `entry` with `seed` (see the file comment).

@@ -90,6 +90,10 @@ Status Simulation::init() {
   }
   FEDTAIL_ASSIGN_OR_RETURN(config_, load_json_file(options_.config_path));
   FEDTAIL_RETURN_IF_ERROR(apply_overrides(options_.overrides, &config_));
+  if (options_.plan.config_dir.empty()) {
+    // Relative trace paths (simulation.devices) are read from beside the config.
+    options_.plan.config_dir = fs::absolute(fs::path(options_.config_path)).parent_path().string();
+  }
   {
     Result<SimulationPlan> plan = make_plan(config_, options_.plan);
     if (!plan.ok()) return plan.status().with_context(options_.config_path);
@@ -163,8 +167,9 @@ Status Simulation::init() {
         "choose another --out");
   }
   if (earlier && options_.overwrite) {
-    for (const char* name : {"runs", "curves", "summary.json", "summary.md", "metrics.jsonl",
-                             "accuracy.png", "personalized.png", "sim.log"}) {
+    for (const char* name :
+         {"runs", "curves", "summary.json", "summary.md", "metrics.jsonl", "accuracy.png",
+          "personalized.png", "accuracy_vs_time.png", "sim.log"}) {
       fs::remove_all(path(name), ec);
     }
   }

@@ -21,6 +21,7 @@
 #include "strategies/fedavg/fedavg.h"
 #include "strategies/fedbabu/fedbabu.h"
 #include "strategies/fedbn/fedbn.h"
+#include "strategies/fedbuff/fedbuff.h"
 #include "strategies/feddyn/feddyn.h"
 #include "strategies/fedetf/fedetf.h"
 #include "strategies/fedloge/fedloge.h"
@@ -121,6 +122,7 @@ void register_builtin_strategies() {
     builtins.push_back(feddyn_strategy_entry());
     builtins.push_back(moon_strategy_entry());
     builtins.push_back(qfedavg_strategy_entry());
+    builtins.push_back(fedbuff_strategy_entry());
     for (StrategyEntry& entry : builtins) {
       Status ignored = register_strategy(std::move(entry));
       (void)ignored;

@@ -267,11 +267,18 @@ Result<nlohmann::json> FedAvgServer::finish_round(
   }
   FEDTAIL_ASSIGN_OR_RETURN(TensorBundle mean, mean_of());
   FEDTAIL_ASSIGN_OR_RETURN(TensorBundle next, next_global(round, std::move(mean)));
-  FEDTAIL_RETURN_IF_ERROR(check_compatible(next, *global_).with_context(name_ + ": next_global"));
-  next.mutable_metadata() = {{"strategy", name_}, {"round", round}};
-  global_ = std::make_shared<const TensorBundle>(std::move(next));
+  FEDTAIL_RETURN_IF_ERROR(
+      install_global(std::move(next), round).with_context(name_ + ": next_global"));
   metrics["updated"] = true;
   return metrics;
+}
+
+Status FedAvgServer::install_global(TensorBundle global, int round) {
+  FEDTAIL_RETURN_IF_ERROR(check_ready());
+  FEDTAIL_RETURN_IF_ERROR(check_compatible(global, *global_));
+  global.mutable_metadata() = {{"strategy", name_}, {"round", round}};
+  global_ = std::make_shared<const TensorBundle>(std::move(global));
+  return Status::OK();
 }
 
 Status FedAvgServer::supports_mean_aggregation() const {

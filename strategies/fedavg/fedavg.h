@@ -112,6 +112,13 @@ class FedAvgServer : public ServerStrategy {
   // The current global bundle. Precondition: initialized or loaded.
   const TensorBundle& global() const { return *global_; }
 
+  // Installs `global` as the new global bundle, its metadata set to {"strategy": name, "round":
+  // round} as finish() does: for subclasses that make the global model outside an Aggregation
+  // (FedBuff's server steps). kFailedPrecondition before initialize/load_state; kInvalidArgument
+  // (check_compatible's message) when its tensors differ from the current global bundle's (names,
+  // dtypes, shapes). On error the global bundle is unchanged.
+  Status install_global(TensorBundle global, int round);
+
  private:
   friend class FedAvgAggregation;
 

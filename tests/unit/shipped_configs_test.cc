@@ -95,7 +95,9 @@ TEST_F(ConfigCheckTest, EveryShippedConfigPassesTheChecksWithoutData) {
       EXPECT_TRUE(parse_run_config(*config).ok()) << parse_run_config(*config).status().to_string();
       continue;
     }
-    Result<CheckReport> report = check_simulation(*config, {}, options);
+    PlanFlags flags;
+    flags.config_dir = file.parent_path().string();  // as fedtail-sim sets it
+    Result<CheckReport> report = check_simulation(*config, flags, options);
     ASSERT_TRUE(report.ok()) << report.status().to_string();
     ASSERT_FALSE(report->entries.empty());
     for (const EntryCheck& e : report->entries) {
@@ -321,6 +323,51 @@ TEST_F(ConfigCheckTest, ThePlanErrorIsReturned) {
   Result<CheckReport> report = check_simulation(config, flags, {});
   ASSERT_FALSE(report.ok());
   EXPECT_NE(report.status().message().find("--strategies: no strategy \"fedx\""),
+            std::string::npos);
+}
+
+TEST_F(ConfigCheckTest, DeviceTracesAreReadRelativeToTheConfig) {
+  const fs::path dir = fs::path(FEDTAIL_TEST_TMP) / "shipped_configs_test" / "devices";
+  fs::create_directories(dir / "traces");
+  std::ofstream(dir / "traces" / "devices.csv") << "slowdown,bandwidth_mbps,latency_ms\n2,10,50\n";
+  std::ofstream(dir / "traces" / "bad.csv") << "# comment\nslowdown,bandwidth_mbps,latency_ms\n"
+                                               "2,10,50\n3,-1,50\n";
+  std::ofstream(dir / "off.csv") << "client,off_from_s,off_to_s\nclient-1,5,x\n";
+  nlohmann::json config = test_support::tiny_sim_config(/*rounds=*/1);
+  config["simulation"]["devices"] = {{"trace", "traces/devices.csv"}};
+  PlanFlags flags;
+  flags.config_dir = dir.string();
+  CheckOptions options;
+  options.build_data = false;
+  options.initialize = false;
+  Result<CheckReport> report = check_simulation(config, flags, options);
+  ASSERT_TRUE(report.ok()) << report.status().to_string();
+  for (const EntryCheck& e : report->entries) EXPECT_TRUE(e.ok()) << e.status.to_string();
+
+  // A malformed row: every entry fails, naming the section, the file and the line.
+  config["simulation"]["devices"]["trace"] = "traces/bad.csv";
+  report = check_simulation(config, flags, options);
+  ASSERT_TRUE(report.ok()) << report.status().to_string();
+  ASSERT_FALSE(report->entries.empty());
+  EXPECT_EQ(report->entries[0].status.message(),
+            "config.simulation.devices.trace: " + (dir / "traces" / "bad.csv").string() +
+                ":4: bandwidth_mbps: must be > 0 (got -1)");
+  EXPECT_NE(check_status(*report).message().find("config.simulation.devices.trace: "),
+            std::string::npos);
+
+  // The availability trace, and a missing file.
+  config["simulation"]["devices"] = {{"availability", {{"trace", "off.csv"}}}};
+  report = check_simulation(config, flags, options);
+  ASSERT_TRUE(report.ok());
+  EXPECT_EQ(report->entries[0].status.message(),
+            "config.simulation.devices.availability.trace: " + (dir / "off.csv").string() +
+                ":2: off_to_s: expected a number or inf (got \"x\")");
+  config["simulation"]["devices"] = {{"trace", "missing.csv"}};
+  report = check_simulation(config, flags, options);
+  ASSERT_TRUE(report.ok());
+  EXPECT_EQ(report->entries[0].status.code(), StatusCode::kNotFound);
+  EXPECT_NE(report->entries[0].status.message().find("config.simulation.devices.trace: " +
+                                                     (dir / "missing.csv").string()),
             std::string::npos);
 }
 

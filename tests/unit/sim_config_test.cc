@@ -4,6 +4,9 @@
 
 #include <gtest/gtest.h>
 
+#include <filesystem>
+
+#include "coordinator/options.h"
 #include "simulations/report.h"
 #include "simulations/worker_pool.h"
 
@@ -300,6 +303,89 @@ TEST(SimConfig, SplitClientsEvenly) {
   EXPECT_EQ(split_clients(7, 1), (Ranges{{0, 6}}));
   EXPECT_EQ(split_clients(1000, 2), (Ranges{{0, 499}, {500, 999}}));
   EXPECT_TRUE(split_clients(0, 2).empty());
+}
+
+TEST(SimConfig, TargetAccuracyIsANonEmptyArrayOfFractions) {
+  nlohmann::json config = base();
+  config["simulation"]["target_accuracy"] = {0.5, 0.725};
+  EXPECT_TRUE(make_plan(config, {}).ok()) << make_plan(config, {}).status().to_string();
+  config["simulation"]["target_accuracy"] = {0.5, 75};
+  expect_error(config, {},
+               "config.simulation.target_accuracy[1]: must be an accuracy in (0, 1), a fraction "
+               "(got 75.0)");
+  config["simulation"]["target_accuracy"] = {0.0};
+  expect_error(config, {}, "config.simulation.target_accuracy[0]: must be an accuracy in (0, 1)");
+  config["simulation"]["target_accuracy"] = nlohmann::json::array();
+  expect_error(config, {}, "config.simulation.target_accuracy: expected a non-empty array");
+  config["simulation"]["target_accuracy"] = 0.5;
+  expect_error(config, {}, "config.simulation.target_accuracy: expected an array of numbers");
+}
+
+TEST(SimConfig, DevicesReachEveryRunConfigWithAbsoluteTracePaths) {
+  nlohmann::json config = base();
+  config["simulation"]["devices"] = {{"trace", "../traces/devices.csv"},
+                                     {"availability", {{"trace", "availability.csv"}}}};
+  config["simulation"]["strategies"][1]["overrides"] = {{"devices", {{"deadline_s", 60}}}};
+  config["simulation"]["strategies"][2]["overrides"]["devices"] = {
+      {"availability", {{"trace", "other/off.csv"}}}};
+  PlanFlags flags;
+  flags.config_dir = "/sims/configs/";
+  Result<SimulationPlan> plan = make_plan(config, flags);
+  ASSERT_TRUE(plan.ok()) << plan.status().to_string();
+  EXPECT_EQ(plan->config_dir, "/sims/configs");
+
+  const nlohmann::json run = run_config_for(*plan, plan->strategies[0], 7);
+  EXPECT_FALSE(run.contains("simulation"));
+  ASSERT_TRUE(run.contains("devices"));
+  EXPECT_EQ(run["devices"]["trace"], "/sims/traces/devices.csv");
+  EXPECT_EQ(run["devices"]["availability"]["trace"], "/sims/configs/availability.csv");
+  // What the coordinator makes of it.
+  Result<coordinator::CoordinatorOptions> options = coordinator::parse_coordinator_options(run);
+  ASSERT_TRUE(options.ok()) << options.status().to_string();
+  EXPECT_TRUE(options->devices.enabled);
+  EXPECT_EQ(options->devices.trace, "/sims/traces/devices.csv");
+  EXPECT_EQ(options->devices.availability, coordinator::DeviceOptions::Availability::kTrace);
+
+  // An entry's overrides patch the devices of its own runs; their trace paths resolve alike.
+  const nlohmann::json deadline = run_config_for(*plan, plan->strategies[1], 8);
+  EXPECT_EQ(deadline["devices"]["deadline_s"], 60);
+  EXPECT_EQ(deadline["devices"]["trace"], "/sims/traces/devices.csv");
+  EXPECT_FALSE(run["devices"].contains("deadline_s"));
+  const nlohmann::json other = run_config_for(*plan, plan->strategies[2], 9);
+  EXPECT_EQ(other["devices"]["availability"]["trace"], "/sims/configs/other/off.csv");
+
+  // Absolute paths stay; without a config directory, paths are relative to the current one.
+  config["simulation"]["devices"]["trace"] = "/data/devices.csv";
+  config["simulation"]["strategies"][2].erase("overrides");
+  plan = make_plan(config, {});
+  ASSERT_TRUE(plan.ok()) << plan.status().to_string();
+  EXPECT_EQ(plan->config_dir, std::filesystem::current_path().string());
+  const nlohmann::json here = run_config_for(*plan, plan->strategies[0], 7);
+  EXPECT_EQ(here["devices"]["trace"], "/data/devices.csv");
+  EXPECT_EQ(here["devices"]["availability"]["trace"],
+            (std::filesystem::current_path() / "availability.csv").string());
+
+  // No devices: none in the runs.
+  plan = make_plan(base(), {});
+  ASSERT_TRUE(plan.ok());
+  EXPECT_FALSE(run_config_for(*plan, plan->strategies[0], 7).contains("devices"));
+}
+
+TEST(SimConfig, DeviceErrorsNameSimulationDevices) {
+  nlohmann::json config = base();
+  config["simulation"]["devices"] = {
+      {"slowdown", {{"distribution", "lognormal"}, {"median", 2}, {"sigma", -1}}}};
+  expect_error(config, {}, "config.simulation.devices.slowdown.sigma: must be >= 0 (got -1)");
+  config["simulation"]["devices"] = {{"trace", "d.csv"}, {"bandwidth_mbps", 10}};
+  expect_error(config, {}, "config.simulation.devices.bandwidth_mbps: not with \"trace\"");
+  config["simulation"]["devices"] = {{"compute", "modeled"}};
+  expect_error(config, {}, "config.simulation.devices.seconds_per_example: must be > 0");
+  config["simulation"]["devices"] = "mobile";
+  expect_error(config, {}, "config.simulation.devices: expected an object");
+  config["simulation"].erase("devices");
+  config["devices"] = {{"slowdown", 2}};
+  expect_error(config, {},
+               "config.devices: a simulation's devices go in config.simulation.devices");
 }
 
 }  // namespace
