@@ -12,6 +12,7 @@
 #include <set>
 
 #include "common/base/rng.h"
+#include "coordinator/engine_time.h"
 #include "coordinator/metrics_line.h"
 
 namespace fedtail::coordinator {
@@ -21,18 +22,6 @@ namespace {
 constexpr std::chrono::seconds kWaitLogInterval{5};
 constexpr std::chrono::seconds kWaitLogSlowInterval{30};
 constexpr std::chrono::seconds kWaitLogSlowAfter{60};
-
-double seconds_since(SteadyClock::time_point start) {
-  return std::chrono::duration<double>(SteadyClock::now() - start).count();
-}
-
-uint64_t unix_ms_after(double seconds) {
-  const auto at = std::chrono::system_clock::now() +
-                  std::chrono::duration_cast<std::chrono::system_clock::duration>(
-                      std::chrono::duration<double>(seconds));
-  return static_cast<uint64_t>(
-      std::chrono::duration_cast<std::chrono::milliseconds>(at.time_since_epoch()).count());
-}
 
 // A phase's wall time and where it went, as "<phase>_s", "<phase>_compute_s", "<phase>_upload_s".
 void put_phase_timing(nlohmann::json* timing, const char* phase, double wall_s,

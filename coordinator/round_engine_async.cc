@@ -11,6 +11,7 @@
 #include <limits>
 
 #include "common/base/rng.h"
+#include "coordinator/engine_time.h"
 #include "coordinator/metrics_line.h"
 #include "coordinator/round_engine.h"
 
@@ -22,18 +23,6 @@ constexpr double kNever = std::numeric_limits<double>::infinity();
 // Retired entries kept for duplicate detection: beyond this many (per slot), the oldest generation
 // is dropped (a duplicate push of it is then answered as an unknown task).
 constexpr size_t kRetiredPerSlot = 4;
-
-double seconds_since(SteadyClock::time_point start) {
-  return std::chrono::duration<double>(SteadyClock::now() - start).count();
-}
-
-uint64_t unix_ms_after(double seconds) {
-  const auto at = std::chrono::system_clock::now() +
-                  std::chrono::duration_cast<std::chrono::system_clock::duration>(
-                      std::chrono::duration<double>(seconds));
-  return static_cast<uint64_t>(
-      std::chrono::duration_cast<std::chrono::milliseconds>(at.time_since_epoch()).count());
-}
 
 // What one server step saw, for its metrics line.
 struct StepTally {
@@ -203,6 +192,12 @@ Status RoundEngine::run_async(strategies::AsyncStrategy* async) {
         }
       }
       if (next != nullptr && next_time > running_bound) next = nullptr;  // not safe yet
+    }
+    if (next == nullptr && busy.empty() && registry_->available_count() == 0) {
+      // Nothing out and nobody connected: wait (and say so) for a client to come back.
+      lock.unlock();
+      if (!wait_for_clients(1, " (asynchronous run: no client connected)")) break;
+      continue;
     }
     if (next == nullptr) {
       SteadyClock::time_point wake = now + std::chrono::seconds(1);

@@ -235,5 +235,46 @@ TEST(AsyncFederation, FedBuffOnRealTimeWithoutDevices) {
   EXPECT_LE(accuracy, 1.0);
 }
 
+TEST(AsyncFederation, FedBuffGoesOnWhenAWorkerAndItsClientsAreKilled) {
+  const std::string dir = scratch_dir("async-kill");
+  nlohmann::json config = async_config(dir, 10);
+  config["simulation"].erase("devices");
+  config["data"]["max_examples_per_class"] = 600;  // slow enough to kill a worker mid-run
+  config["local"]["epochs"] = 2;
+  const std::string out = dir + "/out";
+  const std::string metrics = out + "/runs/fedbuff/seed-3/metrics.jsonl";
+  SubprocessOptions options;
+  options.argv = {
+      binary_path("fedtail-sim"), write_config(dir, config), "--out", out, "--workers", "2"};
+  options.log_path = dir + "/sim.log";
+  options.env = {"OMP_WAIT_POLICY=PASSIVE"};
+  Result<std::unique_ptr<Subprocess>> sim = Subprocess::spawn(options);
+  ASSERT_TRUE(sim.ok()) << sim.status().to_string();
+  ASSERT_TRUE(test_support::wait_for_lines(metrics, 2, std::chrono::seconds(120)))
+      << read_file(dir + "/sim.log");
+  std::vector<pid_t> workers = test_support::children_of((*sim)->pid());
+  ASSERT_EQ(workers.size(), 2u) << read_file(dir + "/sim.log");
+  ASSERT_EQ(::kill(workers[0], SIGKILL), 0);
+  ASSERT_TRUE((*sim)->wait_for(std::chrono::seconds(180))) << read_file(dir + "/sim.log");
+  EXPECT_EQ((*sim)->exit_code(), 0) << read_file(dir + "/sim.log");
+
+  // Every step still applies 3 updates; the dead worker's tasks out at the kill fail (once each,
+  // freeing their slots), and the task count adds up.
+  const std::vector<nlohmann::json> lines = metrics_lines(metrics);
+  ASSERT_EQ(lines.size(), 10u);
+  expect_step_accounting(lines, 3);
+  int failures = 0;
+  int processed = 0;
+  for (const nlohmann::json& line : lines) {
+    failures += static_cast<int>(line["fit"]["failures"].size());
+    processed += line["fit"]["selected"].get<int>();
+  }
+  EXPECT_GE(failures, 1);
+  EXPECT_EQ(lines.back()["tasks_issued"].get<int>(),
+            processed + lines.back()["in_flight"].get<int>());
+  const nlohmann::json summary = nlohmann::json::parse(read_file(out + "/summary.json"));
+  EXPECT_EQ(summary["runs"][0]["worker_failures"].size(), 1u) << summary.dump();
+}
+
 }  // namespace
 }  // namespace fedtail

@@ -1,7 +1,6 @@
 // fedtail-sim as a user runs it: the smoke config end to end (table, summary.json, metrics.jsonl,
 // curves), several strategies and seeds in one table, errors, stop + --resume, and a worker killed
 // mid-run.
-#include <dirent.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 
@@ -41,28 +40,6 @@ bool wait_for_lines(const std::string& path, size_t n, std::chrono::seconds time
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   return false;
-}
-
-// Pids of the processes whose parent is `parent`.
-std::vector<pid_t> children_of(pid_t parent) {
-  std::vector<pid_t> pids;
-  DIR* proc = ::opendir("/proc");
-  if (proc == nullptr) return pids;
-  while (dirent* entry = ::readdir(proc)) {
-    const pid_t pid = static_cast<pid_t>(std::atoi(entry->d_name));
-    if (pid <= 0) continue;
-    std::string stat = test_support::read_file("/proc/" + std::string(entry->d_name) + "/stat");
-    // "pid (comm) state ppid ...": comm may hold spaces, so parse after the last ')'.
-    const size_t close = stat.rfind(')');
-    if (close == std::string::npos) continue;
-    std::istringstream rest(stat.substr(close + 1));
-    std::string state;
-    pid_t ppid = 0;
-    rest >> state >> ppid;
-    if (ppid == parent) pids.push_back(pid);
-  }
-  ::closedir(proc);
-  return pids;
 }
 
 std::unique_ptr<Subprocess> start_sim(const std::vector<std::string>& args,
@@ -254,7 +231,7 @@ TEST(FedtailSim, AKilledWorkerIsReportedAndTheRunGoesOn) {
   ASSERT_TRUE(
       wait_for_lines(out + "/runs/fedavg/seed-3/metrics.jsonl", 1, std::chrono::seconds(120)))
       << test_support::read_file(dir + "/sim.log");
-  std::vector<pid_t> workers = children_of(sim->pid());
+  std::vector<pid_t> workers = test_support::children_of(sim->pid());
   ASSERT_EQ(workers.size(), 2u) << test_support::read_file(dir + "/sim.log");
   ASSERT_EQ(::kill(workers[0], SIGKILL), 0);
   ASSERT_TRUE(sim->wait_for(std::chrono::seconds(180)))

@@ -8,9 +8,11 @@
 #ifndef FEDTAIL_TESTS_SUPPORT_PROCESS_H_
 #define FEDTAIL_TESTS_SUPPORT_PROCESS_H_
 
+#include <dirent.h>
 #include <signal.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -169,6 +171,28 @@ class Process {
   std::string start_error_;
   bool timed_out_ = false;
 };
+
+// Pids of the processes whose parent is `parent`.
+inline std::vector<pid_t> children_of(pid_t parent) {
+  std::vector<pid_t> pids;
+  DIR* proc = ::opendir("/proc");
+  if (proc == nullptr) return pids;
+  while (dirent* entry = ::readdir(proc)) {
+    const pid_t pid = static_cast<pid_t>(std::atoi(entry->d_name));
+    if (pid <= 0) continue;
+    std::string stat = read_file("/proc/" + std::string(entry->d_name) + "/stat");
+    // "pid (comm) state ppid ...": comm may hold spaces, so parse after the last ')'.
+    const size_t close = stat.rfind(')');
+    if (close == std::string::npos) continue;
+    std::istringstream rest(stat.substr(close + 1));
+    std::string state;
+    pid_t ppid = 0;
+    rest >> state >> ppid;
+    if (ppid == parent) pids.push_back(pid);
+  }
+  ::closedir(proc);
+  return pids;
+}
 
 }  // namespace fedtail::test_support
 
