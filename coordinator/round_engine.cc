@@ -239,6 +239,17 @@ std::vector<strategies::ClientInfo> RoundEngine::clients_now() const {
   return clients;
 }
 
+std::vector<std::string> RoundEngine::clients_off_now(const std::set<std::string>& except) const {
+  std::vector<std::string> off;
+  if (!config_.devices) return off;
+  for (const auto& client : registry_->available_clients()) {
+    if (!except.count(client.id) && !config_.devices->available(client.id, sim_now_)) {
+      off.push_back(client.id);
+    }
+  }
+  return off;
+}
+
 Status RoundEngine::run_round(int round) {
   const CoordinatorOptions& options = config_.options;
   const uint64_t seed = config_.run_config->seed;
@@ -267,13 +278,7 @@ Status RoundEngine::run_round(int round) {
     }
     if (config_.devices) {
       // Too few clients are on at this simulated time: the clock moves to when another comes on.
-      std::set<std::string> on;
-      for (const auto& client : available) on.insert(client.id);
-      std::vector<std::string> off;
-      for (const auto& client : registry_->available_clients()) {
-        if (!on.count(client.id)) off.push_back(client.id);
-      }
-      std::optional<double> next = config_.devices->next_online(off, sim_now_);
+      std::optional<double> next = config_.devices->next_online(clients_off_now({}), sim_now_);
       if (next) {
         spdlog::info("{}: {} (simulated time {:.1f} s); the clock moves to {:.1f} s", where,
                      configured.status().message(), sim_now_, *next);
@@ -403,19 +408,17 @@ Status RoundEngine::evaluate_round(int round, bool federated, nlohmann::json* li
       *bytes_up += outcome->bytes_up;
     }
   }
-  {
-    if (config_.server_test != nullptr && config_.options.federation.server_eval) {
-      strategies::ServerEvalContext context;
-      context.test = config_.server_test;
-      context.train_class_counts = config_.train_class_counts;
-      context.device = config_.device;
-      context.batch_size = config_.run_config->eval.batch_size;
-      const SteadyClock::time_point server_eval_start = SteadyClock::now();
-      Result<nlohmann::json> metrics = strategy_->evaluate(round, context);
-      if (!metrics.ok()) return metrics.status().with_context(where + ": server evaluation");
-      (*timing)["server_eval_s"] = seconds_since(server_eval_start);
-      (*line)["server_eval"] = *metrics;
-    }
+  if (config_.server_test != nullptr && config_.options.federation.server_eval) {
+    strategies::ServerEvalContext context;
+    context.test = config_.server_test;
+    context.train_class_counts = config_.train_class_counts;
+    context.device = config_.device;
+    context.batch_size = config_.run_config->eval.batch_size;
+    const SteadyClock::time_point server_eval_start = SteadyClock::now();
+    Result<nlohmann::json> metrics = strategy_->evaluate(round, context);
+    if (!metrics.ok()) return metrics.status().with_context(where + ": server evaluation");
+    (*timing)["server_eval_s"] = seconds_since(server_eval_start);
+    (*line)["server_eval"] = *metrics;
   }
   return Status::OK();
 }

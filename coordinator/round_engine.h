@@ -286,13 +286,12 @@ class RoundEngine {
     double sim_lower = 0;
     double sim_end = -1;
     // Asynchronous runs: the model version it was handed, its task number, when it was handed out
-    // (real clock, for federation.round_timeout_s), its accepted update until the engine thread
-    // processes it, and whether it has been.
+    // (real clock, for federation.round_timeout_s), and its accepted update until the engine
+    // thread processes it (the entry then leaves the phase).
     int64_t version = 0;
     uint64_t seq = 0;
     SteadyClock::time_point issued;
     std::shared_ptr<strategies::ClientUpdate> held;
-    bool consumed = false;
   };
   struct Phase {
     int round = 0;
@@ -356,6 +355,8 @@ class RoundEngine {
   // The connected clients that may take a task now: all of them without devices, those available
   // at the simulated time sim_now_ with devices.
   std::vector<strategies::ClientInfo> clients_now() const;
+  // With devices: the ids of the connected clients off at sim_now_, but those in `except`.
+  std::vector<std::string> clients_off_now(const std::set<std::string>& except) const;
 
   // Asynchronous runs (round_engine_async.cc).
   Status run_async(strategies::AsyncStrategy* async);

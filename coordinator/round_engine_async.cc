@@ -158,7 +158,6 @@ Status RoundEngine::run_async(strategies::AsyncStrategy* async) {
     double next_time = kNever;
     double running_bound = kNever;  // earliest possible arrival of a task still running
     for (auto& [id, entry] : phase_->tasks) {
-      if (entry.consumed) continue;
       if (entry.state != TaskEntry::State::kDone) {
         running_bound = std::min(running_bound, entry.sim_lower);
         continue;
@@ -173,12 +172,7 @@ Status RoundEngine::run_async(strategies::AsyncStrategy* async) {
     if (devices) {
       if (busy.size() < slots) {
         // A client coming on before anything else happens takes a free slot then.
-        std::vector<std::string> off;
-        for (const auto& client : registry_->available_clients()) {
-          if (!busy.count(client.id) && !devices->available(client.id, sim_now_)) {
-            off.push_back(client.id);
-          }
-        }
+        const std::vector<std::string> off = clients_off_now(busy);
         std::optional<double> on = devices->next_online(off, sim_now_);
         if (on && *on < std::min(next_time, running_bound)) {
           sim_now_ = *on;
@@ -208,7 +202,6 @@ Status RoundEngine::run_async(strategies::AsyncStrategy* async) {
     }
 
     // 3. Process it: a failure frees its slot; an update is refused when too stale, else buffered.
-    next->consumed = true;
     if (devices) sim_now_ = std::max(sim_now_, next_time);
     const std::string client_id = next->task->client_id;
     const bool accepted = next->accepted;
